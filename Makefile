@@ -1,0 +1,30 @@
+# Two commands: `make demo` and `make test`. Each creates .venv when it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/servelab scenario=quickstart out_dir=runs/demo
+
+test: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -m 'not slow'
+
+bench: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_twin
+
+clean:
+	rm -rf $(VENV) runs outputs multirun

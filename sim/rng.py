@@ -1,0 +1,32 @@
+"""Independent random streams from one seed.
+
+The arrival schedule has its own stream so the twin and the real load generator, given the same
+seed, see the very same schedule whatever else either of them draws.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Streams:
+    arrivals: np.random.Generator
+    users: np.random.Generator
+    service: np.random.Generator
+    think: np.random.Generator
+    routing: random.Random  # the policies' UniformSource: cheap per call
+
+
+def make_streams(seed: int) -> Streams:
+    arrivals, users, service, think, routing = np.random.SeedSequence(seed).spawn(5)
+    return Streams(
+        arrivals=np.random.default_rng(arrivals),
+        users=np.random.default_rng(users),
+        service=np.random.default_rng(service),
+        think=np.random.default_rng(think),
+        routing=random.Random(int(routing.generate_state(1)[0])),
+    )
