@@ -213,3 +213,16 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     return obj
+
+
+def load_config(path: str, schema: type = ScenarioConfig) -> Any:
+    """A resolved config.yaml (as written by a run) back into the dataclass tree, validated.
+
+    How subprocesses of the real stack receive the scenario: one file, the same schema.
+    """
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
+    cfg = OmegaConf.to_object(merged)
+    validate(cfg)
+    return cfg
