@@ -222,7 +222,10 @@ def load_config(path: str, schema: type = ScenarioConfig) -> Any:
     """
     from omegaconf import OmegaConf
 
-    merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(raw, dict), f"{path}: not a mapping"
+    known = {f.name for f in fields(schema)}  # a run's file also holds mode, out_dir, ...
+    merged = OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in raw.items() if k in known})
     cfg = OmegaConf.to_object(merged)
     validate(cfg)
     return cfg
