@@ -10,11 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# asyncio may fire a timer up to its clock resolution early; a dispatch a microsecond early is
-# harmless, re-arming a timer for it forever is not.
-CLOCK_SLACK_S = 1e-6
-
-
 @dataclass(frozen=True, slots=True)
 class Dispatch:
     size: int
@@ -43,6 +38,8 @@ class DynamicBatcher:
         if queue_len >= self.max_batch_size:
             return self._dispatch[self.max_batch_size]
         deadline = oldest_enqueued_s + self.max_queue_delay_s
-        if now + CLOCK_SLACK_S >= deadline:
+        # exact, so the twin follows the rule to the bit; a timer that fires early (asyncio may, by
+        # its clock resolution) just gets a Wait for the remaining microseconds
+        if now >= deadline:
             return self._dispatch[queue_len]
         return Wait(deadline)
