@@ -68,8 +68,11 @@ class PowerOfTwoLB:
         n = len(outstanding)
         if n == 1:
             return 0
-        i = int(rng.random() * n)
-        j = int(rng.random() * (n - 1))
+        # both picks from one uniform: its integer part is the first, its fraction (still ~50 bits
+        # for any realistic n) the second; half the calls into the random source
+        x = rng.random() * n
+        i = int(x)
+        j = int((x - i) * (n - 1))
         if j >= i:
             j += 1
         return j if outstanding[j] < outstanding[i] else i
