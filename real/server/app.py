@@ -1,0 +1,367 @@
+"""The replica's ASGI app: Open Inference Protocol REST (KServe v2, Triton's extensions).
+
+One process serves one model version (`cfg.model.versions[replica % len(versions)]`); asking
+for another version is a 404, as a Triton repository that does not hold it would answer.
+
+Status codes, all with an OIP error body `{"error": "..."}`:
+  400 bad request body      404 unknown model, version or route     405 wrong method
+  413 body > server.max_body_bytes                                  415 content type not JSON
+  401 control call without the bearer token
+  503 queue full (shed, with Retry-After) or model unloaded
+  504 the request's `parameters.timeout` (microseconds) ran out while it was queued: it was
+      dropped at dispatch and never ran (gRPC's DEADLINE_EXCEEDED maps to 504 as well)
+  500 only if the model itself raised
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from real.server.backends import Backend, make_backend
+from real.server.batcher import AsyncBatcher, BackendFailed, DeadlineExceeded, QueueFull, clock
+from real.server.metrics import CONTENT_TYPE, ServerMetrics
+from real.server.protocol import INPUT_SPEC, ProtocolError, error_body, infer_response, parse_infer
+from sim.config import ScenarioConfig
+from sim.policy.batching import DynamicBatcher
+
+SERVER_NAME = "servelab"
+SERVER_VERSION = "0.1.0"
+JSON = "application/json"
+TOKEN_ENV = "SERVELAB_TOKEN"
+
+
+@dataclass
+class Replica:
+    """Everything one replica process serves; kept on `app.state.replica`."""
+
+    cfg: ScenarioConfig
+    index: int
+    version: str
+    backend: Backend
+    batcher: AsyncBatcher
+    metrics: ServerMetrics
+    token: str
+    token_configured: bool
+    loaded: bool = False
+    output_names: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def model(self) -> str:
+        return self.cfg.model.name
+
+
+def resolve_token(cfg: ScenarioConfig) -> tuple[str, bool]:
+    """Env SERVELAB_TOKEN, else server.token, else a random token nobody is told.
+
+    A generated token is never logged: without a configured token, control endpoints are simply
+    unusable, which is the safe default for a server anyone on the box can reach.
+    """
+    token = os.environ.get(TOKEN_ENV) or cfg.server.token
+    if token:
+        return token, True
+    return secrets.token_urlsafe(32), False
+
+
+def _json(doc: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=JSON, headers=headers)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status_code=status, media_type=JSON, headers=headers)
+
+
+def _rep(request: Request) -> Replica:
+    return request.app.state.replica  # type: ignore[no-any-return]
+
+
+def _check_model(rep: Replica, request: Request) -> Response | None:
+    """A 404 for a model or version this replica does not serve, else None."""
+    model = request.path_params["model"]
+    if model != rep.model:
+        return _error(404, f"unknown model {model!r}; this server has {rep.model!r}")
+    version = request.path_params.get("version")
+    if version is not None and version != rep.version:
+        return _error(404, f"unknown version {version!r} of model {model!r}; this replica serves version {rep.version!r}")
+    return None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) past `limit` bytes without buffering the excess."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ProtocolError(413, f"body of {declared} bytes exceeds server.max_body_bytes ({limit})")
+        except ValueError:
+            raise ProtocolError(400, "invalid Content-Length") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(413, f"body exceeds server.max_body_bytes ({limit})")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_json(request: Request) -> None:
+    """JSON or no content type at all (curl-less clients); anything else is a 415."""
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        return
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media != JSON:
+        raise ProtocolError(415, f"content type {media!r} not supported; send {JSON}")
+
+
+# -- health and metadata -------------------------------------------------------------------
+
+
+async def live(request: Request) -> Response:
+    return _json({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    rep = _rep(request)
+    return _json({"ready": rep.loaded}, 200 if rep.loaded else 503)
+
+
+async def server_metadata(request: Request) -> Response:
+    return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["model_repository", "statistics"]})
+
+
+async def model_metadata(request: Request) -> Response:
+    rep = _rep(request)
+    if (bad := _check_model(rep, request)) is not None:
+        return bad
+    return _json(
+        {
+            "name": rep.model,
+            "versions": [rep.version],
+            "platform": rep.backend.platform,
+            "inputs": [INPUT_SPEC.metadata()],
+            "outputs": [spec.metadata() for spec in rep.backend.outputs.values()],
+            "parameters": {"replica": rep.index, "max_batch_size": rep.cfg.batching.max_batch_size},
+        }
+    )
+
+
+async def model_ready(request: Request) -> Response:
+    rep = _rep(request)
+    if (bad := _check_model(rep, request)) is not None:
+        return bad
+    return _json({"name": rep.model, "ready": rep.loaded}, 200 if rep.loaded else 503)
+
+
+async def model_stats(request: Request) -> Response:
+    rep = _rep(request)
+    if (bad := _check_model(rep, request)) is not None:
+        return bad
+    st = rep.batcher.stats
+    return _json(
+        {
+            "model_stats": [
+                {
+                    "name": rep.model,
+                    "version": rep.version,
+                    "last_inference": st.last_inference_ms,
+                    "inference_count": st.inference_count,
+                    "execution_count": st.execution_count,
+                    "inference_stats": {
+                        "success": {"count": st.success, "ns": st.success_ns},
+                        "fail": {"count": st.fail, "ns": st.fail_ns},
+                        "queue": {"count": st.queue_count, "ns": st.queue_ns},
+                    },
+                    "batch_stats": [
+                        {"batch_size": size, "compute_infer": {"count": c, "ns": ns}}
+                        for size, (c, ns) in sorted(st.by_batch.items())
+                    ],
+                }
+            ]
+        }
+    )
+
+
+async def metrics(request: Request) -> Response:
+    rep = _rep(request)
+    rep.metrics.queue_len.set(rep.batcher.queue_len)
+    return Response(rep.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# -- inference -----------------------------------------------------------------------------
+
+
+async def infer(request: Request) -> Response:
+    received = clock()
+    rep = _rep(request)
+    m = rep.metrics
+    if (bad := _check_model(rep, request)) is not None:
+        m.errors.labels("404").inc()
+        return bad
+    m.in_flight.inc()
+    try:
+        _check_json(request)
+        body = await _read_body(request, rep.cfg.server.max_body_bytes)
+        req = parse_infer(body, rep.cfg.batching.max_batch_size, rep.output_names)
+        if not rep.loaded:
+            raise ProtocolError(503, f"model {rep.model!r} version {rep.version!r} is not loaded")
+        result = await rep.batcher.submit(req, received)
+    except ProtocolError as exc:
+        m.errors.labels(str(exc.status)).inc()
+        m.requests.labels("error").inc()
+        return _error(exc.status, exc.message)
+    except QueueFull:
+        m.shed.inc()
+        m.requests.labels("shed").inc()
+        return _error(503, "queue full (batching.max_queue_size); retry later", {"Retry-After": "1"})
+    except DeadlineExceeded:
+        m.timeouts.inc()
+        m.errors.labels("504").inc()
+        m.requests.labels("timeout").inc()
+        return _error(504, "request timeout (parameters.timeout) expired while queued")
+    except BackendFailed as exc:
+        m.errors.labels("500").inc()
+        m.requests.labels("error").inc()
+        return _error(500, str(exc))
+    finally:
+        m.in_flight.dec()
+    server_s = clock() - received
+    content = infer_response(rep.model, rep.version, req, result, rep.backend.outputs, rep.index, server_s)
+    m.latency.observe(server_s)
+    m.requests.labels("ok").inc()
+    return Response(content, media_type=JSON)
+
+
+# -- model repository (Triton extension) ---------------------------------------------------
+
+
+async def repository_index(request: Request) -> Response:
+    rep = _rep(request)
+    state = "READY" if rep.loaded else "UNAVAILABLE"
+    return _json([{"name": rep.model, "version": rep.version, "state": state}])
+
+
+def _authorised(rep: Replica, request: Request) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    return hmac.compare_digest(token.strip().encode(), rep.token.encode())
+
+
+async def _control(request: Request, load: bool) -> Response:
+    rep = _rep(request)
+    if not _authorised(rep, request):
+        return _error(401, "control endpoints need 'Authorization: Bearer <token>' (env SERVELAB_TOKEN)", {"WWW-Authenticate": "Bearer"})
+    if (bad := _check_model(rep, request)) is not None:
+        return bad
+    if load and not rep.loaded:
+        await asyncio.to_thread(rep.backend.load)
+    rep.loaded = load
+    return _json({"name": rep.model, "version": rep.version, "state": "READY" if load else "UNAVAILABLE"})
+
+
+async def load_model(request: Request) -> Response:
+    return await _control(request, True)
+
+
+async def unload_model(request: Request) -> Response:
+    return await _control(request, False)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, exc.detail or "error", exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    print(f"servelab.server: internal error on {request.url.path}: {exc!r}", file=sys.stderr, flush=True)
+    return _error(500, "internal server error")
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+def served_version(cfg: ScenarioConfig, replica: int) -> str:
+    return cfg.model.versions[replica % len(cfg.model.versions)]
+
+
+def create_app(cfg: ScenarioConfig, replica: int) -> Starlette:
+    """The replica's app; the model loads (and the batcher starts) in the lifespan startup."""
+    version = served_version(cfg, replica)
+    backend = make_backend(cfg, replica, version)
+    server_metrics = ServerMetrics()
+    batcher = AsyncBatcher(
+        DynamicBatcher(cfg.batching.max_batch_size, cfg.batching.max_queue_delay_s),
+        backend,
+        instances=cfg.concurrency,
+        max_queue_size=cfg.batching.max_queue_size,
+        on_batch=server_metrics.on_batch,
+    )
+    token, configured = resolve_token(cfg)
+    rep = Replica(
+        cfg=cfg,
+        index=replica,
+        version=version,
+        backend=backend,
+        batcher=batcher,
+        metrics=server_metrics,
+        token=token,
+        token_configured=configured,
+        output_names=frozenset(backend.outputs),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await asyncio.to_thread(backend.load)
+        batcher.start()
+        rep.loaded = True
+        try:
+            yield
+        finally:
+            rep.loaded = False
+            batcher.stop()
+
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route(model, model_metadata, methods=["GET"]),
+        Route(versioned, model_metadata, methods=["GET"]),
+        Route(model + "/ready", model_ready, methods=["GET"]),
+        Route(versioned + "/ready", model_ready, methods=["GET"]),
+        Route(model + "/infer", infer, methods=["POST"]),
+        Route(versioned + "/infer", infer, methods=["POST"]),
+        Route(model + "/stats", model_stats, methods=["GET"]),
+        Route(versioned + "/stats", model_stats, methods=["GET"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", load_model, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", unload_model, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.replica = rep
+    return app
