@@ -63,11 +63,57 @@ class Router:
     def version_of(self, replica: int) -> int:
         return replica % len(self.replicas_of_version)
 
-    def route(self, user_id: int, outstanding: Sequence[int], now: float, rng: UniformSource) -> int:
-        """Replica index for a request, given the outstanding count of every replica."""
-        if self.split is None:
-            return self.balancers[0].choose(outstanding, now, rng)
-        v = self.split.choose(user_id, rng)
+    def set_version_weights(self, weights: Sequence[float]) -> None:
+        """New version shares at run time (a rollout step, the gateway's control endpoint)."""
+        if len(weights) != len(self.replicas_of_version):
+            raise ValueError(f"needs one weight per version ({len(self.replicas_of_version)}), got {len(weights)}")
+        if self.split is not None:
+            self.split = VersionSplit(weights, self.split.sticky)
+
+    def route(
+        self,
+        user_id: int,
+        outstanding: Sequence[int],
+        now: float,
+        rng: UniformSource,
+        healthy: Sequence[bool] | None = None,
+        version: int | None = None,
+    ) -> int:
+        """Replica index for a request, given the outstanding count of every replica.
+
+        `healthy` (one flag per replica; None = all) keeps ejected replicas out, so the real
+        gateway can drop a dead replica without a second routing implementation; a version
+        with no healthy replica hands its users to the next version that has one. `version`
+        pins the version (a versioned infer URL). Raises `NoReplica` when nothing is left.
+        """
+        if healthy is None and version is None:
+            if self.split is None:
+                return self.balancers[0].choose(outstanding, now, rng)
+            v = self.split.choose(user_id, rng)
+            members = self.replicas_of_version[v]
+            k = self.balancers[v].choose([outstanding[r] for r in members], now, rng)
+            return members[k]
+        n_versions = len(self.replicas_of_version)
+        if version is not None:
+            v = version
+        elif self.split is None:
+            v = 0
+        else:
+            v = self.split.choose(user_id, rng)
+            if healthy is not None:
+                for step in range(n_versions):
+                    w = (v + step) % n_versions
+                    if any(healthy[r] for r in self.replicas_of_version[w]):
+                        v = w
+                        break
         members = self.replicas_of_version[v]
+        if healthy is not None:
+            members = [r for r in members if healthy[r]]
+        if not members:
+            raise NoReplica(f"no healthy replica of version index {v}")
         k = self.balancers[v].choose([outstanding[r] for r in members], now, rng)
         return members[k]
+
+
+class NoReplica(LookupError):
+    """Every candidate replica is ejected: the gateway answers 503."""

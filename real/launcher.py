@@ -1,0 +1,292 @@
+"""Start the real stack (N replica processes and the gateway) on loopback, and always stop it.
+
+`launch(cfg)` is a context manager: inside it every process answered ready; on leaving it, by
+return, exception, Ctrl-C or SIGTERM, every process is gone. Three layers make "no orphan" hold:
+- each process runs in its own process group (so a terminal's Ctrl-C does not hit the children
+  half-way through our own shutdown, and a signal reaches anything they spawn);
+- the exit path sends SIGTERM to each group, then SIGKILL after a grace period;
+- each child asks the kernel to SIGKILL it when its parent dies (PR_SET_PDEATHSIG), which covers
+  the parent being killed with SIGKILL, where no Python code runs. Linux only; the kernel ties it
+  to the parent *thread*, so call `launch` from a thread that outlives the stack (normally main).
+While the stack is up in the main thread, a default SIGTERM disposition is replaced by one that
+raises SystemExit, so `finally` blocks (ours and the caller's) run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from scenarios.outputs import write_config, write_text
+from sim.config import ScenarioConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_PATH = "/v2/health/ready"
+START_TIMEOUT_S = 60.0
+GRACE_S = 5.0
+LOG_TAIL_LINES = 40
+PR_SET_PDEATHSIG = 1
+
+# (config path, replica index, port, host) -> argv
+ReplicaCommand = Callable[[Path, int, int, str], list[str]]
+
+
+class LaunchError(RuntimeError):
+    """The stack could not start; the message names the process and ends with its log's tail."""
+
+
+@dataclass
+class RunningStack:
+    gateway_url: str
+    replica_urls: list[str]
+    token: str
+    processes: list[subprocess.Popen[bytes]]  # replicas in index order, then the gateway
+    run_dir: Path | None = None
+    logs: list[Path] = field(default_factory=list)  # one per process, same order
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+
+def server_command(config: Path, replica: int, port: int, host: str) -> list[str]:
+    return [sys.executable, "-m", "real.server", "--config", str(config), "--replica", str(replica),
+            "--port", str(port), "--host", host]
+
+
+def gateway_command(config: Path, port: int, host: str, upstreams: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "real.gateway", "--config", str(config), "--port", str(port),
+            "--host", host, "--upstreams", ",".join(upstreams)]
+
+
+def url_host(bind_host: str) -> str:
+    """Where a client reaches a server bound to `bind_host` on this machine."""
+    if bind_host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind_host == "::":
+        return "[::1]"
+    return f"[{bind_host}]" if ":" in bind_host else bind_host
+
+
+def free_ports(host: str, n: int) -> list[int]:
+    """n distinct free ports, all held open together while choosing so none repeats."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise LaunchError(f"gateway.port={port}: cannot bind {host}:{port} ({exc.strerror}); pick another port or 0 for a free one") from exc
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """Runs in the child between fork and exec: die with the parent, even by SIGKILL."""
+
+    def setup() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return setup
+
+
+def _child_env(token: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               SERVELAB_TOKEN=token)
+    return env
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+            start_new_session=True, preexec_fn=_child_setup(os.getpid()),
+        )
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(tail) if tail else "(empty log)"
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def is_ready(url: str, timeout_s: float = 0.5) -> bool:
+    try:
+        with _NO_PROXY.open(url + READY_PATH, timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_ready(names: Sequence[str], urls: Sequence[str], procs: Sequence[subprocess.Popen[bytes]],
+               logs: Sequence[Path], deadline: float) -> None:
+    """Until every URL answers ready; a process that exits, or the deadline, fails with its log."""
+    pending = set(range(len(urls)))
+    while pending:
+        for i in sorted(pending):
+            code = procs[i].poll()
+            if code is not None:
+                raise LaunchError(f"{names[i]} exited with status {code} before it was ready ({urls[i]}); "
+                                  f"log {logs[i]}:\n{log_tail(logs[i])}")
+            if is_ready(urls[i]):
+                pending.discard(i)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            i = min(pending)
+            raise LaunchError(f"{names[i]} not ready at {urls[i]}{READY_PATH} within the start deadline; "
+                              f"log {logs[i]}:\n{log_tail(logs[i])}")
+        time.sleep(0.05)
+
+
+def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = GRACE_S) -> None:
+    """SIGTERM every process group, SIGKILL what is left after `grace_s`, reap everything."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+class _Terminated(SystemExit):
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM -> SystemExit(143) in the main thread while the stack is up, so cleanup runs."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def launch(cfg: ScenarioConfig, *, run_dir: Path | None = None, token: str | None = None) -> Iterator[RunningStack]:
+    """The stack for `cfg`, ready to serve; stopped on exit, whatever the exit.
+
+    Files go to `run_dir/stack/` (the config the processes read, one log per process, the token);
+    without `run_dir` they go to a temporary directory removed on exit. `gateway.port=0` picks a
+    free port; replica ports are always free ones. The token (for control endpoints) is `token`,
+    else `cfg.server.token`, else a fresh random one; it is passed in $SERVELAB_TOKEN, never in argv.
+    """
+    with launch_with(cfg, run_dir=run_dir, token=token) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def launch_with(
+    cfg: ScenarioConfig,
+    *,
+    run_dir: Path | None = None,
+    token: str | None = None,
+    replica_command: ReplicaCommand = server_command,
+    start_timeout_s: float = START_TIMEOUT_S,
+    grace_s: float = GRACE_S,
+    gateway_args: Sequence[str] = (),
+) -> Iterator[RunningStack]:
+    """`launch` with the knobs tests need: another replica program, shorter deadlines."""
+    temp = run_dir is None
+    base = Path(tempfile.mkdtemp(prefix="servelab-stack-")) if run_dir is None else Path(run_dir)
+    stack_dir = base / "stack"
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    token = token or cfg.server.token or secrets.token_urlsafe(24)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with _sigterm_raises():
+            replica_host = cfg.server.host
+            gateway_host = cfg.gateway.host
+            replica_ports = free_ports(replica_host, cfg.replicas)
+            if cfg.gateway.port:
+                gateway_port = cfg.gateway.port
+                _check_port_free(gateway_host, gateway_port)
+            else:
+                gateway_port = free_ports(gateway_host, 1)[0]
+
+            resolved = copy.deepcopy(cfg)
+            resolved.gateway.port = gateway_port
+            resolved.server.token = ""  # the secret travels in the environment, not in run files
+            config_path = stack_dir / "config.yaml"
+            write_config(config_path, resolved)
+            token_path = stack_dir / "token"
+            write_text(token_path, token + "\n")
+            token_path.chmod(0o600)
+
+            env = _child_env(token)
+            replica_urls = [f"http://{url_host(replica_host)}:{p}" for p in replica_ports]
+            gateway_url = f"http://{url_host(gateway_host)}:{gateway_port}"
+            logs = [stack_dir / f"replica-{r}.log" for r in range(cfg.replicas)] + [stack_dir / "gateway.log"]
+            names = [f"replica {r}" for r in range(cfg.replicas)] + ["gateway"]
+            stack = RunningStack(gateway_url, replica_urls, token, procs, run_dir=None if temp else base, logs=logs)
+
+            deadline = time.monotonic() + start_timeout_s
+            for r, port in enumerate(replica_ports):
+                procs.append(_spawn(replica_command(config_path, r, port, replica_host), logs[r], env))
+            wait_ready(names[:-1], replica_urls, procs, logs[:-1], deadline)
+            gw_argv = gateway_command(config_path, gateway_port, gateway_host, replica_urls) + list(gateway_args)
+            procs.append(_spawn(gw_argv, logs[-1], env))
+            wait_ready(names[-1:], [gateway_url], procs[-1:], logs[-1:], deadline)
+            yield stack
+    finally:
+        stop_all(procs, grace_s)
+        if temp:
+            shutil.rmtree(base, ignore_errors=True)
