@@ -339,5 +339,5 @@ def default_progress(total: int | None) -> Progress | None:
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="req", unit_scale=True, desc="twin", leave=False, mininterval=0.5)
+    bar = tqdm(total=total, unit="req", unit_scale=True, desc="twin", leave=False, mininterval=0.5, delay=2.0)
     return bar.update
