@@ -1,0 +1,80 @@
+"""`servelab mode=serve gateway.port=PORT`: keep the real stack up for the user's own tools.
+
+Prints where everything is, then waits for Ctrl-C or SIGTERM. If a process of the stack dies
+meanwhile the command says which and exits non-zero, rather than leaving a half stack up.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from real.launcher import launch
+from scenarios.outputs import write_config
+
+EXIT_STACK_DIED = 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+def banner(stack: Any, cfg: Any) -> str:
+    token_file = stack.run_dir / "stack" / "token" if stack.run_dir else None
+    model = cfg.model.name
+    n_inputs = 64
+    example = (
+        f"curl -s -X POST {stack.gateway_url}/v2/models/{model}/infer -H 'content-type: application/json' "
+        f"-H 'x-user-id: 42' -d '{{\"inputs\": [{{\"name\": \"input\", \"shape\": [1, {n_inputs}], "
+        f"\"datatype\": \"FP32\", \"data\": [{', '.join(['0.0'] * n_inputs)}]}}]}}'"
+    )
+    lines = [
+        f"servelab: stack up: {cfg.replicas} replica(s) of {model!r} versions {cfg.model.versions}, lb.policy={cfg.lb.policy}",
+        f"  gateway   {stack.gateway_url}   (metrics: {stack.gateway_url}/metrics)",
+    ]
+    for r, url in enumerate(stack.replica_urls):
+        version = cfg.model.versions[r % len(cfg.model.versions)]
+        lines.append(f"  replica {r} {url}   (version {version})")
+    lines += [
+        "  infer example:",
+        f"    {example}",
+        f"  versioned:  POST {stack.gateway_url}/v2/models/{model}/versions/{cfg.model.versions[0]}/infer",
+        f"  token for control endpoints (Authorization: Bearer ...): in {token_file}" if token_file else "",
+        f"    e.g. curl -X POST {stack.gateway_url}/v2/gateway/weights -H \"Authorization: Bearer $(cat {token_file})\" "
+        f"-d '{{\"weights\": {[1.0] * len(cfg.model.versions)}}}'" if token_file else "",
+        f"  logs: {stack.run_dir / 'stack'}" if stack.run_dir else "",
+        "  Ctrl-C or SIGTERM stops everything.",
+    ]
+    return "\n".join(line for line in lines if line)
+
+
+def run(cfg: Any, out_dir: Path) -> int:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_config(out_dir / "config.yaml", cfg)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        with launch(cfg, run_dir=out_dir) as stack:
+            print(banner(stack, cfg), flush=True)
+            while True:
+                for name, proc, log in zip(
+                    [f"replica {r}" for r in range(len(stack.replica_urls))] + ["gateway"], stack.processes, stack.logs
+                ):
+                    if proc.poll() is not None:
+                        print(f"servelab: {name} exited with status {proc.returncode}; see {log}. Stopping.", file=sys.stderr)
+                        return EXIT_STACK_DIED
+                time.sleep(0.5)
+    except (KeyboardInterrupt, _Stop):
+        print("servelab: stopping the stack", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("servelab: stack stopped", flush=True)
+    return 0
