@@ -1,0 +1,281 @@
+"""Predicted against measured: the numbers behind `comparison.json` and the fidelity table.
+
+A comparison is a plain dict (JSON as written) so CI, notebooks and the HTML report all read the
+very same object; nothing here knows whether the twin or the real stack produced a summary.
+The error convention is the one the fidelity targets use: relative to the *measured* value,
+signed so that a positive error means the twin over-predicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import yaml
+
+from sim.records import COLUMNS
+
+Summary = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the fidelity table: where it lives in summary.json and how to print it."""
+
+    key: str
+    label: str
+    unit: str  # "s" (printed in ms), "req/s", "req" (batch size), "fraction" (printed in %)
+    read: Callable[[Summary], Any]
+
+
+def _latency(name: str) -> Callable[[Summary], Any]:
+    return lambda s: (s.get("latency_s") or {}).get(name)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("latency_p50", "latency p50", "s", _latency("p50")),
+    Metric("latency_p90", "latency p90", "s", _latency("p90")),
+    Metric("latency_p99", "latency p99", "s", _latency("p99")),
+    Metric("latency_mean", "latency mean", "s", _latency("mean")),
+    Metric("achieved_rate", "throughput", "req/s", lambda s: s.get("achieved_rate")),
+    Metric("mean_batch_size", "mean batch size", "req", lambda s: s.get("mean_batch_size")),
+    Metric("queue_mean", "queue time mean", "s", lambda s: s.get("queue_s_mean")),
+    Metric("shed_fraction", "shed fraction", "fraction", lambda s: s.get("shed_fraction")),
+)
+METRIC_BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
+
+# The fidelity targets of issue 4: |relative error| at most this, per metric.
+DEFAULT_TARGETS: dict[str, float] = {"latency_p50": 0.05, "latency_p99": 0.10, "achieved_rate": 0.02}
+
+
+def _number(value: Any) -> float | None:
+    """A finite float or None: summaries may hold None, NaN or ints, JSON wants neither NaN nor inf."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+# 10.5 ms against 10 ms is +5% exactly; in floats it is 5.0000000000000004%, which no reader
+# of a table showing "+5.0%  <= 5%" would call a miss.
+_TOLERANCE = 1e-9
+
+
+def compare_metric(predicted: Any, measured: Any, target: float | None = None) -> dict[str, Any]:
+    """One metric's entry. A measured 0 has no relative error: two zeros agree exactly (error 0);
+    anything else against 0 keeps its absolute difference and is flagged, and misses any target,
+    since no tolerance relative to nothing can be met."""
+    x, y = _number(predicted), _number(measured)
+    entry: dict[str, Any] = {"predicted": x, "measured": y, "abs_error": None, "rel_error": None,
+                             "rel_error_undefined": False, "target": target, "within_target": None,
+                             "missed_by": None}
+    if x is None or y is None:
+        return entry
+    entry["abs_error"] = x - y
+    if y != 0:
+        entry["rel_error"] = (x - y) / y
+    elif x == 0:
+        entry["rel_error"] = 0.0
+    else:
+        entry["rel_error_undefined"] = True
+    if target is not None:
+        err = entry["rel_error"]
+        ok = err is not None and abs(err) <= target + _TOLERANCE
+        entry["within_target"] = ok
+        if not ok and err is not None:
+            entry["missed_by"] = abs(err) - target
+    return entry
+
+
+def run_warnings(summary: Summary, who: str = "") -> list[str]:
+    """Everything a summary says should make a reader distrust it: its own `warnings`, and a
+    load generator that flagged itself invalid (it fell behind its schedule)."""
+    prefix = f"{who}: " if who else ""
+    notes = [f"{prefix}{w}" for w in summary.get("warnings", []) or []]
+    loadgen = summary.get("loadgen")
+    flags = [summary.get("valid"), loadgen.get("valid") if isinstance(loadgen, Mapping) else None]
+    if any(flag is False for flag in flags) and not notes:
+        notes.append(f"{prefix}the load generator flagged this run invalid (it fell behind its schedule)")
+    return notes
+
+
+def compare_summaries(
+    predicted: Summary,
+    measured: Summary,
+    *,
+    targets: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """comparison.json: each metric predicted vs measured with its error, the targets, and
+    whether each was met; `warnings` carries the inputs' own doubts so no table hides them."""
+    targets = dict(DEFAULT_TARGETS if targets is None else targets)
+    unknown = set(targets) - set(METRIC_BY_KEY)
+    if unknown:
+        raise ValueError(f"targets for unknown metrics {sorted(unknown)}; known: {', '.join(METRIC_BY_KEY)}")
+    metrics = {
+        m.key: {"label": m.label, "unit": m.unit, **compare_metric(m.read(predicted), m.read(measured), targets.get(m.key))}
+        for m in METRICS
+    }
+    within = {k: metrics[k]["within_target"] for k in targets}
+    warnings = run_warnings(predicted, "predicted") + run_warnings(measured, "measured")
+    for key, ok in within.items():
+        if ok is None:
+            warnings.append(f"{METRIC_BY_KEY[key].label}: no value to compare against its target")
+    return {
+        "predicted_backend": predicted.get("backend"),
+        "measured_backend": measured.get("backend"),
+        "metrics": metrics,
+        "targets": targets,
+        "within_target": within,
+        "all_within_target": bool(within) and all(ok is True for ok in within.values()),
+        "warnings": warnings,
+    }
+
+
+# ---------------------------------------------------------------- tables
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A metric in the unit people think in: latency in ms, fractions in %."""
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value * 1e3:.2f} ms"
+    if unit == "req/s":
+        return f"{value:.1f} req/s"
+    if unit == "fraction":
+        return f"{value:.2%}"
+    return f"{value:.2f}"
+
+
+def _error_text(entry: Mapping[str, Any]) -> str:
+    if entry.get("rel_error_undefined"):
+        return f"n/a (measured 0, diff {format_value(entry['abs_error'], entry['unit'])})"
+    err = entry.get("rel_error")
+    return "-" if err is None else f"{err:+.1%}"
+
+
+def _verdict(entry: Mapping[str, Any]) -> str:
+    ok = entry.get("within_target")
+    if entry.get("target") is None:
+        return ""
+    if ok is None:
+        return "no data"
+    if ok:
+        return "met"
+    missed = entry.get("missed_by")
+    return "MISSED" if missed is None else f"MISSED by {missed * 100:.1f} pp"
+
+
+def comparison_rows(comparison: Mapping[str, Any]) -> list[list[str]]:
+    """The table's cells, shared by the terminal, Markdown and HTML renderings."""
+    rows = []
+    for key, e in comparison["metrics"].items():
+        target = e.get("target")
+        rows.append([
+            e.get("label", key),
+            format_value(e["predicted"], e["unit"]),
+            format_value(e["measured"], e["unit"]),
+            _error_text(e),
+            "" if target is None else f"<= {target:.0%}",
+            _verdict(e),
+        ])
+    return rows
+
+
+HEADER = ["metric", "predicted (twin)", "measured (real)", "error", "target", "verdict"]
+
+
+def format_comparison_table(comparison: Mapping[str, Any], *, markdown: bool = False) -> str:
+    """The fidelity table: fixed-width for a terminal, or a Markdown pipe table."""
+    rows = comparison_rows(comparison)
+    numeric = [False, True, True, True, True, False]
+    if markdown:
+        lines = ["| " + " | ".join(HEADER) + " |",
+                 "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    else:
+        widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+
+        def line(cells: list[str]) -> str:
+            return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)).rstrip()
+
+        lines = [line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    verdict = comparison_verdict(comparison)
+    lines += ["", verdict] + [f"WARNING: {w}" for w in comparison.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def format_comparison_markdown(comparison: Mapping[str, Any]) -> str:
+    return format_comparison_table(comparison, markdown=True)
+
+
+def comparison_verdict(comparison: Mapping[str, Any]) -> str:
+    """One line a CI log or a README can quote."""
+    within = comparison.get("within_target", {})
+    missed = [METRIC_BY_KEY[k].label if k in METRIC_BY_KEY else k for k, ok in within.items() if ok is not True]
+    if not within:
+        return "no fidelity targets set"
+    if not missed:
+        return f"fidelity: all {len(within)} targets met"
+    return f"fidelity: {len(within) - len(missed)} of {len(within)} targets met; missed: {', '.join(missed)}"
+
+
+# ---------------------------------------------------------------- run directories
+
+
+@dataclass
+class Run:
+    """A run directory read back: the four files of DESIGN.md "Outputs"."""
+
+    path: Path
+    requests: pd.DataFrame
+    summary: dict[str, Any]
+    timeseries: pd.DataFrame
+    config: dict[str, Any]
+    missing: list[str] = field(default_factory=list)  # files a partial run did not write
+
+    @property
+    def label(self) -> str:
+        return str(self.summary.get("source") or self.path.name)
+
+    @property
+    def backend(self) -> str:
+        return str(self.summary.get("backend") or (self.config.get("model") or {}).get("backend") or "unknown")
+
+    @property
+    def warnings(self) -> list[str]:
+        return run_warnings(self.summary) + [f"{name} missing from {self.path}" for name in self.missing]
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory. summary.json must exist (without it there is nothing to report);
+    the other files may be missing from a run that failed part-way, and are then empty, so a
+    report of what did happen can still be written."""
+    path = Path(run_dir)
+    summary_path = path / "summary.json"
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{path} is not a run directory: no summary.json")
+    summary = json.loads(summary_path.read_text())
+    missing: list[str] = []
+
+    def parquet(name: str, empty: pd.DataFrame) -> pd.DataFrame:
+        if (path / name).exists():
+            return pd.read_parquet(path / name)
+        missing.append(name)
+        return empty
+
+    requests = parquet("requests.parquet", pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()}))
+    series = parquet("timeseries.parquet", pd.DataFrame())
+    config: dict[str, Any] = {}
+    if (path / "config.yaml").exists():
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    else:
+        missing.append("config.yaml")
+    return Run(path=path, requests=requests, summary=summary, timeseries=series, config=config, missing=missing)
