@@ -1,0 +1,336 @@
+"""Reports of run outputs: one self-contained HTML file and one Markdown file per run.
+
+The HTML embeds its figures as data URIs so it survives being mailed, attached to a CI job or
+moved out of its directory; the Markdown links PNG files written beside it, so it renders on a
+code host and diffs as text. Both show the same tables, built once here from the comparison
+dict and the summaries, and both put warnings (an invalid load-generator run, a config that
+differs between the two sides) before any number, so nobody quotes a figure they should not.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from reports.compare import HEADER, Run, comparison_rows, comparison_verdict, format_comparison_table
+from reports.figures import LoadPoint, write_compare_figures, write_run_figures
+from scenarios.outputs import write_text
+
+FIGURES_DIR = "figures"
+HTML_NAME, MD_NAME = "report.html", "report.md"
+
+# The keys that decide what a run means, in the order a reader looks for them.
+KEY_CONFIG: tuple[str, ...] = (
+    "seed", "duration_s", "warmup_s", "replicas", "concurrency", "timeout_s",
+    "arrival.kind", "arrival.rate", "arrival.users", "arrival.high_rate", "arrival.low_rate",
+    "arrival.path", "arrival.think_s",
+    "service.kind", "service.base_s", "service.per_item_s", "service.cv", "service.profile",
+    "lb.policy", "lb.weights",
+    "batching.max_batch_size", "batching.max_queue_delay_s", "batching.max_queue_size",
+    "model.name", "model.backend", "model.versions", "gateway.hop_s", "loadgen.workers",
+)
+# Only shown for the arrival kinds they belong to, so the table is not half irrelevant keys.
+ARRIVAL_KEYS = {
+    "arrival.rate": ("poisson", "constant", "diurnal"),
+    "arrival.high_rate": ("bursty",), "arrival.low_rate": ("bursty",),
+    "arrival.path": ("trace",), "arrival.think_s": ("closed",), "arrival.users": ("closed",),
+}
+
+FIGURE_CAPTIONS = {
+    "latency_cdf": "Latency CDF and tail of answered requests after warm-up; dashed p50, dotted p99.",
+    "timeseries": "Per-window throughput, latency and queue; warm-up and drain shaded.",
+    "load_curve": "p50 and p99 against offered rate, and achieved against offered throughput.",
+}
+
+
+# ---------------------------------------------------------------- table content
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if not math.isfinite(value) else f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def config_rows(configs: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str], bool]]:
+    """(key, value per run, differs) for the scenario's key settings; `differs` marks a compare
+    whose two sides did not run the same scenario, which voids the error figures."""
+    kinds = {_get(c, "arrival.kind") for c in configs}
+    rows = []
+    for key in KEY_CONFIG:
+        if key in ARRIVAL_KEYS and not kinds & set(ARRIVAL_KEYS[key]):
+            continue
+        if key == "service.cv" and all(_get(c, "service.kind") != "lognormal" for c in configs):
+            continue
+        if key == "service.profile" and all(_get(c, "service.kind") != "empirical" for c in configs):
+            continue
+        if key == "lb.weights" and all(not _get(c, "lb.weights") for c in configs):
+            continue
+        values = [_get(c, key) for c in configs]
+        if all(v is None for v in values):
+            continue
+        rows.append((key, [_fmt(v) for v in values], len({_fmt(v) for v in values}) > 1))
+    return rows
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value) * 1e3:.2f} ms"
+
+
+def _rate(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f} req/s"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2%}"
+
+
+SHOWN_KEYS = {"requests_total", "requests_measured", "window_s", "offered_rate", "achieved_rate", "latency_s",
+              "queue_s_mean", "service_s_mean", "status_counts", "shed_fraction", "mean_batch_size",
+              "utilisation", "warnings"}
+
+
+def summary_rows(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
+    """Both summaries side by side: the standard fields first, then whatever extra a side
+    reports (send lag, wall time, ...), so a new field shows up without a change here."""
+    def row(label: str, fn: Any) -> tuple[str, list[str]]:
+        return label, [fn(s) for s in summaries]
+
+    rows = [
+        row("source", lambda s: _fmt(s.get("source"))),
+        row("backend", lambda s: _fmt(s.get("backend"))),
+        row("requests (measured / total)", lambda s: f"{s.get('requests_measured', '-')} / {s.get('requests_total', '-')}"),
+        row("measurement window", lambda s: "-" if s.get("window_s") is None else f"{s['window_s']:.1f} s"),
+        row("offered rate", lambda s: _rate(s.get("offered_rate"))),
+        row("achieved rate", lambda s: _rate(s.get("achieved_rate"))),
+    ]
+    for q in ("p50", "p90", "p95", "p99", "p99.9", "mean", "max"):
+        rows.append(row(f"latency {q}", lambda s, q=q: _ms((s.get("latency_s") or {}).get(q))))
+    rows += [
+        row("queue time mean", lambda s: _ms(s.get("queue_s_mean"))),
+        row("service time mean", lambda s: _ms(s.get("service_s_mean"))),
+        row("status ok / shed / timeout / error", lambda s: " / ".join(
+            str((s.get("status_counts") or {}).get(k, "-")) for k in ("ok", "shed", "timeout", "error"))),
+        row("shed fraction", lambda s: _pct(s.get("shed_fraction"))),
+        row("mean batch size", lambda s: _fmt(None if s.get("mean_batch_size") is None else round(s["mean_batch_size"], 3))),
+        row("utilisation per replica", lambda s: ", ".join(
+            f"{r}: {float(u):.0%}" for r, u in (s.get("utilisation") or {}).items()) or "-"),
+    ]
+    extra: list[str] = []
+    for s in summaries:
+        extra += [k for k in s if k not in SHOWN_KEYS and k not in ("source", "backend") and k not in extra]
+    for key in extra:
+        values = [s.get(key) for s in summaries]
+        if all(isinstance(v, Mapping) or v is None for v in values):
+            subkeys: list[str] = []
+            for v in values:
+                subkeys += [k for k in (v or {}) if k not in subkeys]
+            for sub in subkeys:
+                rows.append((f"{key}.{sub}", [_fmt((v or {}).get(sub)) for v in values]))
+        else:
+            rows.append((key, [_fmt(v) for v in values]))
+    return rows
+
+
+# ---------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class _Doc:
+    """What both renderings show; built once so HTML and Markdown cannot drift apart."""
+
+    title: str
+    subtitle: str
+    verdict: str | None
+    verdict_ok: bool
+    warnings: list[str]
+    comparison: Mapping[str, Any] | None
+    labels: list[str]
+    config: list[tuple[str, list[str], bool]]
+    summaries: list[tuple[str, list[str]]]
+    figures: dict[str, Path]
+
+
+CSS = """
+body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+     max-width:1180px;margin:2em auto;padding:0 1.2em;color:#222;line-height:1.45}
+h1{margin-bottom:.1em} .sub{color:#666;margin-top:0}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.93em}
+th,td{border:1px solid #ddd;padding:.35em .7em;text-align:left}
+th{background:#f5f6f8} td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.met td.verdict{background:#e3f4e1;color:#1b5e20;font-weight:600}
+tr.missed td.verdict{background:#fde2e1;color:#b71c1c;font-weight:600}
+tr.nodata td.verdict{background:#fff4d6;color:#7a5b00;font-weight:600}
+tr.differs td{background:#fff4d6}
+.banner{padding:.7em 1em;border-radius:6px;font-weight:600;margin:1em 0}
+.ok{background:#e3f4e1;color:#1b5e20;border:1px solid #a5d6a7}
+.bad{background:#fde2e1;color:#b71c1c;border:1px solid #ef9a9a}
+.warn{background:#fff4d6;color:#6d4c00;border:2px solid #f0b400;padding:.7em 1em;border-radius:6px;margin:1em 0}
+.warn ul{margin:.3em 0 0 1.2em;padding:0}
+figure{margin:1.2em 0} figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em}
+.cols{display:flex;gap:2em;flex-wrap:wrap;align-items:flex-start}
+"""
+
+
+def _verdict_class(entry: Mapping[str, Any]) -> str:
+    if entry.get("target") is None:
+        return ""
+    ok = entry.get("within_target")
+    return "nodata" if ok is None else ("met" if ok else "missed")
+
+
+def _render_html(doc: _Doc) -> str:
+    e = html.escape
+    out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+           f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+           f"<title>{e(doc.title)}</title><style>{CSS}</style></head><body>",
+           f"<h1>{e(doc.title)}</h1>", f"<p class=\"sub\">{e(doc.subtitle)}</p>"]
+    if doc.warnings:
+        items = "".join(f"<li>{e(w)}</li>" for w in doc.warnings)
+        out.append(f"<div class=\"warn\" id=\"warnings\"><strong>&#9888; Warnings: read before quoting any "
+                   f"number below</strong><ul>{items}</ul></div>")
+    if doc.verdict:
+        out.append(f"<div class=\"banner {'ok' if doc.verdict_ok else 'bad'}\">{e(doc.verdict)}</div>")
+    if doc.comparison is not None:
+        out.append("<h2>Fidelity: predicted against measured</h2>")
+        out.append("<table id=\"fidelity\"><thead><tr>" + "".join(
+            f"<th>{e(h)}</th>" for h in HEADER) + "</tr></thead><tbody>")
+        for entry, cells in zip(doc.comparison["metrics"].values(), comparison_rows(doc.comparison)):
+            cls = _verdict_class(entry)
+            tds = [f"<td>{e(cells[0])}</td>"] + [f"<td class=\"num\">{e(c)}</td>" for c in cells[1:5]]
+            tds.append(f"<td class=\"verdict\">{e(cells[5])}</td>")
+            out.append(f"<tr class=\"{cls}\">{''.join(tds)}</tr>")
+        out.append("</tbody></table><p class=\"sub\">error = (predicted - measured) / measured; "
+                   "positive: the twin over-predicts.</p>")
+    if doc.figures:
+        out.append("<h2>Figures</h2>")
+        for name, path in doc.figures.items():
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            out.append(f"<figure><img alt=\"{e(name)}\" src=\"data:image/png;base64,{data}\">"
+                       f"<figcaption>{e(FIGURE_CAPTIONS.get(name, name))}</figcaption></figure>")
+    head = "".join(f"<th>{e(label)}</th>" for label in doc.labels)
+    out.append("<h2>Summaries and scenario</h2><div class=\"cols\">")
+    out.append(f"<table id=\"summaries\"><thead><tr><th>field</th>{head}</tr></thead><tbody>")
+    for label, values in doc.summaries:
+        out.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class=\"num\">{e(v)}</td>" for v in values) + "</tr>")
+    out.append("</tbody></table>")
+    out.append(f"<table id=\"config\"><thead><tr><th>scenario key</th>{head}</tr></thead><tbody>")
+    for key, values, differs in doc.config:
+        cls = " class=\"differs\"" if differs else ""
+        out.append(f"<tr{cls}><td><code>{e(key)}</code></td>" + "".join(f"<td>{e(v)}</td>" for v in values) + "</tr>")
+    out.append("</tbody></table></div></body></html>\n")
+    return "\n".join(out)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def cell(c: str) -> str:
+        return c.replace("|", "\\|")
+    return ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+        "| " + " | ".join(map(cell, r)) + " |" for r in rows]
+
+
+def _render_md(doc: _Doc, md_dir: Path) -> str:
+    out = [f"# {doc.title}", "", f"_{doc.subtitle}_", ""]
+    if doc.warnings:
+        out += ["> **Warnings: read before quoting any number below**", ">"]
+        out += [f"> - {w}" for w in doc.warnings] + [""]
+    if doc.verdict:
+        out += [f"**{doc.verdict}**", ""]
+    if doc.comparison is not None:
+        out += ["## Fidelity: predicted against measured", ""]
+        table = format_comparison_table(doc.comparison, markdown=True)
+        out += [table.split("\n\n")[0], "",
+                "error = (predicted - measured) / measured; positive: the twin over-predicts.", ""]
+    if doc.figures:
+        out += ["## Figures", ""]
+        for name, path in doc.figures.items():
+            rel = Path(path).resolve().relative_to(md_dir.resolve()).as_posix()
+            out += [f"![{FIGURE_CAPTIONS.get(name, name)}]({rel})", ""]
+    out += ["## Summaries", ""] + _md_table(["field", *doc.labels], [[k, *v] for k, v in doc.summaries]) + [""]
+    out += ["## Scenario", ""] + _md_table(
+        ["key", *doc.labels, *(["differs"] if len(doc.labels) > 1 else [])],
+        [[f"`{k}`", *v, *(["**yes**" if d else ""] if len(doc.labels) > 1 else [])] for k, v, d in doc.config]) + [""]
+    return "\n".join(out)
+
+
+def _write(out_dir: Path, doc: _Doc) -> tuple[Path, Path]:
+    html_path, md_path = out_dir / HTML_NAME, out_dir / MD_NAME
+    write_text(html_path, _render_html(doc))
+    write_text(md_path, _render_md(doc, out_dir))
+    return html_path, md_path
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    comparison: Mapping[str, Any],
+    sim_run: Run,
+    real_run: Run,
+    load_curve: Sequence[LoadPoint | tuple[Any, ...]] | None = None,
+    capacity: float | None = None,
+    title: str = "servelab: twin against the real stack",
+) -> tuple[Path, Path]:
+    """A compare run's report: `report.html` (self-contained) and `report.md` with its figures
+    in `figures/`. Returns (html_path, md_path)."""
+    out = Path(out_dir)
+    figures = write_compare_figures(out / FIGURES_DIR, sim_run, real_run, load_curve=load_curve, capacity=capacity)
+    config = config_rows([sim_run.config, real_run.config])
+    warnings = list(comparison.get("warnings", []))
+    warnings += [f"sim: {w}" for w in sim_run.warnings if f"predicted: {w}" not in warnings]
+    warnings += [f"real: {w}" for w in real_run.warnings if f"measured: {w}" not in warnings]
+    differing = [key for key, _, differs in config if differs]
+    if differing:
+        warnings.append(f"the two sides ran different scenarios ({', '.join(differing)}): errors compare unlike runs")
+    doc = _Doc(
+        title=title,
+        subtitle=f"predicted by {sim_run.backend} ({sim_run.path}) · measured on {real_run.backend} ({real_run.path})",
+        verdict=comparison_verdict(comparison),
+        verdict_ok=bool(comparison.get("all_within_target")),
+        warnings=warnings,
+        comparison=comparison,
+        labels=["sim (predicted)", "real (measured)"],
+        config=config,
+        summaries=summary_rows([sim_run.summary, real_run.summary]),
+        figures=figures,
+    )
+    return _write(out, doc)
+
+
+def write_run_report(out_dir: str | Path, run: Run, *, title: str | None = None) -> tuple[Path, Path]:
+    """A single run's report (mode=sim or mode=real alone): figures, summary, scenario."""
+    out = Path(out_dir)
+    doc = _Doc(
+        title=title or f"servelab {run.label} run",
+        subtitle=f"backend {run.backend} ({run.path})",
+        verdict=None,
+        verdict_ok=True,
+        warnings=run.warnings,
+        comparison=None,
+        labels=[run.label],
+        config=config_rows([run.config]),
+        summaries=summary_rows([run.summary]),
+        figures=write_run_figures(out / FIGURES_DIR, run),
+    )
+    return _write(out, doc)
