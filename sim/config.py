@@ -44,6 +44,19 @@ class ServiceConfig:
     per_item_s: float = 0.0005
     cv: float = 0.2  # lognormal coefficient of variation
     profile: str = ""  # empirical: a profile file written by mode=profile
+    # 0: every model instance has its own device (an accelerator). N: batches of all replicas
+    # share N CPU cores, as numpy replicas do on this machine; a batch waits for a free core.
+    shared_cores: int = 0
+
+
+@dataclass
+class OverheadConfig:
+    """Time a request spends outside the replica's queue and model: client, gateway, network,
+    (de)serialisation. Zero is the ideal stack; mode=profile measures the real one."""
+
+    before_s: float = 0.0  # intended send -> enqueued at the replica
+    after_s: float = 0.0  # model done -> answer at the client
+    profile: str = ""  # a profile file: replay its measured overhead samples instead
 
 
 @dataclass
@@ -103,6 +116,7 @@ class ScenarioConfig:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     lb: LbConfig = field(default_factory=LbConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    overhead: OverheadConfig = field(default_factory=OverheadConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -175,6 +189,9 @@ def validate(cfg: ScenarioConfig) -> None:
     _non_negative(s.cv, "service.cv")
     if s.kind == "empirical":
         _require(bool(s.profile), "service.profile", "service.kind=empirical needs a profile file (see mode=profile)")
+    _require(s.shared_cores >= 0, "service.shared_cores", f"must be >= 0 (0 = a device per instance), got {s.shared_cores}")
+    _non_negative(cfg.overhead.before_s, "overhead.before_s")
+    _non_negative(cfg.overhead.after_s, "overhead.after_s")
 
     _choice(cfg.lb.policy, "lb.policy", sorted(LB_POLICIES))
     if cfg.lb.policy == "weighted":

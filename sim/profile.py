@@ -21,12 +21,15 @@ from sim.config import ConfigError
 @dataclass
 class Profile:
     times_s: dict[int, list[float]]  # batch size -> measured times, sorted
-    overheads_s: dict[str, float] = field(default_factory=dict)  # hop name -> mean seconds
+    # overhead name (before_s, after_s, ...) -> measured samples in seconds
+    overheads_s: dict[str, list[float]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # machine, backend, config it came from
 
     def __post_init__(self) -> None:
         if not self.times_s or any(not v for v in self.times_s.values()):
             raise ValueError("a profile needs at least one measured time per listed batch size")
+        if any(not v for v in self.overheads_s.values()):
+            raise ValueError("a profile's overheads need at least one sample each")
         self.times_s = {int(b): sorted(float(x) for x in v) for b, v in self.times_s.items()}
         self._sizes = sorted(self.times_s)
         self._means = [float(np.mean(self.times_s[b])) for b in self._sizes]
@@ -58,7 +61,7 @@ def load_profile(path: str) -> Profile:
         raw = json.loads(p.read_text())
         return Profile(
             times_s={int(b): list(v) for b, v in raw["times_s"].items()},
-            overheads_s={str(k): float(v) for k, v in raw.get("overheads_s", {}).items()},
+            overheads_s={str(k): [float(x) for x in v] for k, v in raw.get("overheads_s", {}).items()},
             meta=dict(raw.get("meta", {})),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

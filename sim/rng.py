@@ -19,14 +19,17 @@ class Streams:
     service: np.random.Generator
     think: np.random.Generator
     routing: random.Random  # the policies' UniformSource: cheap per call
+    overhead: np.random.Generator
 
 
 def make_streams(seed: int) -> Streams:
-    arrivals, users, service, think, routing = np.random.SeedSequence(seed).spawn(5)
+    # spawn children are indexed: appending a stream leaves the earlier ones unchanged
+    arrivals, users, service, think, routing, overhead = np.random.SeedSequence(seed).spawn(6)
     return Streams(
         arrivals=np.random.default_rng(arrivals),
         users=np.random.default_rng(users),
         service=np.random.default_rng(service),
         think=np.random.default_rng(think),
         routing=random.Random(int(routing.generate_state(1)[0])),
+        overhead=np.random.default_rng(overhead),
     )

@@ -56,3 +56,32 @@ class ServiceTime:
         if self._profile is not None:
             return self._profile.sample_s(batch_size, u)
         return (self.cfg.base_s + self.cfg.per_item_s * batch_size) * u
+
+
+class Overhead:
+    """Per-request time outside queue and model, before enqueue and after service: constants
+    from the config, or samples replayed from a measured profile."""
+
+    def __init__(self, before_s: float, after_s: float, rng: np.random.Generator, samples: dict[str, list[float]] | None = None) -> None:
+        self._rng = rng
+        samples = samples or {}
+        self._before = np.asarray(samples.get("before_s", [before_s]), dtype=float)
+        self._after = np.asarray(samples.get("after_s", [after_s]), dtype=float)
+        self.active = bool(self._before.max() > 0 or self._after.max() > 0)
+        self.mean_before_s = float(self._before.mean())
+        self.mean_after_s = float(self._after.mean())
+        self._buf_before: list[float] = []
+        self._buf_after: list[float] = []
+
+    def _draw(self, pool: np.ndarray, buf: list[float]) -> float:
+        if len(pool) == 1:
+            return float(pool[0])
+        if not buf:
+            buf.extend(pool[self._rng.integers(0, len(pool), _BUFFER)].tolist())
+        return buf.pop()
+
+    def before(self) -> float:
+        return self._draw(self._before, self._buf_before)
+
+    def after(self) -> float:
+        return self._draw(self._after, self._buf_after)

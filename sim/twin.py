@@ -27,7 +27,7 @@ from sim.policy.split import Router
 from sim.profile import Profile
 from sim.records import ERROR, OK, SHED, TIMEOUT
 from sim.rng import Streams, make_streams
-from sim.service import ServiceTime
+from sim.service import Overhead, ServiceTime
 
 PENDING = -1
 Progress = Callable[[int], None]
@@ -70,6 +70,7 @@ class Twin:
         profile: Profile | None = None,
         schedule: ArrivalSchedule | None = None,
         progress: Progress | None = None,
+        overhead_samples: dict[str, list[float]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.streams: Streams = make_streams(cfg.seed)
@@ -88,6 +89,10 @@ class Twin:
         self.service = ServiceTime(cfg.service, self.streams.service, profile)
         self.outstanding = [0] * cfg.replicas
         self.hop_s = cfg.gateway.hop_s
+        self.overhead = Overhead(cfg.overhead.before_s, cfg.overhead.after_s, self.streams.overhead, overhead_samples)
+        # shared CPU cores (numpy replicas on one host): a dispatched batch waits for a core
+        self.cores_free = cfg.service.shared_cores
+        self.core_queue: deque[tuple[_Replica, list[int], float]] = deque()
         self.timeout_s = cfg.timeout_s if cfg.timeout_s > 0 else math.inf
         self.max_queue = cfg.batching.max_queue_size
         self._schedule = schedule
@@ -95,6 +100,8 @@ class Twin:
         # per-request columns, indexed by request id
         self.user: list[int] = []
         self.arrival: list[float] = []
+        self.enqueued: list[float] = []  # reached the replica's queue
+        self.after_s: list[float] = []  # answer leaves the replica -> client has it
         self.start: list[float] = []
         self.finish: list[float] = []
         self.service_s: list[float] = []
@@ -109,6 +116,8 @@ class Twin:
         i = len(self.arrival)
         self.user.append(user_id)
         self.arrival.append(now)
+        self.enqueued.append(math.nan)
+        self.after_s.append(self.hop_s)
         self.start.append(math.nan)
         self.finish.append(math.nan)
         self.service_s.append(math.nan)
@@ -121,8 +130,12 @@ class Twin:
         r = self.router.route(self.user[i], self.outstanding, now, self.streams.routing)
         self.replica[i] = r
         self.outstanding[r] += 1
-        if self.hop_s > 0:
-            self.env.timeout(self.hop_s).callbacks.append(partial(self._on_hop, i, r))
+        delay = self.hop_s
+        if self.overhead.active:
+            delay += self.overhead.before()
+            self.after_s[i] = self.hop_s + self.overhead.after()
+        if delay > 0:
+            self.env.timeout(delay).callbacks.append(partial(self._on_hop, i, r))
         else:
             self._enqueue(i, self.replicas[r], now)
 
@@ -130,9 +143,10 @@ class Twin:
         self._enqueue(i, self.replicas[r], self.env._now)
 
     def _enqueue(self, i: int, rep: _Replica, now: float) -> None:
+        self.enqueued[i] = now
         if self.max_queue and len(rep.queue) >= self.max_queue:
             self.status[i] = SHED
-            self.finish[i] = now + self.hop_s
+            self.finish[i] = now + self.after_s[i]
             self._release(rep.index, 1)
             self._notify(i)
             return
@@ -145,7 +159,7 @@ class Twin:
     def _try_dispatch(self, rep: _Replica, now: float) -> None:
         queue = rep.queue
         arrival = self.arrival
-        hop = self.hop_s
+        enqueued = self.enqueued
         timeout = self.timeout_s
         bounded = timeout < math.inf
         while rep.free and queue:
@@ -157,7 +171,7 @@ class Twin:
                 self._notify(j)
             if not queue:
                 return
-            decision = self.batcher.decide(len(queue), arrival[queue[0]] + hop, now)
+            decision = self.batcher.decide(len(queue), enqueued[queue[0]], now)
             if decision.__class__ is Dispatch:
                 size = decision.size  # type: ignore[union-attr]
                 if size == len(queue):
@@ -168,12 +182,14 @@ class Twin:
                     batch = [popleft() for _ in range(size)]
                 rep.free -= 1
                 service_s = self.service.draw(size)
-                start, svc, bsz = self.start, self.service_s, self.batch_size
+                start, bsz = self.start, self.batch_size
                 for j in batch:
                     start[j] = now
-                    svc[j] = service_s
                     bsz[j] = size
-                self.env.timeout(service_s).callbacks.append(partial(self._on_complete, rep, batch, service_s))
+                if self.cores_free or not self.cfg.service.shared_cores:
+                    self._serve(rep, batch, service_s, now)
+                else:
+                    self.core_queue.append((rep, batch, service_s))
             else:
                 until = decision.until_s  # type: ignore[union-attr]
                 if until < rep.timer_at:
@@ -181,22 +197,44 @@ class Twin:
                     self.env.timeout(until - now).callbacks.append(partial(self._on_timer, rep))
                 return
 
+    def _serve(self, rep: _Replica, batch: list[int], service_s: float, now: float) -> None:
+        """Run a batch on its device (or a shared core). A replica measures service as the wall
+        time from dispatch, so time spent waiting for a shared core counts as service."""
+        if self.cfg.service.shared_cores:
+            self.cores_free -= 1
+        wall_s = now + service_s - self.start[batch[0]]
+        svc = self.service_s
+        for j in batch:
+            svc[j] = wall_s
+        self.env.timeout(service_s).callbacks.append(partial(self._on_complete, rep, batch, wall_s))
+
     def _on_timer(self, rep: _Replica, _event: simpy.Event) -> None:
         rep.timer_at = math.inf
         self._try_dispatch(rep, self.env._now)
 
     def _on_complete(self, rep: _Replica, batch: list[int], service_s: float, _event: simpy.Event) -> None:
         now = self.env._now
-        done = now + self.hop_s
-        arrival, finish, status = self.arrival, self.finish, self.status
+        if self.core_queue or self.cores_free < self.cfg.service.shared_cores:
+            self.cores_free += 1
+            if self.core_queue:
+                waiting_rep, waiting_batch, waiting_s = self.core_queue.popleft()
+                self._serve(waiting_rep, waiting_batch, waiting_s, now)
+        arrival, finish, status, after = self.arrival, self.finish, self.status, self.after_s
         deadline = self.timeout_s
-        for j in batch:
-            if done - arrival[j] <= deadline:
+        if deadline == math.inf and not self.overhead.active:  # the common case, kept tight
+            done = now + self.hop_s
+            for j in batch:
                 finish[j] = done
                 status[j] = OK
-            else:
-                finish[j] = arrival[j] + deadline
-                status[j] = TIMEOUT
+        else:
+            for j in batch:
+                done = now + after[j]
+                if done - arrival[j] <= deadline:
+                    finish[j] = done
+                    status[j] = OK
+                else:
+                    finish[j] = arrival[j] + deadline
+                    status[j] = TIMEOUT
         self._release(rep.index, len(batch))
         if self._waiters:
             for j in batch:
@@ -233,6 +271,10 @@ class Twin:
         # the columns are filled in bulk; _admit and friends index them by request id
         self.user = users
         self.arrival = times
+        fast = self.router.split is None and self.hop_s == 0 and not self.max_queue and not self.overhead.active
+        # on the fast path a request reaches its replica when it is sent: one list serves both
+        self.enqueued = times if fast else [nan] * n
+        self.after_s = [self.hop_s] * n
         self.start = [nan] * n
         self.finish = [nan] * n
         self.service_s = [nan] * n
@@ -247,7 +289,6 @@ class Twin:
         # The common path (one version, no hop, no queue bound) inlined: at a million requests
         # each attribute lookup and call layer costs a visible share. Decisions still come from
         # the policy objects; everything else goes through _admit.
-        fast = self.router.split is None and self.hop_s == 0 and not self.max_queue
         choose = self.router.balancers[0].choose
         rng = self.streams.routing
         outstanding = self.outstanding
@@ -320,7 +361,7 @@ class Twin:
             "start_s": start,
             "finish_s": finish,
             "latency_s": finish - arrival,
-            "queue_s": start - (arrival + self.hop_s),
+            "queue_s": start - np.asarray(self.enqueued, dtype=float),
             "service_s": np.asarray(self.service_s, dtype=float),
             "replica": replica,
             "version": versions[replica],  # -1 picks the trailing "" (never routed)

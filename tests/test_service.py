@@ -32,7 +32,7 @@ def test_profile_replays_measured_sizes_and_interpolates_the_rest() -> None:
 
 
 def test_profile_round_trips_through_json(tmp_path) -> None:
-    profile = Profile(times_s={1: [0.01], 8: [0.02, 0.03]}, overheads_s={"before_s": 0.0004}, meta={"backend": "emulated"})
+    profile = Profile(times_s={1: [0.01], 8: [0.02, 0.03]}, overheads_s={"before_s": [0.0004, 0.0005]}, meta={"backend": "emulated"})
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(profile.to_json()))
     loaded = load_profile(str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -12,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim.arrivals import make_schedule
-from sim.config import ConfigError
-from sim.records import STATUSES, summarize, timeseries
+from sim.config import ConfigError, OverheadConfig
+from sim.records import STATUSES, requests_frame, summarize, timeseries
+from sim.twin import Twin
 from sim.rng import make_streams
 from tests.conftest import scenario, twin_requests
 
@@ -202,3 +204,31 @@ def test_timeseries_counts_add_up(run_twin) -> None:
     assert ts["offered_rate"].sum() * 1.0 == len(f)
     assert ts["achieved_rate"].sum() == (f["status"] == "ok").sum()
     assert (ts["in_flight"] >= ts["queue_len"]).all() and (ts["queue_len"] >= 0).all()
+
+
+def test_overheads_add_to_latency_but_not_to_queueing(run_twin) -> None:
+    # one replica: a constant delay before the queue shifts every arrival alike
+    plain = scenario(duration_s=20.0, replicas=1, arrival=dict(rate=150.0), service=dict(kind="deterministic", base_s=0.005, per_item_s=0.0))
+    slow = dataclasses.replace(plain, overhead=OverheadConfig(before_s=0.0007, after_s=0.0003))
+    a, b = run_twin(plain), run_twin(slow)
+    assert np.allclose(b["latency_s"] - a["latency_s"], 0.001, atol=1e-9)
+    assert np.allclose(a["queue_s"], b["queue_s"], atol=1e-9) and a["queue_s"].max() > 0.001
+
+
+def test_replayed_overhead_samples_are_drawn_per_request() -> None:
+    cfg = scenario(duration_s=20.0, replicas=1, arrival=dict(rate=20.0), service=dict(kind="deterministic", base_s=0.001, per_item_s=0.0))
+    frame = requests_frame(Twin(cfg, overhead_samples={"before_s": [0.001, 0.003], "after_s": [0.0]}).run().columns)
+    extra = np.round((frame["latency_s"] - frame["queue_s"] - frame["service_s"]).to_numpy(), 9)
+    assert set(extra) == {0.001, 0.003}
+
+
+def test_shared_cores_cap_throughput_at_the_cores_not_the_replicas(run_twin) -> None:
+    # four numpy replicas on one core serve what one core can, however many replicas there are
+    cfg = scenario(duration_s=20.0, warmup_s=4.0, replicas=4, arrival=dict(rate=2000.0),
+                   service=dict(kind="deterministic", base_s=0.002, per_item_s=0.001, shared_cores=1),
+                   batching=dict(max_batch_size=4, max_queue_delay_s=0.001, max_queue_size=16))
+    f = run_twin(cfg)
+    s = summarize(f, warmup_s=4.0, duration_s=20.0, replicas=4, concurrency=1)
+    assert s["achieved_rate"] == pytest.approx(4 / 0.006, rel=0.02)
+    # a replica's measured service time includes waiting for the core
+    assert f.loc[f["batch_size"] > 0, "service_s"].mean() > 0.006 * 2
