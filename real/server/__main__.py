@@ -10,13 +10,31 @@ printed on stderr as `servelab.server replica=R version=V listening on http://HO
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import socket
 import sys
+from typing import Iterator
 
 import uvicorn
 
 from real.server.app import create_app, served_version
 from sim.config import ConfigError, load_config
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a caught SIGTERM/SIGINT after its graceful shutdown, so the process
+    dies "by signal" (exit -15). A stop the launcher asked for is a success: exit 0 instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         date_header=False,
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     version = served_version(cfg, args.replica)
     print(
         f"servelab.server replica={args.replica} version={version} backend={cfg.model.backend} "
