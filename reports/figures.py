@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from reports.compare import Run
-from scenarios.outputs import atomic_write
+from sim.files import atomic_write
 
 DPI = 110
 COLORS = {"sim": "#1f77b4", "twin": "#1f77b4", "predicted": "#1f77b4",

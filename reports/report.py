@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from reports.compare import HEADER, Run, comparison_rows, comparison_verdict, format_comparison_table
 from reports.figures import LoadPoint, write_compare_figures, write_run_figures
-from scenarios.outputs import write_text
+from sim.files import write_text
 
 FIGURES_DIR = "figures"
 HTML_NAME, MD_NAME = "report.html", "report.md"

@@ -1,52 +1,15 @@
-"""Writing a run's files: the only place the twin's results touch the disk.
-
-Every file is written to a temporary name beside its target and renamed into place, so a run
-interrupted mid-write leaves the old file or the new one, never half of one.
-"""
+"""Writing a run's files: the only place a run's results touch the disk."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
-import yaml
 
-from sim.config import to_plain
+from sim.files import atomic_write, write_config, write_json, write_parquet, write_text
 
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a run's files are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text))
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
-
-
-def write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write(path, lambda p: frame.to_parquet(p, index=False))
-
-
-def write_config(path: Path, cfg: Any) -> None:
-    write_text(path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
+__all__ = ["atomic_write", "write_config", "write_json", "write_parquet", "write_run", "write_text"]
 
 
 def write_run(out_dir: Path, cfg: Any, requests: pd.DataFrame, summary: dict[str, Any], series: pd.DataFrame) -> None:
