@@ -242,7 +242,7 @@ async def infer(request: Request) -> Response:
     server_s = clock() - received
     content = infer_response(rep.model, rep.version, req, result, rep.backend.outputs, rep.index, server_s)
     m.latency.observe(server_s)
-    m.requests.labels("ok").inc()
+    m.ok.inc()
     return Response(content, media_type=JSON)
 
 
