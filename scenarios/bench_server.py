@@ -1,6 +1,7 @@
 """Benchmark: model-server infer rate vs a bare Starlette JSON echo, both under wrk.
 
     .venv/bin/python -m scenarios.bench_server [--duration 5] [--connections 16] [--rounds 2]
+    .venv/bin/python -m scenarios.bench_server --timer      # max_queue_delay timer precision only
 
 Both apps run in their own uvicorn process with the same settings (uvloop, httptools, no
 access log) and receive the same wrk load (one thread, a Lua script POSTing one 64-float row);
@@ -87,11 +88,73 @@ def run_wrk(url: str, lua: Path, duration_s: int, connections: int) -> WrkResult
     return WrkResult(rps, int(bad.group(1)) if bad else 0, p50.group(1) if p50 else "?", p99.group(1) if p99 else "?")
 
 
+def _lateness_ms(samples: list[float]) -> str:
+    import numpy as np
+
+    a = np.asarray(samples) * 1e3
+    return f"p50 {np.percentile(a, 50):.3f} ms, p99 {np.percentile(a, 99):.3f} ms, max {a.max():.3f} ms"
+
+
+def measure_timer(samples: int = 300, delay_s: float = 0.005) -> None:
+    """How late the batcher dispatches a lone request after max_queue_delay_s.
+
+    A real server process (uvloop) with an emulated device of ~0 time gets one-row requests one
+    at a time, so every dispatch is a timer dispatch; its reported queue_s minus the delay is
+    the lateness (thread timer + hand-off to the loop + hand-off to the instance thread). For
+    contrast, the same delay as a plain uvloop `call_later`.
+    """
+    import asyncio
+
+    import uvloop
+    from omegaconf import OmegaConf
+
+    from sim.config import BatchingConfig, ScenarioConfig, ServiceConfig, to_plain
+
+    cfg = ScenarioConfig(
+        replicas=1,
+        service=ServiceConfig(kind="deterministic", base_s=1e-6, per_item_s=0.0),
+        batching=BatchingConfig(max_batch_size=16, max_queue_delay_s=delay_s),
+    )
+    body = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]})
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="bench_timer.") as tmp:
+        config = Path(tmp) / "config.yaml"
+        OmegaConf.save(OmegaConf.create(to_plain(cfg)), config)
+        proc = subprocess.Popen([sys.executable, "-m", "real.server", "--config", str(config), "--replica", "0", "--port", str(port)], cwd=ROOT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, proc)
+            late: list[float] = []
+            for _ in range(samples + 10):
+                req = urllib.request.Request(url + "/v2/models/digits/infer", body, {"content-type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    late.append(orjson.loads(r.read())["parameters"]["queue_s"] - delay_s)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    async def loop_timer() -> list[float]:
+        loop = asyncio.get_running_loop()
+        out: list[float] = []
+        for _ in range(samples):
+            fut = loop.create_future()
+            t0 = time.perf_counter()
+            loop.call_later(delay_s, fut.set_result, None)
+            await fut
+            out.append(time.perf_counter() - t0 - delay_s)
+        return out
+
+    print(f"max_queue_delay_s={delay_s}: lateness of the dispatch after the delay ran out, {samples} lone requests")
+    print(f"  server batcher (thread timer -> loop -> instance thread): {_lateness_ms(late[10:])}")
+    print(f"  plain uvloop call_later, for contrast:                  {_lateness_ms(uvloop.run(loop_timer()))}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scenarios.bench_server", description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=int, default=5, help="seconds of wrk per measurement")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2, help="echo/server measurements, interleaved")
+    p.add_argument("--timer", action="store_true", help="only measure the batcher's max_queue_delay precision")
     p.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -99,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         uvicorn.run(echo_app(), host="127.0.0.1", port=args.serve_echo, **UVICORN)  # type: ignore[arg-type]
+        return 0
+
+    if args.timer:
+        measure_timer()
         return 0
 
     if shutil.which("wrk") is None:

@@ -156,3 +156,15 @@ def test_models_accuracy_on_held_out_labels() -> None:
     acc = {v: float((load_model(v).predict(x) == y).mean()) for v in ("1", "2")}
     assert acc["1"] >= 0.9 and acc["2"] >= acc["1"], acc
     assert math.isfinite(sum(acc.values()))
+
+
+def test_openapi_describes_every_route() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from real.server.app import create_app
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "real" / "openapi.yaml").read_text())
+    routes = {r.path for r in create_app(real_cfg(), 0).routes}  # type: ignore[attr-defined]
+    assert set(spec["paths"]) == routes
