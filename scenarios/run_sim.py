@@ -13,6 +13,7 @@ from reports.text import format_summary
 from scenarios.config import ServelabConfig
 from scenarios.outputs import write_run
 from sim.config import ScenarioConfig
+from scenarios.profile import profile_warnings
 from sim.profile import load_profile
 from sim.records import requests_frame, summarize, timeseries
 from sim.twin import Twin, default_progress
@@ -20,11 +21,16 @@ from sim.twin import Twin, default_progress
 
 def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """The twin's requests table, summary and time series for one scenario."""
-    profile = load_profile(cfg.service.profile) if cfg.service.kind == "empirical" else None
+    paths = {cfg.service.profile if cfg.service.kind == "empirical" else "", cfg.overhead.profile} - {""}
+    loaded = {path: load_profile(path) for path in sorted(paths)}
+    profile = loaded.get(cfg.service.profile) if cfg.service.kind == "empirical" else None
+    overhead = loaded.get(cfg.overhead.profile)
+    warnings = [note for p in loaded.values() for note in profile_warnings(p, cfg)]
     expected = None if cfg.arrival.kind in ("closed", "trace") else int(cfg.arrival.rate * cfg.duration_s)
     bar = default_progress(expected) if progress else None
     wall = time.perf_counter()
-    result = Twin(cfg, profile=profile, progress=bar).run()
+    samples = {k: v for k, v in overhead.overheads_s.items() if k in ("before_s", "after_s")} if overhead else None
+    result = Twin(cfg, profile=profile, progress=bar, overhead_samples=samples).run()
     wall = time.perf_counter() - wall
     frame = requests_frame(result.columns)
     summary = summarize(
@@ -40,6 +46,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
             "sim_end_s": result.end_s,
             "wall_s": wall,
             "sim_requests_per_wall_s": len(frame) / wall if wall > 0 else float(np.inf),
+            "warnings": warnings,
         },
     )
     series = timeseries(frame, cfg.window_s, end_s=max(cfg.duration_s, result.end_s))

@@ -85,3 +85,13 @@ class Overhead:
 
     def after(self) -> float:
         return self._draw(self._after, self._buf_after)
+
+
+def capacity_rps(replicas: int, concurrency: int, max_batch_size: int, mean_s: Callable[[int], float], shared_cores: int = 0) -> float:
+    """Most requests per second the replicas can answer: every instance busy with full batches
+    (or, with shared cores, every core busy). Load fractions are quoted against this."""
+    per_instance = max_batch_size / mean_s(max_batch_size)
+    instances = replicas * concurrency
+    if shared_cores:
+        instances = min(instances, shared_cores)
+    return instances * per_instance

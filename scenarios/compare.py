@@ -1,0 +1,123 @@
+"""mode=compare: what the twin predicted, what the real stack measured, how far apart.
+
+1. Calibrate: a profile of this machine's stack (device time per batch size, per-hop
+   overheads), measured on its own stack launch, or the one named by `overhead.profile`.
+2. Measure: the real stack under the scenario's load (the load generator replays the schedule
+   the seed gives) into out_dir/real/.
+3. Predict: the twin on the same config and seed, replaying the profile, into out_dir/sim/.
+4. Compare: comparison.json and a table; optionally more load points (compare.load_fractions
+   of capacity) in both, for a latency-versus-load curve; figures and an HTML/Markdown report.
+The twin never sees the measurement it is compared against: only the separate profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from reports.compare import compare_summaries, comparison_verdict, format_comparison_table, load_run
+from reports.figures import LoadPoint
+from reports.report import write_report
+from scenarios.config import ServelabConfig
+from scenarios.outputs import write_json, write_run
+from scenarios.profile import format_profile, measure_profile, profile_warnings
+from scenarios.run_sim import simulate
+from sim.config import ScenarioConfig, ServiceConfig
+from sim.profile import Profile, load_profile
+from sim.service import ServiceTime, capacity_rps
+
+EXIT_INVALID_MEASUREMENT = 3
+
+
+def calibrated(cfg: ScenarioConfig, profile_path: Path) -> ScenarioConfig:
+    """The twin's view of the scenario: the measured device times and overheads replayed."""
+    return dataclasses.replace(
+        cfg,
+        service=dataclasses.replace(cfg.service, kind="empirical", profile=str(profile_path)),
+        overhead=dataclasses.replace(cfg.overhead, profile=str(profile_path)),
+    )
+
+
+def scenario_capacity(cfg: ScenarioConfig, profile: Profile | None = None) -> float:
+    mean_s = profile.mean_s if profile is not None else ServiceTime(cfg.service, None, None).mean  # type: ignore[arg-type]
+    return capacity_rps(cfg.replicas, cfg.concurrency, cfg.batching.max_batch_size, mean_s, cfg.service.shared_cores)
+
+
+def _measure_real(cfg: ScenarioConfig, out_dir: Path) -> dict[str, Any]:
+    from scenarios.run_real import measure
+
+    frame, summary, series = measure(cfg, out_dir)
+    write_run(out_dir, cfg, frame, summary, series)
+    return summary
+
+
+def _predict(cfg: ScenarioConfig, out_dir: Path, warnings: list[str]) -> dict[str, Any]:
+    frame, summary, series = simulate(cfg)
+    if warnings:
+        summary["warnings"] = list(summary.get("warnings", [])) + warnings
+    write_run(out_dir, cfg, frame, summary, series)
+    return summary
+
+
+def _log(message: str) -> None:
+    print(f"[compare {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(cfg: ServelabConfig, out_dir: Path) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.overhead.profile:
+        profile_path = Path(cfg.overhead.profile)
+        _log(f"calibration: {profile_path}")
+    else:
+        _log(f"calibrating: profiling the {cfg.model.backend} stack on this machine ...")
+        profile = measure_profile(cfg, out_dir / "stack" / "profile", samples=cfg.compare.profile_samples)
+        profile_path = out_dir / "profile.json"
+        write_json(profile_path, profile.to_json())
+        print(format_profile(profile))
+    profile = load_profile(str(profile_path))
+    warnings = profile_warnings(profile, cfg)
+    for note in warnings:
+        _log(f"WARNING: {note}")
+    twin_cfg = calibrated(cfg, profile_path)
+    capacity = scenario_capacity(cfg, profile)
+    load = cfg.arrival.rate / capacity if cfg.arrival.kind in ("poisson", "constant") else None
+    _log(f"capacity {capacity:.0f} req/s (measured device times); offered load "
+         f"{'-' if load is None else f'{load:.0%}'}")
+
+    _log(f"measuring the real stack for {cfg.duration_s:g} s ...")
+    real = _measure_real(cfg, out_dir / "real")
+    _log("predicting with the twin ...")
+    sim = _predict(twin_cfg, out_dir / "sim", warnings)
+    comparison = compare_summaries(sim, real)
+    comparison["profile"] = str(profile_path)
+    comparison["capacity_rps"] = capacity
+
+    points: list[LoadPoint] = []
+    for fraction in cfg.compare.load_fractions:
+        rate = fraction * capacity
+        point_cfg = dataclasses.replace(cfg, duration_s=cfg.warmup_s + cfg.compare.point_duration_s,
+                                        arrival=dataclasses.replace(cfg.arrival, kind="poisson", rate=rate))
+        point_dir = out_dir / "load" / f"{fraction:.2f}"
+        _log(f"load point {fraction:.0%} of capacity ({rate:.0f} req/s) ...")
+        point_real = _measure_real(point_cfg, point_dir / "real")
+        point_sim = _predict(calibrated(point_cfg, profile_path), point_dir / "sim", warnings)
+        points.append(LoadPoint(rate, point_sim, point_real))
+    comparison["load_curve"] = [
+        {"offered_rate": p.offered_rate, "load": p.offered_rate / capacity,
+         "comparison": {k: v for k, v in compare_summaries(p.sim, p.real).items() if k in ("metrics", "all_within_target")}}
+        for p in points
+    ]
+    write_json(out_dir / "comparison.json", comparison)
+    html, md = write_report(out_dir, comparison=comparison, sim_run=load_run(out_dir / "sim"),
+                            real_run=load_run(out_dir / "real"), load_curve=points or None, capacity=capacity,
+                            title=f"servelab compare: {cfg.model.backend} backend, {cfg.replicas} replicas, {cfg.lb.policy}")
+    print()
+    print(format_comparison_table(comparison))
+    print(comparison_verdict(comparison))
+    print(f"report: {html}")
+    print(f"        {md}")
+    print(f"outputs: {out_dir}")
+    valid = all(s.get("valid", True) for s in [real] + [p.real for p in points])
+    return 0 if valid else EXIT_INVALID_MEASUREMENT
