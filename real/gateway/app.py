@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from time import perf_counter
 from typing import AsyncIterator, Sequence
 
@@ -24,7 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from real.gateway.auth import BearerAuth
-from real.gateway.errors import http_exception, json_response, oip_error, unexpected
+from real.gateway.errors import JSON, http_exception, json_response, oip_error, unexpected
+from real.gateway.fastpath import InferFastPath
 from real.gateway.pool import PoolOptions, ReplicaPool
 from sim.config import ScenarioConfig
 from sim.policy.split import NoReplica, Router
@@ -52,6 +54,20 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status, headers=self.headers)
+
+
+def error_reply(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, orjson.dumps({"error": message}), {"Content-Type": JSON, **(headers or {})})
+
+
 class Gateway:
     """The handlers, holding the pool and what they need from the config."""
 
@@ -68,41 +84,46 @@ class Gateway:
     # -- proxy -----------------------------------------------------------------------------
 
     async def infer(self, request: Request) -> Response:
-        return await self._proxy(request, "POST", request.url.path, with_body=True)
+        """Infer through Starlette: only reached if the fast path is bypassed; same semantics."""
+        t0 = perf_counter()
+        try:
+            body = await read_body(request, self.max_body)
+        except BodyTooLarge:
+            return self._done(t0, error_reply(413, f"body larger than {self.max_body} bytes")).response()
+        params = request.path_params
+        reply = await self.forward("POST", request.url.path, params["model"], params.get("version"),
+                                   request.headers.get("x-user-id"), request.headers.get("content-type"), body, t0)
+        return reply.response()
 
     async def metadata(self, request: Request) -> Response:
-        return await self._proxy(request, "GET", request.url.path, with_body=False)
-
-    async def _proxy(self, request: Request, method: str, path: str, with_body: bool) -> Response:
-        t0 = perf_counter()
+        """GET model metadata/readiness from a healthy replica (of the version, if named)."""
         params = request.path_params
-        if params["model"] != self.model:
-            return self._done(t0, oip_error(404, f"unknown model {params['model']!r}; this gateway serves {self.model!r}"))
+        reply = await self.forward(
+            "GET", request.url.path, params["model"], params.get("version"),
+            request.headers.get("x-user-id"), None, b"", perf_counter(),
+        )
+        return reply.response()
+
+    async def forward(self, method: str, path: str, model: str, version_name: str | None, raw_user: str | None,
+                      ctype: str | None, body: bytes, t0: float) -> Reply:
+        """Route, send, retry once on a connection failure, and map upstream failures to 502/503/504."""
+        if model != self.model:
+            return self._done(t0, error_reply(404, f"unknown model {model!r}; this gateway serves {self.model!r}"))
         version: int | None = None
-        if "version" in params:
-            version = self.version_index.get(params["version"])
+        if version_name is not None:
+            version = self.version_index.get(version_name)
             if version is None:
                 known = ", ".join(self.version_index)
-                return self._done(t0, oip_error(404, f"unknown version {params['version']!r} of {self.model!r}; known: {known}"))
-        raw_user = request.headers.get("x-user-id")
+                return self._done(t0, error_reply(404, f"unknown version {version_name!r} of {self.model!r}; known: {known}"))
         user_id = 0
         if raw_user is not None:
             try:
                 user_id = int(raw_user)
             except ValueError:
-                return self._done(t0, oip_error(400, f"x-user-id must be an integer, got {raw_user[:40]!r}"))
+                return self._done(t0, error_reply(400, f"x-user-id must be an integer, got {raw_user[:40]!r}"))
             if user_id < 0:
-                return self._done(t0, oip_error(400, "x-user-id must be >= 0"))
-        body = b""
-        if with_body:
-            try:
-                body = await read_body(request, self.max_body)
-            except BodyTooLarge:
-                return self._done(t0, oip_error(413, f"body larger than {self.max_body} bytes"))
-        headers = {}
-        ctype = request.headers.get("content-type")
-        if ctype is not None:
-            headers["Content-Type"] = ctype
+                return self._done(t0, error_reply(400, "x-user-id must be >= 0"))
+        headers = {"Content-Type": ctype} if ctype is not None else {}
 
         pool = self.pool
         session = pool.session
@@ -117,19 +138,19 @@ class Gateway:
                 if failed >= 0 and not refused:
                     r = failed  # a dropped keep-alive connection, and no one else: try it again
                 else:
-                    what = self.model if version is None else f"{self.model} version {self.cfg.model.versions[version]}"
-                    return self._done(t0, oip_error(503, f"no healthy replica for {what}", {"Retry-After": RETRY_AFTER_S}), upstream_s)
+                    what = self.model if version is None else f"{self.model} version {version_name}"
+                    return self._done(t0, error_reply(503, f"no healthy replica for {what}", {"Retry-After": RETRY_AFTER_S}), upstream_s)
             pool.outstanding[r] += 1
             t_up = perf_counter()
             try:
-                async with session.request(method, pool.urls[r] + path, data=body if with_body else None,
+                async with session.request(method, pool.url(r, path), data=body if method == "POST" else None,
                                            headers=headers, timeout=pool.timeout) as resp:
                     payload = await resp.read()
                     status = resp.status
                     up_headers = resp.headers
             except TimeoutError:
                 upstream_s += perf_counter() - t_up
-                return self._done(t0, oip_error(504, f"replica {r} did not answer within {pool.options.upstream_timeout_s:g} s"), upstream_s)
+                return self._done(t0, error_reply(504, f"replica {r} did not answer within {pool.options.upstream_timeout_s:g} s"), upstream_s)
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 # nothing came back: infer is idempotent, so one more try elsewhere is safe
                 upstream_s += perf_counter() - t_up
@@ -140,10 +161,10 @@ class Gateway:
                     pool.metrics.retries.inc()
                     failed = r
                     continue
-                return self._done(t0, oip_error(502, f"replica {r} unreachable: {exc.__class__.__name__}"), upstream_s)
+                return self._done(t0, error_reply(502, f"replica {r} unreachable: {exc.__class__.__name__}"), upstream_s)
             except aiohttp.ClientError as exc:
                 upstream_s += perf_counter() - t_up
-                return self._done(t0, oip_error(502, f"bad answer from replica {r}: {exc.__class__.__name__}"), upstream_s)
+                return self._done(t0, error_reply(502, f"bad answer from replica {r}: {exc.__class__.__name__}"), upstream_s)
             finally:
                 pool.outstanding[r] -= 1
             elapsed = perf_counter() - t_up
@@ -154,18 +175,18 @@ class Gateway:
                 value = up_headers.get(name)
                 if value is not None:
                     out_headers[name] = value
-            return self._done(t0, Response(payload, status_code=status, headers=out_headers), upstream_s)
+            return self._done(t0, Reply(status, payload, out_headers), upstream_s)
         raise AssertionError("unreachable")
 
-    def _done(self, t0: float, response: Response, upstream_s: float = 0.0) -> Response:
+    def _done(self, t0: float, reply: Reply, upstream_s: float = 0.0) -> Reply:
         total = perf_counter() - t0
         own = max(total - upstream_s, 0.0)
-        response.headers["x-gateway-s"] = f"{own:.6f}"
+        reply.headers["x-gateway-s"] = f"{own:.6f}"
         m = self.pool.metrics
         m.request_seconds.observe(total)
         m.gateway_seconds.observe(own)
-        m.count(response.status_code)
-        return response
+        m.count(reply.status)
+        return reply
 
     # -- the gateway's own endpoints -------------------------------------------------------
 
@@ -248,6 +269,7 @@ def create_app(
             await pool.stop()
 
     routes = [
+        # POST is answered by InferFastPath before Starlette; these give other methods a 405
         Route("/v2/models/{model}/infer", gw.infer, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}/infer", gw.infer, methods=["POST"]),
         Route("/v2/health/live", gw.live, methods=["GET"]),
@@ -264,9 +286,13 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(BearerAuth, token=token, prefixes=[CONTROL_PREFIX])],
+        middleware=[
+            Middleware(BearerAuth, token=token, prefixes=[CONTROL_PREFIX]),
+        ],
         exception_handlers={HTTPException: http_exception, Exception: unexpected},
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    # the fast path sits outside Starlette's own error middleware: built here, Starlette keeps it
+    app.middleware_stack = InferFastPath(app.build_middleware_stack(), gateway=gw)
     return app

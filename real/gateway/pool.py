@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import aiohttp
+from yarl import URL
 
 from real.gateway.metrics import GatewayMetrics
 from sim.policy.split import Router
@@ -54,6 +55,7 @@ class ReplicaPool:
         self._probe_session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self.timeout = aiohttp.ClientTimeout(total=options.upstream_timeout_s)
+        self._url_cache: dict[tuple[int, str], URL] = {}
 
     async def start(self) -> None:
         n = len(self.urls)
@@ -92,6 +94,16 @@ class ReplicaPool:
         if exclude >= 0:
             mask[exclude] = False
         return self.router.route(user_id, self.outstanding, now, self.rng, healthy=mask, version=version)
+
+    def url(self, r: int, path: str) -> URL:
+        """The upstream URL, parsed once per (replica, path): yarl parsing is per-request cost otherwise."""
+        key = (r, path)
+        url = self._url_cache.get(key)
+        if url is None:
+            if len(self._url_cache) > 4096:  # paths come from clients: keep the cache bounded
+                self._url_cache.clear()
+            url = self._url_cache[key] = URL(self.urls[r] + path)
+        return url
 
     def any_healthy(self) -> bool:
         return any(self.healthy)
