@@ -13,7 +13,6 @@ import sys
 import uvicorn
 
 from real.gateway.app import create_app
-from real.gateway.http import CoalescingHttpToolsProtocol
 from real.gateway.pool import PoolOptions
 from sim.config import load_config
 
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(cfg, upstreams, options=PoolOptions(health_interval_s=args.health_interval, upstream_timeout_s=timeout))
     host = args.host or cfg.gateway.host
     uvicorn.run(
-        app, host=host, port=args.port, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="on",
+        app, host=host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
         log_level="warning", access_log=False, timeout_keep_alive=30, backlog=4096,
     )
     return 0
