@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from scenarios.outputs import write_config, write_text
+from sim.files import write_config, write_text
 from sim.config import ScenarioConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,3 +33,12 @@ def test_sim_does_not_depend_on_the_real_stack_or_the_network() -> None:
     for path in sorted((ROOT / "sim").rglob("*.py")):
         bad = _imports(path) & FORBIDDEN_IN_SIM
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_dependencies_point_one_way() -> None:
+    """sim <- real <- scenarios -> reports: real never reaches up, reports never runs anything."""
+    rules = {"real": {"scenarios", "reports"}, "reports": {"scenarios", "real", "simpy"}}
+    for package, forbidden in rules.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            bad = _imports(path) & forbidden
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
