@@ -68,6 +68,8 @@ class NumpyBackend:
 
     platform = "servelab_numpy"
     outputs = {PROBABILITIES.name: PROBABILITIES, LABEL.name: LABEL}
+    # tens of microseconds per batch: cheaper on the event loop than handed to a thread
+    inline = True
 
     def __init__(self, version: str) -> None:
         self.version = version

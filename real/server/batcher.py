@@ -151,6 +151,34 @@ class _Instance:
                 return
 
 
+class _InlineInstance:
+    """A model instance that computes on the event loop: for models that take microseconds (the
+    digits classifiers), a thread hop and its cross-thread wake-up cost more than the model.
+    The result is delivered on the next loop turn, as a thread's would be, so _pump never
+    recurses into itself."""
+
+    def __init__(self, index: int, backend: Backend, loop: asyncio.AbstractEventLoop, done: Callable[..., None]) -> None:
+        self.index = index
+        self._backend = backend
+        self._loop = loop
+        self._done = done
+
+    def submit(self, batch: list[Pending], x: np.ndarray, planned: float) -> None:
+        start = clock()
+        try:
+            out: dict[str, np.ndarray] | None = self._backend.run(x, planned)
+            err: BaseException | None = None
+        except Exception as exc:  # a model failure fails its batch, never the replica
+            out, err = None, exc
+        self._loop.call_soon(self._done, self, batch, out, err, start, clock())
+
+    def stop(self) -> None:
+        pass
+
+    def join(self, timeout: float) -> None:
+        pass
+
+
 class AsyncBatcher:
     def __init__(
         self,
@@ -180,7 +208,8 @@ class AsyncBatcher:
         """Start the instance and timer threads; call from the event loop that will submit."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._instances = [_Instance(i, self.backend, loop, self._on_done) for i in range(self.n_instances)]
+        kind = _InlineInstance if getattr(self.backend, "inline", False) else _Instance
+        self._instances = [kind(i, self.backend, loop, self._on_done) for i in range(self.n_instances)]
         self._free = list(reversed(self._instances))
         self._timer = PreciseTimer(loop, self._pump)
 
