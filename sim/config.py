@@ -99,6 +99,9 @@ class ServerConfig:
 class LoadgenConfig:
     workers: int = 1
     max_lag_p99_s: float = 0.005  # a run whose send lag p99 passes this is flagged invalid
+    dispatch: str = "dispatcher"  # dispatcher (one greenlet sleeps to each send) | timers (a timer per request)
+    remote_workers: int = 0  # of `workers`, how many you start yourself on other hosts (README)
+    master_bind_host: str = "127.0.0.1"  # where the Locust master listens for workers
 
 
 @dataclass

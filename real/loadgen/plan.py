@@ -1,0 +1,114 @@
+"""What a Locust process is told to do: the plan (JSON) and the schedule (npz), both files.
+
+The load generator runs in Locust subprocesses (importing Locust patches the whole process with
+gevent), so everything they need travels as two files in the run directory, and the worker index
+as an environment variable (the parent starts the workers itself). The schedule is written once,
+from `sim.arrivals.make_schedule`, so the twin and every worker replay the very same arrivals.
+
+This module is shared by both sides: it imports numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+PLAN_ENV = "SERVELAB_LOADGEN_PLAN"
+WORKER_ENV = "SERVELAB_LOADGEN_WORKER"
+DISPATCH_MODES = ("dispatcher", "timers")
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """One run of the load generator; every worker reads the same plan."""
+
+    url: str  # the gateway (or any OIP endpoint), e.g. http://127.0.0.1:8000
+    infer_path: str  # /v2/models/<name>/infer
+    closed: bool  # closed loop (users wait for answers) instead of the schedule
+    schedule: str  # open loop: the npz written by `write_schedule`; "" when closed
+    out_dir: str  # where workers write records-<i>.npz and started-<i>.json
+    workers: int
+    duration_s: float
+    timeout_s: float  # client deadline from the intended send time; 0 = none
+    users: int = 1  # closed loop: concurrent users (user u runs on worker u % workers)
+    think_s: float = 0.0  # closed loop: mean exponential think time
+    seed: int = 0
+    dispatch: str = "dispatcher"
+    lead_s: float = 0.5  # t0 = when the master says go + lead_s, so every worker hears it in time
+    max_connections: int = 2000  # per worker; in-flight requests never wait for a pool slot below this
+    drain_s: float = 30.0  # without a client deadline: how long to wait for the last answers
+
+    def write(self, path: Path) -> None:
+        _atomic_bytes(path, json.dumps(asdict(self), indent=2).encode())
+
+    @staticmethod
+    def read(path: str | Path) -> "LoadPlan":
+        return LoadPlan(**json.loads(Path(path).read_text()))
+
+
+def records_path(out_dir: str | Path, worker: int) -> Path:
+    return Path(out_dir) / f"records-{worker}.npz"
+
+
+def started_path(out_dir: str | Path, worker: int) -> Path:
+    return Path(out_dir) / f"started-{worker}.json"
+
+
+def worker_share(request_ids: np.ndarray, worker: int, workers: int) -> np.ndarray:
+    """The positions a worker sends: request_id % workers == worker. Interleaving (rather than
+    contiguous blocks) gives every worker the same rate and the same arrival process, thinned."""
+    return np.flatnonzero(request_ids % workers == worker)
+
+
+def write_schedule(path: Path, times_s: np.ndarray, user_ids: np.ndarray) -> None:
+    """request_id = position in the schedule, as in the twin."""
+    n = len(times_s)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, times_s=np.asarray(times_s, dtype=np.float64), user_ids=np.asarray(user_ids, dtype=np.int64),
+                     request_ids=np.arange(n, dtype=np.int64))
+
+    _atomic(path, write)
+
+
+def read_schedule(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return z["times_s"], z["user_ids"], z["request_ids"]
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write beside the target and rename: a reader sees the whole file or none (the parent polls
+    for the workers' records). sim.files does the same, but pulls in pandas and yaml, which a
+    Locust worker has no use for."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda p: p.write_bytes(data))
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic(path, write)
+
+
+def write_json_file(path: Path, doc: dict[str, object]) -> None:
+    _atomic_bytes(path, json.dumps(doc).encode())

@@ -1,0 +1,172 @@
+"""mode=real: launch the real stack, drive the scenario's load through it, write the run's outputs.
+
+Same outputs and the same end-of-run summary as mode=sim, measured instead of predicted. A run
+whose load generator fell behind (send lag p99 over `loadgen.max_lag_p99_s`), or that did not
+send every scheduled request, is written with `valid: false` and a warning, and exits with
+status 3: its latencies include the generator's own delay and must not pass for the server's.
+"""
+
+from __future__ import annotations
+
+import http.client
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+
+from real.launcher import LaunchError, launch
+from real.loadgen.merge import send_lag_summary
+from real.loadgen.runner import LoadgenError, LoadResult, check, infer_path, run_load
+from reports.text import format_summary
+from scenarios.config import ServelabConfig
+from scenarios.outputs import write_parquet, write_run
+from sim.config import ScenarioConfig
+from sim.records import summarize, timeseries
+
+EXIT_FAILED = 1
+EXIT_INVALID_MEASUREMENT = 3  # the same status mode=compare uses for an invalid measurement
+EXIT_INTERRUPTED = 130
+RATE_TOLERANCE = 0.01  # achieved send rate below offered by more than this is worth a warning
+WARMUP_BODY = (b'{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":['
+               + b",".join([b"1.5"] * 64) + b"]}]}")
+
+
+class _ProgressLine:
+    """`real: 12.3 / 30.0 s` rewritten in place on a terminal; silent when piped or in CI."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.shown = False
+        self._last = -1.0
+
+    def __call__(self, elapsed_s: float, total_s: float) -> None:
+        if not self.enabled or elapsed_s - self._last < 0.2:
+            return
+        self._last = elapsed_s
+        shown = min(elapsed_s, total_s)
+        tail = "" if elapsed_s <= total_s else "  (collecting the last answers)"
+        sys.stderr.write(f"\r  real: {shown:5.1f} / {total_s:.1f} s{tail}")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def warm_up(url: str, path: str, requests: int, parallel: int) -> None:
+    """A short burst before the load, not recorded: first requests pay for lazy initialisation
+    (imports, model load, connection set-up) that is no part of serving."""
+    parts = urlsplit(url)
+
+    def worker(k: int) -> None:
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=30)
+        try:
+            for i in range(k, requests, parallel):
+                conn.request("POST", path, body=WARMUP_BODY, headers={"Content-Type": "application/json", "x-user-id": str(i)})
+                response = conn.getresponse()
+                response.read()
+                if response.status >= 500 and response.status != 503:
+                    raise LaunchError(f"warm-up request to {url}{path} answered {response.status}")
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(worker, range(parallel)))
+
+
+def _validity(cfg: ScenarioConfig, summary: dict[str, Any], result: LoadResult) -> tuple[bool, list[str]]:
+    warnings = list(result.notes)
+    valid = result.complete and not result.notes
+    lag = summary["send_lag_s"]
+    limit = cfg.loadgen.max_lag_p99_s
+    if lag["p99"] is not None and lag["p99"] > limit:
+        valid = False
+        warnings.append(f"load generator fell behind: send lag p99 {lag['p99'] * 1e3:.2f} ms > loadgen.max_lag_p99_s "
+                        f"{limit * 1e3:.2f} ms (max {lag['max'] * 1e3:.2f} ms); latencies include the generator's "
+                        f"own delay. Lower the rate, add loadgen.workers or hosts")
+    never = result.merged.never_sent
+    if never:
+        valid = False
+        warnings.append(f"{never} scheduled requests were never sent (counted as error)")
+    offered, sent = summary["offered_rate"], summary["achieved_send_rate"]
+    if not result.plan.closed and offered > 0 and sent < offered * (1 - RATE_TOLERANCE):
+        warnings.append(f"load generator sent {sent:.1f} req/s of {offered:.1f} offered in the measurement window "
+                        f"({sent / offered - 1:+.1%})")
+    return valid, warnings
+
+
+def measure(cfg: ScenarioConfig, out_dir: Path) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
+    """Launch, warm up, load, collect, tear down: the measured requests table, summary and series.
+
+    The stack's files go to out_dir/stack/, the load generator's (plan, schedule, Locust logs,
+    raw records, per-request send times in sends.parquet) to out_dir/loadgen/. Writes none of
+    the run's four outputs: the caller does (mode=real, mode=compare)."""
+    check(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = _ProgressLine(bool(getattr(cfg, "progress", False)))
+    wall = time.perf_counter()
+    path = infer_path(cfg)
+    try:
+        with launch(cfg, run_dir=out_dir) as stack:
+            warm_up(stack.gateway_url, path, requests=max(40, 4 * cfg.replicas * cfg.concurrency),
+                    parallel=min(8, max(2, cfg.replicas * cfg.concurrency)))
+            result = run_load(cfg, stack.gateway_url, out_dir / "loadgen", progress=progress, path=path)
+    finally:
+        progress.close()
+    wall = time.perf_counter() - wall
+    frame = result.merged.requests
+    write_parquet(out_dir / "loadgen" / "sends.parquet", result.merged.sends)
+    lag = send_lag_summary(result.merged.sends, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s)
+    summary = summarize(frame, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, replicas=cfg.replicas,
+                        concurrency=cfg.concurrency, extra={"source": "real", "backend": cfg.model.backend,
+                                                            "seed": cfg.seed, **lag})
+    valid, warnings = _validity(cfg, summary, result)
+    summary.update({
+        "valid": valid,
+        "warnings": warnings,
+        "loadgen": {"workers": cfg.loadgen.workers, "dispatch": cfg.loadgen.dispatch,
+                    "max_lag_p99_s": cfg.loadgen.max_lag_p99_s, "never_sent": result.merged.never_sent,
+                    "complete": result.complete, "closed_loop": result.plan.closed},
+        "wall_s": wall,
+    })
+    finish = frame["finish_s"].to_numpy(dtype=float)
+    end = max(cfg.duration_s, float(np.nanmax(finish))) if np.isfinite(finish).any() else cfg.duration_s
+    series = timeseries(frame, cfg.window_s, end_s=end)
+    return frame, summary, series
+
+
+def format_send_lag(summary: dict[str, Any]) -> str:
+    lag = summary["send_lag_s"]
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:.2f} ms"
+
+    verdict = "valid" if summary.get("valid") else "INVALID (see warnings)"
+    return (f"  send lag  p50 {ms(lag['p50'])}, p99 {ms(lag['p99'])}, max {ms(lag['max'])} "
+            f"(limit p99 {ms(summary['loadgen']['max_lag_p99_s'])}); sent {summary['achieved_send_rate']:.1f} req/s\n"
+            f"  measure   {verdict}")
+
+
+def run(cfg: ServelabConfig, out_dir: Path) -> int:
+    print(f"real stack: {cfg.replicas} replica(s) x {cfg.concurrency}, {cfg.model.backend} backend, "
+          f"{cfg.arrival.kind} load for {cfg.duration_s:g} s, {cfg.loadgen.workers} Locust worker(s)", flush=True)
+    try:
+        frame, summary, series = measure(cfg, out_dir)
+    except KeyboardInterrupt:
+        print("\nservelab: mode=real interrupted; the stack and the load generator were stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (LaunchError, LoadgenError) as exc:
+        print(f"servelab: mode=real failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    write_run(out_dir, cfg, frame, summary, series)
+    print(format_summary(summary, title=f"real stack (mode=real, {cfg.model.backend} backend)"))
+    print(format_send_lag(summary))
+    print(f"outputs: {out_dir}")
+    return 0 if summary["valid"] else EXIT_INVALID_MEASUREMENT
