@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from real.asgi import BodyTooLarge, ClientGone, infer_target, receive_body
+
 if TYPE_CHECKING:
     from real.gateway.app import Gateway, Reply
 
@@ -27,16 +29,11 @@ class InferFastPath:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        parts = scope["path"].split("/")
-        n = len(parts)
-        if n == 5 and parts[4] == "infer" and parts[1] == "v2" and parts[2] == "models":
-            version: str | None = None
-        elif n == 7 and parts[6] == "infer" and parts[4] == "versions" and parts[1] == "v2" and parts[2] == "models":
-            version = parts[5]
-        else:
+        target = infer_target(scope["path"])
+        if target is None:
             await self.app(scope, receive, send)
             return
-        await self.infer(scope, receive, send, parts[3], version)
+        await self.infer(scope, receive, send, *target)
 
     async def infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
         from real.gateway.app import error_reply  # import cycle: app builds this layer
@@ -54,30 +51,17 @@ class InferFastPath:
             elif name == b"content-length":
                 declared = int(value) if value.isdigit() else -1
         limit = gw.max_body
-        reply: Reply | None = None
-        if declared > limit:
+        try:
+            body = await receive_body(receive, declared, limit)
+        except ClientGone:
+            return
+        except BodyTooLarge:
             reply = gw._done(t0, error_reply(413, f"body larger than {limit} bytes"))
         else:
-            chunks: list[bytes] = []
-            size = 0
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    reply = gw._done(t0, error_reply(413, f"body larger than {limit} bytes"))
-                    break
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-            if reply is None:
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                try:
-                    reply = await gw.forward("POST", scope["path"], model, version, user, ctype, body, t0)
-                except Exception as exc:  # a bug answers 500 in the OIP shape, never a dropped socket
-                    reply = error_reply(500, f"internal gateway error: {type(exc).__name__}")
+            try:
+                reply = await gw.forward("POST", scope["path"], model, version, user, ctype, body, t0)
+            except Exception as exc:  # a bug answers 500 in the OIP shape, never a dropped socket
+                reply = error_reply(500, f"internal gateway error: {type(exc).__name__}")
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
         headers.append((b"content-length", str(len(reply.body)).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})

@@ -22,14 +22,18 @@ import os
 import secrets
 import sys
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from real.asgi import BodyTooLarge, ClientGone, header_values, infer_target, receive_body
 
 from real.server.backends import Backend, make_backend
 from real.server.batcher import AsyncBatcher, BackendFailed, DeadlineExceeded, QueueFull, clock
@@ -41,6 +45,7 @@ from sim.policy.batching import DynamicBatcher
 SERVER_NAME = "servelab"
 SERVER_VERSION = "0.1.0"
 JSON = "application/json"
+JSON_BYTES = JSON.encode()
 TOKEN_ENV = "SERVELAB_TOKEN"
 
 
@@ -88,39 +93,23 @@ def _rep(request: Request) -> Replica:
     return request.app.state.replica  # type: ignore[no-any-return]
 
 
-def _check_model(rep: Replica, request: Request) -> Response | None:
-    """A 404 for a model or version this replica does not serve, else None."""
-    model = request.path_params["model"]
+def model_problem(rep: Replica, model: str, version: str | None) -> str | None:
+    """Why this replica cannot serve (model, version), or None."""
     if model != rep.model:
-        return _error(404, f"unknown model {model!r}; this server has {rep.model!r}")
-    version = request.path_params.get("version")
+        return f"unknown model {model!r}; this server has {rep.model!r}"
     if version is not None and version != rep.version:
-        return _error(404, f"unknown version {version!r} of model {model!r}; this replica serves version {rep.version!r}")
+        return f"unknown version {version!r} of model {model!r}; this replica serves version {rep.version!r}"
     return None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) past `limit` bytes without buffering the excess."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise ProtocolError(413, f"body of {declared} bytes exceeds server.max_body_bytes ({limit})")
-        except ValueError:
-            raise ProtocolError(400, "invalid Content-Length") from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(413, f"body exceeds server.max_body_bytes ({limit})")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _check_model(rep: Replica, request: Request) -> Response | None:
+    """A 404 for a model or version this replica does not serve, else None."""
+    problem = model_problem(rep, request.path_params["model"], request.path_params.get("version"))
+    return None if problem is None else _error(404, problem)
 
 
-def _check_json(request: Request) -> None:
+def check_content_type(ctype: str | None) -> None:
     """JSON or no content type at all (curl-less clients); anything else is a 415."""
-    ctype = request.headers.get("content-type")
     if ctype is None:
         return
     media = ctype.split(";", 1)[0].strip().lower()
@@ -205,17 +194,24 @@ async def metrics(request: Request) -> Response:
 # -- inference -----------------------------------------------------------------------------
 
 
-async def infer(request: Request) -> Response:
-    received = clock()
-    rep = _rep(request)
+async def answer_infer(
+    rep: Replica,
+    model: str,
+    version: str | None,
+    content_type: str | None,
+    read_body: Callable[[], Awaitable[bytes]],
+    received: float,
+) -> tuple[int, bytes, dict[str, str] | None]:
+    """One infer, from the raw request parts to (status, body, extra headers): the one code path
+    behind both the Starlette route and the bare-ASGI fast path."""
     m = rep.metrics
-    if (bad := _check_model(rep, request)) is not None:
+    if (problem := model_problem(rep, model, version)) is not None:
         m.errors.labels("404").inc()
-        return bad
+        return 404, error_body(problem), None
     m.in_flight.inc()
     try:
-        _check_json(request)
-        body = await _read_body(request, rep.cfg.server.max_body_bytes)
+        check_content_type(content_type)
+        body = await read_body()
         req = parse_infer(body, rep.cfg.batching.max_batch_size, rep.output_names)
         if not rep.loaded:
             raise ProtocolError(503, f"model {rep.model!r} version {rep.version!r} is not loaded")
@@ -223,27 +219,72 @@ async def infer(request: Request) -> Response:
     except ProtocolError as exc:
         m.errors.labels(str(exc.status)).inc()
         m.requests.labels("error").inc()
-        return _error(exc.status, exc.message)
+        return exc.status, error_body(exc.message), None
     except QueueFull:
         m.shed.inc()
         m.requests.labels("shed").inc()
-        return _error(503, "queue full (batching.max_queue_size); retry later", {"Retry-After": "1"})
+        return 503, error_body("queue full (batching.max_queue_size); retry later"), {"Retry-After": "1"}
     except DeadlineExceeded:
         m.timeouts.inc()
         m.errors.labels("504").inc()
         m.requests.labels("timeout").inc()
-        return _error(504, "request timeout (parameters.timeout) expired while queued")
+        return 504, error_body("request timeout (parameters.timeout) expired while queued"), None
     except BackendFailed as exc:
         m.errors.labels("500").inc()
         m.requests.labels("error").inc()
-        return _error(500, str(exc))
+        return 500, error_body(str(exc)), None
     finally:
         m.in_flight.dec()
     server_s = clock() - received
     content = infer_response(rep.model, rep.version, req, result, rep.backend.outputs, rep.index, server_s)
     m.latency.observe(server_s)
     m.ok.inc()
-    return Response(content, media_type=JSON)
+    return 200, content, None
+
+
+async def infer(request: Request) -> Response:
+    """Never reached: InferFastPath answers every POST to an infer URL before routing. The
+    routes exist so that other methods on those URLs get their 405."""
+    raise RuntimeError("infer reached the router; InferFastPath is missing from the middleware")
+
+
+class InferFastPath:
+    """Infer straight from ASGI (see real.asgi); every other request goes to Starlette."""
+
+    def __init__(self, app: ASGIApp, replica: Replica) -> None:
+        self.app = app
+        self.rep = replica
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = infer_target(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if target is None:
+            await self.app(scope, receive, send)
+            return
+        await self.answer(self.rep, scope, receive, send, *target)
+
+    @staticmethod
+    async def answer(rep: Replica, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
+        received = clock()
+        headers = header_values(scope["headers"], b"content-type", b"content-length")
+        declared = headers.get(b"content-length", "0")
+        if not declared.isdigit():
+            status, content, extra = 400, error_body("invalid Content-Length"), None
+        else:
+            async def read_body() -> bytes:
+                try:
+                    return await receive_body(receive, int(declared), rep.cfg.server.max_body_bytes)
+                except BodyTooLarge as exc:
+                    raise ProtocolError(413, f"{exc} (server.max_body_bytes)") from None
+
+            try:
+                status, content, extra = await answer_infer(rep, model, version, headers.get(b"content-type"), read_body, received)
+            except ClientGone:
+                return
+        raw = [(b"content-type", JSON_BYTES), (b"content-length", str(len(content)).encode())]
+        if extra:
+            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
 
 
 # -- model repository (Triton extension) ---------------------------------------------------
@@ -341,7 +382,7 @@ def create_app(cfg: ScenarioConfig, replica: int) -> Starlette:
 
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
-    routes = [  # infer first: Starlette tries routes in order, and infer is the hot path
+    routes = [  # infer normally never gets here: InferFastPath answers it first
         Route(model + "/infer", infer, methods=["POST"]),
         Route(versioned + "/infer", infer, methods=["POST"]),
         Route("/v2/health/live", live, methods=["GET"]),
@@ -362,6 +403,7 @@ def create_app(cfg: ScenarioConfig, replica: int) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        middleware=[Middleware(InferFastPath, replica=rep)],
     )
     app.state.replica = rep
     return app
