@@ -1,0 +1,276 @@
+"""The load generator against a stub OIP server: schedule fidelity, no coordinated omission,
+every request exactly once, closed loop, distributed workers, and the merge's bookkeeping.
+
+The stub (Starlette on uvicorn, in a subprocess) answers after a fixed delay; Locust only ever
+runs in subprocesses started by `real.loadgen.runner`, never in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from real.loadgen.merge import merge, outcome, send_lag_summary
+from real.loadgen.plan import records_path, worker_share, write_arrays
+from real.loadgen.recordfile import CLIENT_TIMEOUT, CONNECTION_ERROR, CUT_SHORT, RECORD_FIELDS
+from real.loadgen.runner import LoadResult, run_load
+from sim.arrivals import make_schedule
+from sim.config import ArrivalConfig, LoadgenConfig, ScenarioConfig
+from sim.records import COLUMNS
+from sim.rng import make_streams
+
+ROOT = Path(__file__).resolve().parents[2]
+
+STUB_SOURCE = r'''
+import asyncio, json, sys, time
+import orjson, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+port, delay_s, stall_after, stall_s, shed_every = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+received = []
+
+async def infer(request):
+    t = time.perf_counter()
+    doc = orjson.loads(await request.body())
+    received.append([doc.get("id"), request.headers.get("x-user-id")])
+    n = len(received)
+    if stall_after and n == stall_after:
+        time.sleep(stall_s)  # blocks the event loop: nothing is read or answered meanwhile
+    if shed_every and n % shed_every == 0:
+        return Response(b'{"error": "queue full"}', status_code=503, media_type="application/json")
+    await asyncio.sleep(delay_s)
+    server_s = time.perf_counter() - t
+    params = {"queue_s": 0.0, "service_s": delay_s, "batch_size": 1, "replica": 0, "version": "1", "server_s": server_s}
+    return Response(orjson.dumps({"model_name": "digits", "parameters": params, "outputs": []}), media_type="application/json")
+
+async def got(request):
+    return Response(orjson.dumps(received), media_type="application/json")
+
+async def ready(request):
+    return Response(b"")
+
+app = Starlette(routes=[Route("/v2/models/digits/infer", infer, methods=["POST"]), Route("/received", got),
+                        Route("/v2/health/ready", ready)])
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+'''
+
+
+@dataclass
+class Stub:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def received(self) -> list[tuple[str, str]]:
+        import json
+
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(self.url + "/received", timeout=5) as r:
+            return [tuple(x) for x in json.loads(r.read())]
+
+
+@contextlib.contextmanager
+def stub_server(tmp: Path, *, delay_s: float = 0.005, stall_after: int = 0, stall_s: float = 0.0,
+                shed_every: int = 0) -> Iterator[Stub]:
+    from real.launcher import free_ports, is_ready
+
+    port = free_ports("127.0.0.1", 1)[0]
+    script = tmp / "stub_server.py"
+    script.write_text(STUB_SOURCE)
+    proc = subprocess.Popen([sys.executable, str(script), str(port), str(delay_s), str(stall_after), str(stall_s),
+                             str(shed_every)], stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while not is_ready(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("stub server did not start")
+            time.sleep(0.05)
+        yield Stub(url, proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def load_cfg(**kw: object) -> ScenarioConfig:
+    arrival = kw.pop("arrival", ArrivalConfig(kind="poisson", rate=100.0, users=20))
+    loadgen = kw.pop("loadgen", LoadgenConfig(workers=1, max_lag_p99_s=0.05))
+    base = ScenarioConfig(seed=7, duration_s=2.0, warmup_s=0.5, timeout_s=2.0, arrival=arrival, loadgen=loadgen)  # type: ignore[arg-type]
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def schedule_of(cfg: ScenarioConfig) -> tuple[np.ndarray, np.ndarray]:
+    streams = make_streams(cfg.seed)
+    s = make_schedule(cfg.arrival, cfg.duration_s, streams.arrivals, streams.users)
+    return s.times_s, s.user_ids
+
+
+def drive(cfg: ScenarioConfig, tmp_path: Path, **stub: float) -> tuple[LoadResult, list[tuple[str, str]]]:
+    with stub_server(tmp_path, **stub) as s:  # type: ignore[arg-type]
+        result = run_load(cfg, s.url, tmp_path / "loadgen", path="/v2/models/digits/infer")
+        return result, s.received()
+
+
+# -- with Locust (subprocesses) -------------------------------------------------------------
+
+
+@pytest.mark.real
+def test_open_loop_sends_the_twins_schedule_once_each_and_measures_from_intended_time(tmp_path: Path) -> None:
+    cfg = load_cfg()
+    times, users = schedule_of(cfg)
+    result, received = drive(cfg, tmp_path, delay_s=0.005)
+    frame = result.merged.requests
+    assert list(frame.columns) == list(COLUMNS)
+    assert result.complete and result.merged.never_sent == 0 and result.merged.duplicates == 0
+    assert frame["request_id"].tolist() == list(range(len(times)))
+    np.testing.assert_array_equal(frame["arrival_s"].to_numpy(), times)
+    np.testing.assert_array_equal(frame["user_id"].to_numpy(), users)
+    assert (frame["status"] == "ok").all()
+    # what reached the server: every request once, with the schedule's user in x-user-id
+    assert sorted(received) == sorted((f"w0-{i}", str(u)) for i, u in enumerate(users))
+    lat = frame["latency_s"].to_numpy()
+    assert (lat >= 0.005).all() and np.median(lat) < 0.05
+    sends = result.merged.sends
+    assert np.isfinite(sends["send_s"]).all()
+    np.testing.assert_allclose(frame["finish_s"] - frame["arrival_s"], lat)
+    # the derived service start lies between send and finish
+    ok = frame[frame["status"] == "ok"]
+    assert ((ok["start_s"] >= sends.loc[ok.index, "send_s"] - 1e-9) & (ok["start_s"] <= ok["finish_s"])).all()
+    lag = send_lag_summary(sends, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s)
+    assert lag["send_lag_s"]["p50"] < 0.01
+    assert lag["achieved_send_rate"] == pytest.approx(len(times[(times >= 0.5)]) / 1.5, rel=0.05)
+
+
+@pytest.mark.real
+def test_a_stalled_server_shows_its_stall_in_latency(tmp_path: Path) -> None:
+    """No coordinated omission: requests due while the server is stuck keep leaving on time and
+    their latency, from the intended send, includes the stall."""
+    cfg = load_cfg(arrival=ArrivalConfig(kind="constant", rate=200.0, users=10))
+    result, _ = drive(cfg, tmp_path, delay_s=0.002, stall_after=150, stall_s=0.4)
+    frame, sends = result.merged.requests, result.merged.sends
+    lat = frame["latency_s"].to_numpy()
+    assert (frame["status"] == "ok").all()
+    assert lat.max() >= 0.35
+    # ~0.4 s x 200 req/s were due during the stall: a generator that waited would show one slow request
+    assert (lat > 0.1).sum() >= 40
+    slow = sends[frame["latency_s"] > 0.1]
+    assert slow["send_lag_s"].quantile(0.9) < 0.05  # they left on time, then waited for the server
+
+
+@pytest.mark.real
+def test_closed_loop_users_wait_for_answers_and_think(tmp_path: Path) -> None:
+    cfg = load_cfg(arrival=ArrivalConfig(kind="closed", users=4, think_s=0.05))
+    result, received = drive(cfg, tmp_path, delay_s=0.01)
+    frame = result.merged.requests
+    # each cycle ~ think 50 ms + answer ~12 ms: 4 users x 2 s / 62 ms ~ 130 requests
+    assert 80 <= len(frame) <= 190
+    assert len(received) == len(frame)
+    assert frame["request_id"].tolist() == list(range(len(frame)))
+    assert set(frame["user_id"]) == {0, 1, 2, 3}
+    assert (frame["status"] == "ok").all()
+    for _, user in frame.groupby("user_id"):  # a user never has two requests out at once
+        u = user.sort_values("arrival_s")
+        assert (u["arrival_s"].to_numpy()[1:] >= u["finish_s"].to_numpy()[:-1] - 1e-9).all()
+    assert frame["arrival_s"].max() < cfg.duration_s
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_two_workers_cover_the_schedule_exactly_once(tmp_path: Path) -> None:
+    cfg = load_cfg(arrival=ArrivalConfig(kind="poisson", rate=150.0, users=20), loadgen=LoadgenConfig(workers=2, max_lag_p99_s=0.05))
+    times, users = schedule_of(cfg)
+    result, received = drive(cfg, tmp_path, delay_s=0.005)
+    frame, sends = result.merged.requests, result.merged.sends
+    assert result.complete and result.merged.never_sent == 0
+    assert len(frame) == len(times) and (frame["status"] == "ok").all()
+    np.testing.assert_array_equal(frame["arrival_s"].to_numpy(), times)
+    assert (sends["worker"] == sends["request_id"] % 2).all()
+    expected = sorted((f"w{i % 2}-{i}", str(u)) for i, u in enumerate(users))
+    assert sorted(received) == expected
+
+
+# -- no Locust: the bookkeeping ---------------------------------------------------------------
+
+
+def test_locust_and_gevent_never_enter_servelabs_own_processes() -> None:
+    code = ("import sys, scenarios.run_real, real.loadgen, real.loadgen.runner, real.loadgen.merge; "
+            "bad = [m for m in ('locust', 'gevent', 'geventhttpclient') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_worker_shares_partition_the_schedule() -> None:
+    ids = np.arange(1001)
+    shares = [worker_share(ids, w, 3) for w in range(3)]
+    assert sorted(np.concatenate(shares).tolist()) == ids.tolist()
+
+
+def _record_file(path: Path, rows: list[tuple[object, ...]]) -> None:
+    cols = list(zip(*rows)) if rows else [[] for _ in RECORD_FIELDS]
+    write_arrays(path, {name: np.asarray(c, dtype=dt) for (name, dt), c in zip(RECORD_FIELDS.items(), cols)})
+
+
+def test_merge_keeps_every_scheduled_request_once_and_maps_outcomes(tmp_path: Path) -> None:
+    times = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    users = np.array([5, 6, 7, 8, 9, 10, 11])
+    nan = float("nan")
+
+    def row(i: int, status: int, finish: float, batch: int = 1, service: float = 0.01) -> tuple[object, ...]:
+        answered = status == 200
+        return (i, int(users[i]), times[i], times[i] + 0.001, finish, status, 0.002 if answered else nan,
+                service if answered else nan, 0.013 if answered else nan, nan, batch if answered else 0,
+                1 if answered else -1, "2" if answered else "")
+
+    rows = [row(0, 200, 0.02, batch=2), row(1, 503, 0.102), row(2, CLIENT_TIMEOUT, 1.2), row(3, 504, 0.4),
+            row(4, CONNECTION_ERROR, 0.41), row(5, CUT_SHORT, nan), row(0, 200, 0.03)]  # a duplicate of 0
+    _record_file(records_path(tmp_path, 0), rows)
+    merged = merge([records_path(tmp_path, 0)], schedule=(times, users), timeout_s=1.0)
+    f = merged.requests
+    assert f["request_id"].tolist() == list(range(7)) and f["user_id"].tolist() == users.tolist()
+    assert f["status"].tolist() == ["ok", "shed", "timeout", "timeout", "error", "error", "error"]
+    assert merged.duplicates == 1 and merged.never_sent == 1  # request 6 was never sent
+    assert f.loc[0, "replica"] == 1 and f.loc[0, "version"] == "2" and f.loc[0, "batch_size"] == 2
+    # start = send + (finish - send - server_s) / 2 + queue_s
+    assert f.loc[0, "start_s"] == pytest.approx(0.001 + (0.02 - 0.001 - 0.013) / 2 + 0.002)
+    assert f.loc[0, "latency_s"] == pytest.approx(0.02)
+    assert np.isnan(f.loc[6, "finish_s"]) and f.loc[6, "replica"] == -1
+    assert f.loc[1:, "replica"].eq(-1).all() and f.loc[1:, "batch_size"].eq(0).all()
+
+
+def test_outcome_late_answer_is_a_timeout() -> None:
+    status = outcome(np.array([200, 200, 503, 504, 0, -1, 500]), np.array([0.5, 1.5, 0.1, 0.1, 1.0, 0.1, 0.1]), 1.0)
+    assert status.tolist() == [0, 2, 1, 2, 2, 3, 3]
+
+
+def test_closed_loop_merge_numbers_requests_by_intended_time(tmp_path: Path) -> None:
+    nan = float("nan")
+    for w, starts in ((0, [0.3, 0.1]), (1, [0.2])):
+        _record_file(records_path(tmp_path, w), [(-1, w, t, t, t + 0.01, 200, 0.0, 0.005, 0.006, nan, 1, 0, "1") for t in starts])
+    merged = merge(sorted(tmp_path.glob("records-*.npz")), schedule=None, timeout_s=0.0)
+    assert merged.requests["arrival_s"].tolist() == [0.1, 0.2, 0.3]
+    assert merged.requests["request_id"].tolist() == [0, 1, 2]
+
+
+def test_batch_members_share_their_derived_start(tmp_path: Path) -> None:
+    nan = float("nan")
+    rows = [(i, 0, 0.01 * i, 0.01 * i, 0.05 + 0.001 * i, 200, 0.03 - 0.01 * i, 0.007, 0.04, nan, 3, 0, "1") for i in range(3)]
+    _record_file(records_path(tmp_path, 0), rows)
+    f = merge([records_path(tmp_path, 0)], schedule=(np.array([0.0, 0.01, 0.02]), np.zeros(3, np.int64)), timeout_s=0).requests
+    assert f["start_s"].nunique() == 1
