@@ -1,0 +1,94 @@
+"""`servelab mode=real` end to end on the real stack: outputs in the twin's schema, lag flagging
+with exit status 3, and nothing left running after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sim.records import COLUMNS
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVELAB = [sys.executable, "-c", "from scenarios.cli import main; main()"]
+SMALL = ["mode=real", "duration_s=3", "warmup_s=0.5", "arrival.rate=40", "replicas=2", "concurrency=2",
+         "service.kind=deterministic", "service.base_s=0.004", "service.per_item_s=0", "progress=false"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                env = (entry / "environ").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if (text in cmdline or text in env) and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_mode_real_writes_the_twins_outputs_and_flags_a_generator_that_fell_behind(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # a threshold no generator can meet: the run must say so and exit 3, never pass as valid
+    done = subprocess.run([*SERVELAB, *SMALL, f"out_dir={out}", "loadgen.max_lag_p99_s=0.000001"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "load generator fell behind" in done.stdout and "send lag" in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["source"] == "real" and summary["backend"] == "emulated" and summary["valid"] is False
+    assert summary["send_lag_s"]["p99"] > 0 and summary["achieved_send_rate"] > 0
+    frame = pd.read_parquet(out / "requests.parquet")
+    assert list(frame.columns) == list(COLUMNS)
+    assert frame["request_id"].tolist() == list(range(len(frame)))
+    assert (frame["status"] == "ok").all()
+    assert set(frame["replica"]) <= {0, 1} and (frame["latency_s"] >= 0.004).all()
+    assert (out / "timeseries.parquet").exists() and (out / "config.yaml").exists()
+    assert summary["status_counts"]["ok"] == summary["requests_measured"]
+    assert not processes_mentioning(str(out))
+
+
+def test_mode_real_valid_run_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run([*SERVELAB, *SMALL, f"out_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["valid"] is True and summary["warnings"] == []
+    assert summary["achieved_send_rate"] == pytest.approx(summary["offered_rate"], rel=0.1)
+
+
+def test_ctrl_c_leaves_no_stack_or_locust_process(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*SERVELAB, *SMALL, "duration_s=30", f"out_dir={out}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not list((out / "loadgen").glob("started-*.json")):  # the load is running
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.1)
+    children = processes_mentioning(str(out))
+    assert len(children) >= 3  # 2 replicas, the gateway, Locust
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in children if alive(p)]
