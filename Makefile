@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 $(BIN)/servelab scenario=quickstart out_dir=runs/demo
+	OPENBLAS_NUM_THREADS=1 $(BIN)/servelab mode=compare scenario=quickstart out_dir=runs/demo
 
 test: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reports.compare import compare_summaries, comparison_verdict, format_comparison_table, load_run
+from reports.compare import compare_summaries, format_comparison_table, load_run
 from reports.figures import LoadPoint
 from reports.report import write_report
 from scenarios.config import ServelabConfig
 from scenarios.outputs import write_json, write_run
-from scenarios.profile import format_profile, measure_profile, profile_warnings
+from scenarios.profile import format_profile, measure_profile, overhead_rates, profile_warnings
 from scenarios.run_sim import simulate
 from sim.config import ScenarioConfig, ServiceConfig
 from sim.profile import Profile, load_profile
@@ -72,7 +72,8 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
         _log(f"calibration: {profile_path}")
     else:
         _log(f"calibrating: profiling the {cfg.model.backend} stack on this machine ...")
-        profile = measure_profile(cfg, out_dir / "stack" / "profile", samples=cfg.compare.profile_samples)
+        profile = measure_profile(cfg, out_dir / "stack" / "profile", samples=cfg.compare.profile_samples,
+                                  load_rates=overhead_rates(cfg, cfg.compare.overhead_fractions))
         profile_path = out_dir / "profile.json"
         write_json(profile_path, profile.to_json())
         print(format_profile(profile))
@@ -114,8 +115,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
                             real_run=load_run(out_dir / "real"), load_curve=points or None, capacity=capacity,
                             title=f"servelab compare: {cfg.model.backend} backend, {cfg.replicas} replicas, {cfg.lb.policy}")
     print()
-    print(format_comparison_table(comparison))
-    print(comparison_verdict(comparison))
+    print(format_comparison_table(comparison))  # ends with the verdict and any warnings
     print(f"report: {html}")
     print(f"        {md}")
     print(f"outputs: {out_dir}")

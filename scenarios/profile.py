@@ -34,6 +34,7 @@ from sim.files import write_json
 from sim.profile import Profile
 
 FEATURES = 64  # the digits models' input width; the emulated backend takes the same tensors
+POINT_WARMUP_S = 3.0
 
 
 def machine_info() -> dict[str, Any]:
@@ -172,10 +173,38 @@ def measure_overheads(cfg: ScenarioConfig, run_dir: Path, samples: int) -> dict[
     return hops
 
 
-def measure_profile(cfg: ScenarioConfig, run_dir: Path, samples: int = 40, overhead_samples: int = 300) -> Profile:
+def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[float], point_s: float) -> list[dict[str, Any]]:
+    """The stack's per-request overhead (latency less queue and model time) at each rate, driven
+    by the same load generator as a measurement, on seeds of its own (never the schedule a
+    comparison will replay). On a shared host the overhead grows with the rate: this is the
+    twin's model of the host's CPU contention."""
+    from scenarios.run_real import measure
+
+    points = []
+    for k, rate in enumerate(rates):
+        # a fresh stack runs ~1.5x slower for its first seconds (connection pools filling,
+        # the interpreter specialising): those seconds are warm-up, not the steady state
+        point_cfg = dataclasses.replace(
+            cfg, seed=cfg.seed + 1000 + k, warmup_s=POINT_WARMUP_S, duration_s=POINT_WARMUP_S + point_s,
+            arrival=dataclasses.replace(cfg.arrival, kind="poisson", rate=rate),
+        )
+        frame, summary, _ = measure(point_cfg, run_dir / f"load-{rate:.0f}")
+        ok = frame[(frame["status"] == "ok") & (frame["arrival_s"] >= point_cfg.warmup_s)]
+        total = (ok["latency_s"] - ok["queue_s"] - ok["service_s"]).to_numpy(dtype=float)
+        total = total[np.isfinite(total)]
+        if len(total):
+            points.append({"rate": float(rate), "total_s": np.clip(total, 0.0, None).tolist(),
+                           "send_lag_p99_s": summary.get("send_lag_s", {}).get("p99"), "valid": summary.get("valid", True)})
+    return points
+
+
+def measure_profile(cfg: ScenarioConfig, run_dir: Path, samples: int = 40, overhead_samples: int = 300,
+                    load_rates: list[float] | None = None, point_s: float = 5.0) -> Profile:
     times = measure_device_times(cfg, run_dir, samples)
     overheads = measure_overheads(cfg, run_dir, overhead_samples)
-    return Profile(times_s=times, overheads_s=overheads, meta=profile_meta(cfg))
+    by_rate = measure_overhead_under_load(cfg, run_dir, load_rates or [], point_s)
+    meta = profile_meta(cfg) | {"replicas": cfg.replicas}
+    return Profile(times_s=times, overheads_s=overheads, meta=meta, overhead_by_rate=by_rate)
 
 
 def format_profile(profile: Profile) -> str:
@@ -188,13 +217,28 @@ def format_profile(profile: Profile) -> str:
         if hop in profile.overheads_s:
             a = np.asarray(profile.overheads_s[hop]) * 1e3
             lines.append(f"  {hop[:-2]:<15} p50 {np.percentile(a, 50):.3f}  p99 {np.percentile(a, 99):.3f}  mean {a.mean():.3f}")
+    if profile.overhead_by_rate:
+        lines.append("overhead per request under load, outside queue and model (ms):")
+        for point in profile.overhead_by_rate:
+            a = np.asarray(point["total_s"]) * 1e3
+            lines.append(f"  {point['rate']:>7.0f} req/s  p50 {np.percentile(a, 50):.3f}  p90 {np.percentile(a, 90):.3f}  "
+                         f"p99 {np.percentile(a, 99):.3f}  (n {len(a)})")
     return "\n".join(lines)
+
+
+def overhead_rates(cfg: ScenarioConfig, fractions: list[float]) -> list[float]:
+    """Rates at which to measure overhead under load: fractions of the scenario's capacity."""
+    from scenarios.compare import scenario_capacity
+
+    capacity = scenario_capacity(cfg)
+    return [f * capacity for f in fractions]
 
 
 def run(cfg: ServelabConfig, out_dir: Path) -> int:
     print(f"profiling the {cfg.model.backend} backend ({cfg.model.name} v{cfg.model.versions[0]}), "
           f"batch sizes 1..{cfg.batching.max_batch_size} ...", flush=True)
-    profile = measure_profile(cfg, out_dir / "stack")
+    profile = measure_profile(cfg, out_dir / "stack", samples=cfg.compare.profile_samples,
+                              load_rates=overhead_rates(cfg, cfg.compare.overhead_fractions))
     path = out_dir / "profile.json"
     write_json(path, profile.to_json())
     print(format_profile(profile))

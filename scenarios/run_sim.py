@@ -19,6 +19,17 @@ from sim.records import requests_frame, summarize, timeseries
 from sim.twin import Twin, default_progress
 
 
+def mean_offered_rate(cfg: ScenarioConfig) -> float:
+    """The scenario's long-run offered rate, req/s (closed loop: users over think time, an
+    upper bound; trace: unknown without reading it, so the configured rate)."""
+    a = cfg.arrival
+    if a.kind == "bursty":
+        return (a.high_rate * a.high_dwell_s + a.low_rate * a.low_dwell_s) / (a.high_dwell_s + a.low_dwell_s)
+    if a.kind == "closed":
+        return a.users / a.think_s if a.think_s > 0 else float("inf")
+    return a.rate
+
+
 def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """The twin's requests table, summary and time series for one scenario."""
     paths = {cfg.service.profile if cfg.service.kind == "empirical" else "", cfg.overhead.profile} - {""}
@@ -29,7 +40,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
     expected = None if cfg.arrival.kind in ("closed", "trace") else int(cfg.arrival.rate * cfg.duration_s)
     bar = default_progress(expected) if progress else None
     wall = time.perf_counter()
-    samples = {k: v for k, v in overhead.overheads_s.items() if k in ("before_s", "after_s")} if overhead else None
+    samples = overhead.overhead_samples(mean_offered_rate(cfg)) if overhead else None
     result = Twin(cfg, profile=profile, progress=bar, overhead_samples=samples).run()
     wall = time.perf_counter() - wall
     frame = requests_frame(result.columns)

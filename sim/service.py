@@ -60,31 +60,36 @@ class ServiceTime:
 
 class Overhead:
     """Per-request time outside queue and model, before enqueue and after service: constants
-    from the config, or samples replayed from a measured profile."""
+    from the config, or measured samples replayed. Samples given as equally long `before_s`
+    and `after_s` lists are pairs (one request's two halves) and are drawn together, so the
+    replayed total has the measured distribution, not a thinner-tailed convolution."""
 
     def __init__(self, before_s: float, after_s: float, rng: np.random.Generator, samples: dict[str, list[float]] | None = None) -> None:
-        self._rng = rng
         samples = samples or {}
-        self._before = np.asarray(samples.get("before_s", [before_s]), dtype=float)
-        self._after = np.asarray(samples.get("after_s", [after_s]), dtype=float)
-        self.active = bool(self._before.max() > 0 or self._after.max() > 0)
-        self.mean_before_s = float(self._before.mean())
-        self.mean_after_s = float(self._after.mean())
-        self._buf_before: list[float] = []
-        self._buf_after: list[float] = []
+        before = np.asarray(samples.get("before_s", [before_s]), dtype=float)
+        after = np.asarray(samples.get("after_s", [after_s]), dtype=float)
+        if len(before) == 1 and len(after) > 1:  # a constant on one side pairs with every sample
+            before = np.full(len(after), before[0])
+        elif len(after) == 1 and len(before) > 1:
+            after = np.full(len(before), after[0])
+        elif len(before) != len(after):  # unpaired samples: draw each side on its own
+            before = before[rng.integers(0, len(before), _BUFFER)]
+            after = after[rng.integers(0, len(after), _BUFFER)]
+        self._rng = rng
+        self._pairs = np.stack([before, after], axis=1)
+        self.active = bool(self._pairs.max() > 0)
+        self.mean_before_s = float(before.mean())
+        self.mean_after_s = float(after.mean())
+        self._buf: list[list[float]] = []
 
-    def _draw(self, pool: np.ndarray, buf: list[float]) -> float:
-        if len(pool) == 1:
-            return float(pool[0])
-        if not buf:
-            buf.extend(pool[self._rng.integers(0, len(pool), _BUFFER)].tolist())
-        return buf.pop()
-
-    def before(self) -> float:
-        return self._draw(self._before, self._buf_before)
-
-    def after(self) -> float:
-        return self._draw(self._after, self._buf_after)
+    def draw(self) -> tuple[float, float]:
+        """(before, after) for one request."""
+        if len(self._pairs) == 1:
+            return float(self._pairs[0, 0]), float(self._pairs[0, 1])
+        if not self._buf:
+            self._buf = self._pairs[self._rng.integers(0, len(self._pairs), _BUFFER)].tolist()
+        before, after = self._buf.pop()
+        return before, after
 
 
 def capacity_rps(replicas: int, concurrency: int, max_batch_size: int, mean_s: Callable[[int], float], shared_cores: int = 0) -> float:

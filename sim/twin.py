@@ -132,8 +132,9 @@ class Twin:
         self.outstanding[r] += 1
         delay = self.hop_s
         if self.overhead.active:
-            delay += self.overhead.before()
-            self.after_s[i] = self.hop_s + self.overhead.after()
+            before, after = self.overhead.draw()
+            delay += before
+            self.after_s[i] = self.hop_s + after
         if delay > 0:
             self.env.timeout(delay).callbacks.append(partial(self._on_hop, i, r))
         else:

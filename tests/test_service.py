@@ -47,3 +47,21 @@ def test_bad_profile_names_the_key(tmp_path, content: str | None) -> None:
     with pytest.raises(ConfigError) as info:
         load_profile(str(path))
     assert info.value.key == "service.profile"
+
+
+def test_paired_overhead_samples_replay_the_measured_total() -> None:
+    from sim.service import Overhead
+
+    totals = np.array([0.001, 0.002, 0.010])
+    overhead = Overhead(0.0, 0.0, np.random.default_rng(0), {"before_s": list(totals / 2), "after_s": list(totals / 2)})
+    drawn = {round(sum(overhead.draw()), 9) for _ in range(300)}
+    assert drawn == set(totals)  # never a mix of two requests' halves
+
+
+def test_overhead_under_load_interpolates_between_measured_rates() -> None:
+    profile = Profile(times_s={1: [0.01]}, overhead_by_rate=[{"rate": 100.0, "total_s": [0.002] * 10},
+                                                             {"rate": 300.0, "total_s": [0.006] * 10}])
+    mid = profile.overhead_samples(200.0)
+    assert np.allclose(np.add(mid["before_s"], mid["after_s"]), 0.004)
+    assert np.allclose(np.add(*profile.overhead_samples(50.0).values()), 0.002)  # clamped below
+    assert np.allclose(np.add(*profile.overhead_samples(900.0).values()), 0.006)  # and above
