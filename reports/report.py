@@ -33,6 +33,8 @@ KEY_CONFIG: tuple[str, ...] = (
     "batching.max_batch_size", "batching.max_queue_delay_s", "batching.max_queue_size",
     "model.name", "model.backend", "model.versions", "gateway.hop_s", "loadgen.workers",
 )
+# Keys on which a calibrated twin differs from the real run by design: it replays the profile.
+CALIBRATION_KEYS = frozenset({"service.kind", "service.profile"})
 # Only shown for the arrival kinds they belong to, so the table is not half irrelevant keys.
 ARRIVAL_KEYS = {
     "arrival.rate": ("poisson", "constant", "diurnal"),
@@ -300,7 +302,8 @@ def write_report(
     warnings = list(comparison.get("warnings", []))
     warnings += [f"sim: {w}" for w in sim_run.warnings if f"predicted: {w}" not in warnings]
     warnings += [f"real: {w}" for w in real_run.warnings if f"measured: {w}" not in warnings]
-    differing = [key for key, _, differs in config if differs]
+    # the twin's calibration (it replays the measured profile) is meant to differ
+    differing = [key for key, _, differs in config if differs and key not in CALIBRATION_KEYS]
     if differing:
         warnings.append(f"the two sides ran different scenarios ({', '.join(differing)}): errors compare unlike runs")
     doc = _Doc(
