@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +73,9 @@ def stack_cfg(rate: float, duration_s: float, *, device_s: float = 0.010, dispat
 
 
 def run_open(name: str, cfg: ScenarioConfig, base: Path) -> tuple[Row, dict[str, Any]]:
-    before = busy_elsewhere()
-    frame, summary, _ = measure(cfg, base / name.replace(" ", "_").replace("/", "_"))
-    contended = bool(before or busy_elsewhere())
+    with ContentionMonitor() as monitor:
+        frame, summary, _ = measure(cfg, base / name.replace(" ", "_").replace("/", "_"))
+    contended = bool(monitor.seen)
     lag, lat = summary["send_lag_s"], summary["latency_s"]
     ok = frame[(frame["status"] == "ok") & (frame["arrival_s"] >= cfg.warmup_s)]
     outside = (ok["latency_s"] - ok["service_s"] - ok["queue_s"]).to_numpy(dtype=float)
@@ -128,19 +129,75 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n(times in ms)"
 
 
+KEYWORDS = ("real.server", "real.gateway", "locust", "servelab mode", "pytest", "scenarios.bench")
+
+
+def _ancestry(pid: int) -> set[int]:
+    """This process and its parents (a `timeout` wrapper's command line names the bench too)."""
+    chain = set()
+    while pid > 1 and pid not in chain:
+        chain.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return chain
+
+
+def _parent(pid: str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def busy_elsewhere() -> list[str]:
-    """Other servelab stacks or Locust runs on this box: they take the same 2 cores, and the
-    figures would measure the contention, not the generator."""
+    """Other servelab stacks, Locust runs or test sessions on this box (not ours): they take the
+    same 2 cores, and the figures would measure the contention, not the generator."""
+    mine = _ancestry(os.getpid())
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if any(k in cmd for k in ("real.server", "real.gateway", "locust", "servelab mode", "pytest", "scenarios.bench")):
-                found.append(f"{entry.name}: {cmd[:100]}")
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(k in cmd for k in KEYWORDS) and not _descends(int(entry.name), os.getpid()):
+            found.append(f"{entry.name}: {cmd[:100]}")
     return found
+
+
+def _descends(pid: int, root: int) -> bool:
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == root:
+            return True
+        pid = _parent(str(pid))
+        seen += 1
+    return False
+
+
+class ContentionMonitor:
+    """Polls for foreign stacks/Locust/pytest while a run measures (they come and go in seconds)."""
+
+    def __init__(self, period_s: float = 0.5) -> None:
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(period_s,), daemon=True)
+
+    def _poll(self, period_s: float) -> None:
+        while not self._stop.wait(period_s):
+            self.seen.extend(busy_elsewhere())
+
+    def __enter__(self) -> "ContentionMonitor":
+        self.seen.extend(busy_elsewhere())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def main() -> None:
@@ -213,8 +270,8 @@ def main() -> None:
             up_to = r.offered
         print(f"  honest up to: {'-' if up_to is None else f'{up_to:.0f} req/s'} "
               f"(lag p99 <= {LAG_P99_TARGET_S * 1e3:g} ms and rate within 1%; {len(honest)}/{len(sweep_rows)} sweep points honest)")
-    if others or busy_elsewhere():
-        print("  WARNING: other servelab/Locust processes ran during the bench; rerun on a quiet machine")
+    if any("CONTENDED" in r.note for r in rows):
+        print("  WARNING: other servelab/Locust/pytest processes ran during rows marked CONTENDED; rerun on a quiet machine")
     print(f"runs in {base}; bench took {time.perf_counter() - started:.0f} s")
     (base / "bench.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
 
