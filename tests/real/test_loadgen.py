@@ -145,7 +145,7 @@ def test_open_loop_sends_the_twins_schedule_once_each_and_measures_from_intended
     # what reached the server: every request once, with the schedule's user in x-user-id
     assert sorted(received) == sorted((f"w0-{i}", str(u)) for i, u in enumerate(users))
     lat = frame["latency_s"].to_numpy()
-    assert (lat >= 0.005).all() and np.median(lat) < 0.05
+    assert (lat >= 0.004).all() and np.median(lat) < 0.05  # uvloop's ms timers may end a 5 ms sleep early
     sends = result.merged.sends
     assert np.isfinite(sends["send_s"]).all()
     np.testing.assert_allclose(frame["finish_s"] - frame["arrival_s"], lat)
