@@ -25,10 +25,11 @@ from real.loadgen.runner import LoadgenError, LoadResult, check, infer_path, run
 from reports.text import format_summary
 from scenarios.config import ServelabConfig
 from scenarios.outputs import write_parquet, write_run
-from sim.config import ScenarioConfig
+from sim.config import ConfigError, ScenarioConfig
 from sim.records import summarize, timeseries
 
 EXIT_FAILED = 1
+EXIT_CONFIG = 2
 EXIT_INVALID_MEASUREMENT = 3  # the same status mode=compare uses for an invalid measurement
 EXIT_INTERRUPTED = 130
 RATE_TOLERANCE = 0.01  # achieved send rate below offered by more than this is worth a warning
@@ -162,6 +163,9 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     except KeyboardInterrupt:
         print("\nservelab: mode=real interrupted; the stack and the load generator were stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ConfigError as exc:  # loadgen.dispatch / remote_workers: checked here, not by the schema
+        print(f"servelab: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (LaunchError, LoadgenError) as exc:
         print(f"servelab: mode=real failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
