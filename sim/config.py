@@ -15,6 +15,7 @@ ARRIVAL_KINDS = ("poisson", "constant", "bursty", "diurnal", "trace", "closed")
 SERVICE_KINDS = ("deterministic", "exponential", "lognormal", "empirical")
 BACKENDS = ("numpy", "emulated")
 MODES = ("sim", "real", "compare", "serve", "profile")
+LOADGEN_DISPATCH = ("dispatcher", "timers")
 
 
 @dataclass
@@ -220,7 +221,11 @@ def validate(cfg: ScenarioConfig) -> None:
         _require(all(x >= 0 for x in vw) and sum(vw) > 0, "gateway.version_weights", "must be >= 0 with a positive sum")
     _non_negative(cfg.gateway.hop_s, "gateway.hop_s")
     _require(0 <= cfg.gateway.port < 65536, "gateway.port", f"must be in [0, 65535], got {cfg.gateway.port}")
-    _require(cfg.loadgen.workers >= 1, "loadgen.workers", f"must be >= 1, got {cfg.loadgen.workers}")
+    lg = cfg.loadgen
+    _require(lg.workers >= 1, "loadgen.workers", f"must be >= 1, got {lg.workers}")
+    _choice(lg.dispatch, "loadgen.dispatch", LOADGEN_DISPATCH)
+    _require(0 <= lg.remote_workers < lg.workers, "loadgen.remote_workers",
+             f"must be in [0, loadgen.workers - 1] ({lg.workers - 1}): the master's host runs one worker at least; got {lg.remote_workers}")
     _positive(cfg.loadgen.max_lag_p99_s, "loadgen.max_lag_p99_s")
 
 

@@ -21,7 +21,6 @@ import numpy as np
 
 PLAN_ENV = "SERVELAB_LOADGEN_PLAN"
 WORKER_ENV = "SERVELAB_LOADGEN_WORKER"
-DISPATCH_MODES = ("dispatcher", "timers")
 
 
 @dataclass(frozen=True)

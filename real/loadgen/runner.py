@@ -25,7 +25,6 @@ import numpy as np
 from real.launcher import free_ports, log_tail, stop_all
 from real.loadgen.merge import Merged, merge
 from real.loadgen.plan import (
-    DISPATCH_MODES,
     PLAN_ENV,
     WORKER_ENV,
     LoadPlan,
@@ -34,7 +33,7 @@ from real.loadgen.plan import (
     write_schedule,
 )
 from sim.arrivals import make_schedule
-from sim.config import ConfigError, ScenarioConfig
+from sim.config import ScenarioConfig, validate
 from sim.rng import make_streams
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
@@ -79,11 +78,8 @@ def infer_path(cfg: ScenarioConfig) -> str:
 
 
 def check(cfg: ScenarioConfig) -> None:
-    lg = cfg.loadgen
-    if lg.dispatch not in DISPATCH_MODES:
-        raise ConfigError("loadgen.dispatch", f"{lg.dispatch!r} is not allowed; use one of {', '.join(DISPATCH_MODES)}")
-    if not 0 <= lg.remote_workers < lg.workers:
-        raise ConfigError("loadgen.remote_workers", f"must be in [0, workers - 1] ({lg.workers - 1}), got {lg.remote_workers}")
+    """The config's own validation, for callers that did not come through the CLI."""
+    validate(cfg)
 
 
 def make_plan(cfg: ScenarioConfig, url: str, out_dir: Path, *, path: str | None = None) -> LoadPlan:
