@@ -114,6 +114,15 @@ class PreciseTimer:
                     return
 
 
+def run_batch(backend: Backend, x: np.ndarray, planned: float) -> tuple[dict[str, np.ndarray] | None, BaseException | None, float, float]:
+    """(outputs, error, start, end) of one batch; a model failure fails its batch, never the replica."""
+    start = clock()
+    try:
+        return backend.run(x, planned), None, start, clock()
+    except Exception as exc:
+        return None, exc, start, clock()
+
+
 class _Instance:
     """One model instance: a thread that runs one batch at a time."""
 
@@ -138,15 +147,8 @@ class _Instance:
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             batch, x, planned = job
-            start = clock()
             try:
-                out: dict[str, np.ndarray] | None = self._backend.run(x, planned)
-                err: BaseException | None = None
-            except Exception as exc:  # a model failure fails its batch, never the replica
-                out, err = None, exc
-            end = clock()
-            try:
-                self._loop.call_soon_threadsafe(self._done, self, batch, out, err, start, end)
+                self._loop.call_soon_threadsafe(self._done, self, batch, *run_batch(self._backend, x, planned))
             except RuntimeError:  # loop closed during shutdown
                 return
 
@@ -164,13 +166,7 @@ class _InlineInstance:
         self._done = done
 
     def submit(self, batch: list[Pending], x: np.ndarray, planned: float) -> None:
-        start = clock()
-        try:
-            out: dict[str, np.ndarray] | None = self._backend.run(x, planned)
-            err: BaseException | None = None
-        except Exception as exc:  # a model failure fails its batch, never the replica
-            out, err = None, exc
-        self._loop.call_soon(self._done, self, batch, out, err, start, clock())
+        self._loop.call_soon(self._done, self, batch, *run_batch(self._backend, x, planned))
 
     def stop(self) -> None:
         pass

@@ -37,3 +37,12 @@ def serve() -> Iterator[Callable[..., AsgiClient]]:
     yield start
     for c in clients:
         c.__exit__(None, None, None)
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (a killed child may linger as one until its parent reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False

@@ -17,20 +17,12 @@ import requests
 
 from real.launcher import LaunchError, launch, launch_with, server_command
 from sim.config import ScenarioConfig
+from tests.real.conftest import alive
 
 pytestmark = pytest.mark.real
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = {"id": "x", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.25] * 64}]}
-
-
-def alive(pid: int) -> bool:
-    """Running and not a zombie (a killed child may linger as one until its parent reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from sim.records import COLUMNS
+from tests.real.conftest import alive
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -22,14 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVELAB = [sys.executable, "-c", "from scenarios.cli import main; main()"]
 SMALL = ["mode=real", "duration_s=3", "warmup_s=0.5", "arrival.rate=40", "replicas=2", "concurrency=2",
          "service.kind=deterministic", "service.base_s=0.004", "service.per_item_s=0", "progress=false"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def processes_mentioning(text: str) -> list[int]:
