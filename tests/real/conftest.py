@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -46,3 +48,23 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live pids (not this one) whose command line or environment contains `text`, a run dir
+    unique to a test: what a failed start or an interrupted run may leave behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        try:
+            env = (entry / "environ").read_bytes().decode(errors="replace")
+        except OSError:  # unreadable environment: the command line still counts
+            env = ""
+        if (text in cmdline or text in env) and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -17,26 +16,12 @@ import requests
 
 from real.launcher import LaunchError, launch, launch_with, server_command
 from sim.config import ScenarioConfig
-from tests.real.conftest import alive
+from tests.real.conftest import alive, processes_mentioning
 
 pytestmark = pytest.mark.real
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = {"id": "x", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.25] * 64}]}
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains `text` (a run dir unique to a test): what a failed start may leave."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmdline and alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
 
 
 def wait_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:

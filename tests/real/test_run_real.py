@@ -4,7 +4,6 @@ with exit status 3, and nothing left running after Ctrl-C."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 
 from sim.records import COLUMNS
-from tests.real.conftest import alive
+from tests.real.conftest import alive, processes_mentioning
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -23,20 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVELAB = [sys.executable, "-c", "from scenarios.cli import main; main()"]
 SMALL = ["mode=real", "duration_s=3", "warmup_s=0.5", "arrival.rate=40", "replicas=2", "concurrency=2",
          "service.kind=deterministic", "service.base_s=0.004", "service.per_item_s=0", "progress=false"]
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                env = (entry / "environ").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if (text in cmdline or text in env) and alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
 
 
 def test_mode_real_writes_the_twins_outputs_and_flags_a_generator_that_fell_behind(tmp_path: Path) -> None:
