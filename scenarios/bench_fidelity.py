@@ -22,6 +22,7 @@ from pathlib import Path
 from scenarios import compare
 from scenarios.cli import preflight
 from sim.files import write_text
+from sim.service import capacity_rps
 
 TARGETS = {"latency_p50": 0.05, "latency_p99": 0.10, "achieved_rate": 0.02}
 
@@ -56,7 +57,7 @@ def main() -> None:
                 if (replicas, batching) in profiles:
                     overrides.append(f"overhead.profile={profiles[(replicas, batching)]}")
                 cfg = preflight(overrides)
-                capacity = compare.scenario_capacity(cfg)
+                capacity = capacity_rps(cfg)
                 cfg.arrival.rate = 0.6 * capacity
                 run_dir = out / name
                 print(f"[{time.perf_counter() - started:6.0f} s] {name}: capacity {capacity:.0f} req/s", flush=True)

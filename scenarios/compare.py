@@ -24,9 +24,9 @@ from scenarios.config import ServelabConfig
 from scenarios.outputs import write_json, write_run
 from scenarios.profile import format_profile, measure_profile, overhead_rates, profile_warnings
 from scenarios.run_sim import simulate
-from sim.config import ScenarioConfig, ServiceConfig
-from sim.profile import Profile, load_profile
-from sim.service import ServiceTime, capacity_rps
+from sim.config import ScenarioConfig
+from sim.profile import load_profile
+from sim.service import capacity_rps
 
 EXIT_INVALID_MEASUREMENT = 3
 
@@ -38,11 +38,6 @@ def calibrated(cfg: ScenarioConfig, profile_path: Path) -> ScenarioConfig:
         service=dataclasses.replace(cfg.service, kind="empirical", profile=str(profile_path)),
         overhead=dataclasses.replace(cfg.overhead, profile=str(profile_path)),
     )
-
-
-def scenario_capacity(cfg: ScenarioConfig, profile: Profile | None = None) -> float:
-    mean_s = profile.mean_s if profile is not None else ServiceTime(cfg.service, None, None).mean  # type: ignore[arg-type]
-    return capacity_rps(cfg.replicas, cfg.concurrency, cfg.batching.max_batch_size, mean_s, cfg.service.shared_cores)
 
 
 def _measure_real(cfg: ScenarioConfig, out_dir: Path) -> dict[str, Any]:
@@ -82,7 +77,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     for note in warnings:
         _log(f"WARNING: {note}")
     twin_cfg = calibrated(cfg, profile_path)
-    capacity = scenario_capacity(cfg, profile)
+    capacity = capacity_rps(cfg, profile)
     load = cfg.arrival.rate / capacity if cfg.arrival.kind in ("poisson", "constant") else None
     _log(f"capacity {capacity:.0f} req/s (measured device times); offered load "
          f"{'-' if load is None else f'{load:.0%}'}")

@@ -32,6 +32,7 @@ from scenarios.config import ServelabConfig
 from sim.config import BatchingConfig, ScenarioConfig
 from sim.files import write_json
 from sim.profile import Profile
+from sim.service import capacity_rps
 
 FEATURES = 64  # the digits models' input width; the emulated backend takes the same tensors
 POINT_WARMUP_S = 3.0
@@ -228,9 +229,7 @@ def format_profile(profile: Profile) -> str:
 
 def overhead_rates(cfg: ScenarioConfig, fractions: list[float]) -> list[float]:
     """Rates at which to measure overhead under load: fractions of the scenario's capacity."""
-    from scenarios.compare import scenario_capacity
-
-    capacity = scenario_capacity(cfg)
+    capacity = capacity_rps(cfg)
     return [f * capacity for f in fractions]
 
 

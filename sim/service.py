@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from sim.config import ServiceConfig
+from sim.config import ScenarioConfig, ServiceConfig
 from sim.profile import Profile, load_profile
 
 _BUFFER = 65536
@@ -78,8 +78,6 @@ class Overhead:
         self._rng = rng
         self._pairs = np.stack([before, after], axis=1)
         self.active = bool(self._pairs.max() > 0)
-        self.mean_before_s = float(before.mean())
-        self.mean_after_s = float(after.mean())
         self._buf: list[list[float]] = []
 
     def draw(self) -> tuple[float, float]:
@@ -92,11 +90,16 @@ class Overhead:
         return before, after
 
 
-def capacity_rps(replicas: int, concurrency: int, max_batch_size: int, mean_s: Callable[[int], float], shared_cores: int = 0) -> float:
+def capacity_rps(cfg: ScenarioConfig, profile: Profile | None = None) -> float:
     """Most requests per second the replicas can answer: every instance busy with full batches
-    (or, with shared cores, every core busy). Load fractions are quoted against this."""
-    per_instance = max_batch_size / mean_s(max_batch_size)
-    instances = replicas * concurrency
-    if shared_cores:
-        instances = min(instances, shared_cores)
-    return instances * per_instance
+    (or, with shared cores, every core busy), at the profile's measured times when given, else
+    the service model's means. Load fractions are quoted against this."""
+    service = cfg.service
+    if profile is None and service.kind == "empirical":
+        profile = load_profile(service.profile)
+    b = cfg.batching.max_batch_size
+    mean_s = profile.mean_s(b) if profile is not None else service.base_s + service.per_item_s * b
+    instances = cfg.replicas * cfg.concurrency
+    if service.shared_cores:
+        instances = min(instances, service.shared_cores)
+    return instances * b / mean_s

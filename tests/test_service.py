@@ -65,3 +65,18 @@ def test_overhead_under_load_interpolates_between_measured_rates() -> None:
     assert np.allclose(np.add(mid["before_s"], mid["after_s"]), 0.004)
     assert np.allclose(np.add(*profile.overhead_samples(50.0).values()), 0.002)  # clamped below
     assert np.allclose(np.add(*profile.overhead_samples(900.0).values()), 0.006)  # and above
+
+
+@pytest.mark.parametrize("replicas, concurrency, shared_cores", [(2, 1, 0), (3, 2, 0), (4, 1, 1)])
+def test_capacity_is_the_throughput_the_twin_reaches_at_overload(replicas: int, concurrency: int, shared_cores: int) -> None:
+    from sim.records import requests_frame, summarize
+    from sim.service import capacity_rps
+    from sim.twin import Twin
+    from tests.conftest import scenario
+
+    cfg = scenario(duration_s=20.0, warmup_s=4.0, replicas=replicas, concurrency=concurrency, arrival=dict(rate=5000.0),
+                   service=dict(kind="deterministic", base_s=0.004, per_item_s=0.001, shared_cores=shared_cores),
+                   batching=dict(max_batch_size=8, max_queue_delay_s=0.001, max_queue_size=16))
+    frame = requests_frame(Twin(cfg).run().columns)
+    s = summarize(frame, warmup_s=4.0, duration_s=20.0, replicas=replicas, concurrency=concurrency)
+    assert s["achieved_rate"] == pytest.approx(capacity_rps(cfg), rel=0.02)
