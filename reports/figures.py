@@ -82,11 +82,26 @@ def measured_latency_s(run: Run) -> np.ndarray:
     return np.sort(lat[np.isfinite(lat) & (lat > 0)])
 
 
+def plotted_ranks(n: int, body: int = 1500, tail: int = 1500) -> np.ndarray:
+    """Ranks of a sorted sample worth drawing: an even grid for the body of the CDF and a
+    geometric one towards the maximum for its tail (p99.9 of 1M requests is the top 1000), so a
+    figure costs the same for 1M requests as for 3000 and still shows the tail to the last one."""
+    if n <= body + tail:
+        return np.arange(n)
+    even = np.linspace(0, n - 1, body)
+    top = n - np.geomspace(1, n, tail)
+    return np.unique(np.concatenate([even, top]).round().astype(np.int64).clip(0, n - 1))
+
+
 def _title_suffix(runs: Mapping[str, Run]) -> str:
     return " vs ".join(f"{label} ({run.backend})" for label, run in runs.items())
 
 
 def plot_latency_cdf(path: str | Path, runs: Mapping[str, Run], *, title: str | None = None) -> Path:
+    return _save(latency_cdf_figure(runs, title=title), path)
+
+
+def latency_cdf_figure(runs: Mapping[str, Run], *, title: str | None = None) -> Figure:
     """Left: the CDF on a log latency axis with p50/p99 marked. Right: the tail (1 - CDF, log-log),
     where a p99 gap that the CDF squashes into its top pixel becomes visible."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -97,9 +112,10 @@ def plot_latency_cdf(path: str | Path, runs: Mapping[str, Run], *, title: str | 
         if len(lat_ms) == 0:
             cdf_ax.plot([], [], color=color, label=f"{label}: no answered requests")
             continue
-        frac = np.arange(1, len(lat_ms) + 1) / len(lat_ms)
-        cdf_ax.step(lat_ms, frac, where="post", color=color, lw=1.8, label=f"{label} (n={len(lat_ms)})")
-        tail_ax.step(lat_ms, 1.0 - frac + 1.0 / len(lat_ms), where="post", color=color, lw=1.8, label=label)
+        keep = plotted_ranks(len(lat_ms))
+        frac = (keep + 1) / len(lat_ms)
+        cdf_ax.step(lat_ms[keep], frac, where="post", color=color, lw=1.8, label=f"{label} (n={len(lat_ms)})")
+        tail_ax.step(lat_ms[keep], 1.0 - frac + 1.0 / len(lat_ms), where="post", color=color, lw=1.8, label=label)
         for q, style in ((50, "--"), (99, ":")):
             v = float(np.percentile(lat_ms, q))
             for ax in (cdf_ax, tail_ax):
@@ -120,14 +136,16 @@ def plot_latency_cdf(path: str | Path, runs: Mapping[str, Run], *, title: str | 
     tail_ax.set_title("tail (complementary CDF)")
     for yq, name in ((0.5, "p50"), (0.01, "p99"), (0.001, "p99.9")):
         tail_ax.axhline(yq, color="0.5", lw=0.7, alpha=0.6)
-        tail_ax.annotate(name, (1.0, yq), xycoords=("axes fraction", "data"), fontsize=7, color="0.4",
-                         ha="right", va="bottom")
+        # right of the axes, not inside: the tail curves end at the bottom right, over any label there
+        tail_ax.annotate(name, (1.0, yq), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                         textcoords="offset points", fontsize=7, color="0.3", ha="left", va="center",
+                         annotation_clip=False)
     if any(len(line.get_xdata()) for line in tail_ax.get_lines()):
         tail_ax.legend(fontsize=8, loc="lower left")
     for ax in (cdf_ax, tail_ax):
         _style(ax)
     fig.suptitle(title or f"Latency distribution: {_title_suffix(runs)}", fontsize=12)
-    return _save(fig, path)
+    return fig
 
 
 def _window_x(series: Any) -> np.ndarray:
@@ -144,10 +162,24 @@ def _window_width(runs: Mapping[str, Run]) -> float:
     return 1.0
 
 
+def offered_steps(series: Any, duration_s: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(values, edges) of the offered rate as a step over the windows that send, ending at
+    duration_s: nothing is offered after it, and a line through window middles would slope
+    down into the drain as if load tapered off."""
+    start = series["window_start_s"].to_numpy(dtype=float)
+    width = float(start[1] - start[0]) if len(start) > 1 else 1.0
+    edges = np.append(start, start[-1] + width) if len(start) else np.zeros(1)
+    values = series["offered_rate"].to_numpy(dtype=float)
+    if duration_s is not None:
+        n = int(np.searchsorted(start, duration_s - 1e-9, side="left"))  # windows starting before the end
+        values, edges = values[:n], np.minimum(edges[:n + 1], duration_s)
+    return values, edges
+
+
 def plot_timeseries(path: str | Path, runs: Mapping[str, Run], *, title: str | None = None) -> Path:
-    """Three panels on one time axis: rate (achieved solid, offered dashed), latency (p50 solid,
-    p99 dashed) and queue (waiting solid, in flight dotted); warm-up shaded, since its windows
-    are not part of the summary."""
+    """Three panels on one time axis: rate (throughput solid, offered dashed steps up to
+    duration_s), latency (p50 solid, p99 dashed) and queue (waiting solid, in flight dotted);
+    warm-up shaded, since its windows are not part of the summary, and the drain after it."""
     fig = Figure(figsize=(11, 8), layout="constrained")
     rate_ax, lat_ax, queue_ax = fig.subplots(3, 1, sharex=True)
     warmups: list[float] = []
@@ -159,8 +191,10 @@ def plot_timeseries(path: str | Path, runs: Mapping[str, Run], *, title: str | N
             rate_ax.plot([], [], color=color, label=f"{label}: no time series")
             continue
         x = _window_x(ts)
-        rate_ax.plot(x, ts["achieved_rate"], color=color, lw=1.8, marker=".", label=f"{label} achieved")
-        rate_ax.plot(x, ts["offered_rate"], color=color, lw=1.0, ls="--", alpha=0.7, label=f"{label} offered")
+        rate_ax.plot(x, ts["throughput"], color=color, lw=1.8, marker=".", label=f"{label} throughput")
+        duration = run.config.get("duration_s")
+        values, edges = offered_steps(ts, None if duration is None else float(duration))
+        rate_ax.stairs(values, edges, color=color, lw=1.0, ls="--", alpha=0.7, baseline=None, label=f"{label} offered")
         lat_ax.plot(x, ts["latency_p50_s"] * 1e3, color=color, lw=1.8, marker=".", label=f"{label} p50")
         lat_ax.plot(x, ts["latency_p99_s"] * 1e3, color=color, lw=1.2, ls="--", label=f"{label} p99")
         queue_ax.plot(x, ts["queue_len"], color=color, lw=1.8, marker=".", label=f"{label} queued")
@@ -196,9 +230,107 @@ def _latency_ms(summary: Mapping[str, Any] | None, key: str) -> float:
     return float("nan") if value is None else float(value) * 1e3
 
 
-def _rate(summary: Mapping[str, Any] | None) -> float:
-    value = None if summary is None else summary.get("achieved_rate")
+def _number(summary: Mapping[str, Any] | None, key: str) -> float:
+    value = None if summary is None else summary.get(key)
     return float("nan") if value is None else float(value)
+
+
+# One curve of a load-curve figure: (offered rate, summary) per point, any order.
+CurvePoints = Sequence[tuple[float, Mapping[str, Any]]]
+
+
+def _offered(rate: float, summary: Mapping[str, Any]) -> float:
+    """A point's x: the rate the summary measured as offered, else the nominal one. The measured
+    rate is what the throughput is bounded by, so throughput <= offered reads true on the plot."""
+    value = summary.get("offered_rate")
+    return float(value) if value is not None else float(rate)
+
+
+def _capacities(curves: Mapping[str, CurvePoints], capacity: float | Mapping[str, float] | None) -> dict[str, float]:
+    """label -> capacity, from the argument or else from the summaries' own `capacity_rps`."""
+    if isinstance(capacity, (int, float)):
+        return {label: float(capacity) for label in curves}
+    given = dict(capacity or {})
+    for label, pts in curves.items():
+        if label not in given:
+            caps = [s.get("capacity_rps") for _, s in pts if s.get("capacity_rps")]
+            if caps:
+                given[label] = float(np.median(caps))
+    return {k: v for k, v in given.items() if v and np.isfinite(v)}
+
+
+def plot_load_curves(
+    path: str | Path,
+    curves: Mapping[str, CurvePoints],
+    *,
+    capacity: float | Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> Path:
+    return _save(load_curve_figure(curves, capacity=capacity, title=title), path)
+
+
+def load_curve_figure(
+    curves: Mapping[str, CurvePoints],
+    *,
+    capacity: float | Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Left: p50 and p99 against offered rate (log latency: the knee near capacity spans decades).
+    Right: throughput (completions in the window per second) against offered rate: it follows
+    y = x until the servers saturate, then flattens at capacity, the knee. Capacity is marked on
+    both (a vertical line where the knee should be, and the ceiling on the right), and when one
+    capacity holds for every curve the top axis reads offered load as a fraction of it.
+    `capacity`: one figure for all curves, or label -> capacity; default each curve's summaries'
+    `capacity_rps`."""
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    lat_ax, rate_ax = fig.subplots(1, 2)
+    caps = _capacities(curves, capacity)
+    xs_all: list[float] = []
+    for i, (label, pts) in enumerate(curves.items()):
+        pts = sorted(((_offered(r, s), s) for r, s in pts), key=lambda p: p[0])
+        if not pts:
+            continue
+        x = np.array([p[0] for p in pts])
+        xs_all += list(x)
+        color = color_for(label, i)
+        for key, style, marker in (("p50", "-", "o"), ("p99", "--", "s")):
+            y = np.array([_latency_ms(s, key) for _, s in pts])
+            lat_ax.plot(x, y, color=color, ls=style, marker=marker, ms=4, lw=1.6, label=f"{label} {key}")
+        rate_ax.plot(x, [_number(s, "throughput") for _, s in pts], color=color, marker="o", ms=4, lw=1.6,
+                     label=f"{label} throughput")
+    if xs_all:
+        hi = max(xs_all)
+        rate_ax.plot([0, hi], [0, hi], color="0.5", lw=1, ls=":", label="throughput = offered")
+    distinct = sorted(set(caps.values()))
+    for cap in distinct:
+        owners = [label for label, c in caps.items() if c == cap]
+        color = "0.3" if len(distinct) == 1 else color_for(owners[0], list(curves).index(owners[0]))
+        name = f"capacity {cap:.0f} req/s" + ("" if len(distinct) == 1 else f" ({', '.join(owners)})")
+        for ax in (lat_ax, rate_ax):
+            ax.axvline(cap, color=color, ls="-.", lw=1.1, label=name if ax is lat_ax else None)
+        rate_ax.axhline(cap, color=color, ls="-.", lw=1.1, alpha=0.6, label=name)
+    if len(distinct) == 1:
+        cap = distinct[0]
+        for ax in (lat_ax, rate_ax):
+            top = ax.secondary_xaxis("top", functions=(lambda v, c=cap: v / c, lambda f, c=cap: f * c))
+            top.set_xlabel("offered / capacity", fontsize=8)
+            top.tick_params(labelsize=8)
+    lat_ax.set_yscale("log")
+    _plain_log(lat_ax.yaxis)
+    lat_ax.set_xlabel("offered rate (req/s)")
+    lat_ax.set_ylabel("latency (ms, log scale)")
+    lat_ax.set_title("latency against load", fontsize=10)
+    rate_ax.set_xlabel("offered rate (req/s)")
+    rate_ax.set_ylabel("throughput (req/s, completions in window)")
+    rate_ax.set_title("throughput against load", fontsize=10)
+    rate_ax.set_xlim(left=0)
+    rate_ax.set_ylim(bottom=0)
+    for ax in (lat_ax, rate_ax):
+        _style(ax)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title or "Latency and throughput against offered load", fontsize=12)
+    return fig
 
 
 def plot_load_curve(
@@ -208,42 +340,14 @@ def plot_load_curve(
     capacity: float | None = None,
     title: str | None = None,
 ) -> Path:
-    """Left: p50 and p99 against offered rate (log latency: the knee near capacity spans decades).
-    Right: achieved against offered, where saturation and shedding show as a bend from y = x.
-    `points` are LoadPoint or (offered_rate, sim_summary, real_summary | None) tuples."""
+    """A compare's load curve: the twin's points and the measured ones (a point may have only
+    one side, e.g. twin-only points past capacity). `points` are LoadPoint or (offered_rate,
+    sim_summary, real_summary | None) tuples."""
     pts = _points(points)
-    x = np.array([p.offered_rate for p in pts], dtype=float)
-    fig = Figure(figsize=(11, 4.4), layout="constrained")
-    lat_ax, rate_ax = fig.subplots(1, 2)
-    for i, (label, pick) in enumerate((("sim", lambda p: p.sim), ("real", lambda p: p.real))):
-        summaries = [pick(p) for p in pts]
-        if all(s is None for s in summaries):
-            continue
-        color = color_for(label, i)
-        for key, style, marker in (("p50", "-", "o"), ("p99", "--", "s")):
-            y = np.array([_latency_ms(s, key) for s in summaries])
-            lat_ax.plot(x, y, color=color, ls=style, marker=marker, ms=5, lw=1.6, label=f"{label} {key}")
-        rate_ax.plot(x, [_rate(s) for s in summaries], color=color, marker="o", ms=5, lw=1.6, label=f"{label} achieved")
-    if len(x):
-        lo, hi = float(x.min()), float(x.max())
-        rate_ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls=":", label="achieved = offered")
-    if capacity:
-        for ax in (lat_ax, rate_ax):
-            ax.axvline(capacity, color="0.3", ls="-.", lw=1.1, label=f"capacity {capacity:.0f} req/s")
-    lat_ax.set_yscale("log")
-    _plain_log(lat_ax.yaxis)
-    lat_ax.set_xlabel("offered rate (req/s)")
-    lat_ax.set_ylabel("latency (ms, log scale)")
-    lat_ax.set_title("latency against load")
-    rate_ax.set_xlabel("offered rate (req/s)")
-    rate_ax.set_ylabel("achieved rate (req/s)")
-    rate_ax.set_title("throughput against load")
-    for ax in (lat_ax, rate_ax):
-        _style(ax)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best")
-    fig.suptitle(title or "Latency-versus-load curve", fontsize=12)
-    return _save(fig, path)
+    curves = {label: [(p.offered_rate, s) for p in pts if (s := pick(p)) is not None]
+              for label, pick in (("sim", lambda p: p.sim), ("real", lambda p: p.real))}
+    return plot_load_curves(path, {k: v for k, v in curves.items() if v}, capacity=capacity,
+                            title=title or "Latency-versus-load curve")
 
 
 # File names are part of the report's layout (Markdown links them), so they live in one place.

@@ -44,8 +44,9 @@ ARRIVAL_KEYS = {
 
 FIGURE_CAPTIONS = {
     "latency_cdf": "Latency CDF and tail of answered requests after warm-up; dashed p50, dotted p99.",
-    "timeseries": "Per-window throughput, latency and queue; warm-up and drain shaded.",
-    "load_curve": "p50 and p99 against offered rate, and achieved against offered throughput.",
+    "timeseries": "Per-window throughput (completions) against offered load, latency and queue; warm-up and drain shaded.",
+    "load_curve": "p50 and p99 against offered rate, and throughput against offered rate: the knee where it "
+                  "flattens at capacity (dash-dot) is saturation.",
 }
 
 
@@ -104,9 +105,14 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2%}"
 
 
-SHOWN_KEYS = {"requests_total", "requests_measured", "window_s", "offered_rate", "achieved_rate", "latency_s",
-              "queue_s_mean", "service_s_mean", "status_counts", "shed_fraction", "mean_batch_size",
-              "utilisation", "warnings"}
+def _round(value: Any) -> str:
+    return "-" if value is None else _fmt(round(float(value), 3))
+
+
+SHOWN_KEYS = {"requests_total", "requests_measured", "window_s", "offered_rate", "throughput", "capacity_rps",
+              "offered_load", "latency_s", "queue_s_mean", "service_s_mean", "status_counts", "shed_fraction",
+              "batches", "batch_size_mean_per_batch", "batch_size_mean_per_request", "utilisation",
+              "utilisation_mean", "warnings"}
 
 
 def summary_rows(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
@@ -121,7 +127,9 @@ def summary_rows(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list
         row("requests (measured / total)", lambda s: f"{s.get('requests_measured', '-')} / {s.get('requests_total', '-')}"),
         row("measurement window", lambda s: "-" if s.get("window_s") is None else f"{s['window_s']:.1f} s"),
         row("offered rate", lambda s: _rate(s.get("offered_rate"))),
-        row("achieved rate", lambda s: _rate(s.get("achieved_rate"))),
+        row("throughput (completions in window)", lambda s: _rate(s.get("throughput"))),
+        row("capacity", lambda s: _rate(s.get("capacity_rps"))),
+        row("offered load (offered / capacity)", lambda s: _pct(s.get("offered_load"))),
     ]
     for q in ("p50", "p90", "p95", "p99", "p99.9", "mean", "max"):
         rows.append(row(f"latency {q}", lambda s, q=q: _ms((s.get("latency_s") or {}).get(q))))
@@ -131,7 +139,10 @@ def summary_rows(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list
         row("status ok / shed / timeout / error", lambda s: " / ".join(
             str((s.get("status_counts") or {}).get(k, "-")) for k in ("ok", "shed", "timeout", "error"))),
         row("shed fraction", lambda s: _pct(s.get("shed_fraction"))),
-        row("mean batch size", lambda s: _fmt(None if s.get("mean_batch_size") is None else round(s["mean_batch_size"], 3))),
+        row("batches started in window", lambda s: _fmt(s.get("batches"))),
+        row("batch size, mean per batch", lambda s: _round(s.get("batch_size_mean_per_batch"))),
+        row("batch size, mean per request", lambda s: _round(s.get("batch_size_mean_per_request"))),
+        row("utilisation mean", lambda s: _pct(s.get("utilisation_mean"))),
         row("utilisation per replica", lambda s: ", ".join(
             f"{r}: {float(u):.0%}" for r, u in (s.get("utilisation") or {}).items()) or "-"),
     ]
@@ -243,7 +254,8 @@ def _render_html(doc: _Doc) -> str:
     return "\n".join(out)
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown pipe table, cells escaped; shared with the sweep table (reports.sweep)."""
     def cell(c: str) -> str:
         return c.replace("|", "\\|")
     return ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
@@ -267,8 +279,8 @@ def _render_md(doc: _Doc, md_dir: Path) -> str:
         for name, path in doc.figures.items():
             rel = Path(path).resolve().relative_to(md_dir.resolve()).as_posix()
             out += [f"![{FIGURE_CAPTIONS.get(name, name)}]({rel})", ""]
-    out += ["## Summaries", ""] + _md_table(["field", *doc.labels], [[k, *v] for k, v in doc.summaries]) + [""]
-    out += ["## Scenario", ""] + _md_table(
+    out += ["## Summaries", ""] + md_table(["field", *doc.labels], [[k, *v] for k, v in doc.summaries]) + [""]
+    out += ["## Scenario", ""] + md_table(
         ["key", *doc.labels, *(["differs"] if len(doc.labels) > 1 else [])],
         [[f"`{k}`", *v, *(["**yes**" if d else ""] if len(doc.labels) > 1 else [])] for k, v, d in doc.config]) + [""]
     return "\n".join(out)

@@ -9,18 +9,35 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1e3:.2f} ms"
 
 
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def format_rates(summary: dict[str, Any]) -> str:
+    """Offered rate against throughput, with the capacity beside them when known, so an
+    overloaded run reads as such: throughput at capacity, far below what was offered."""
+    text = (f"offered {summary['offered_rate']:.1f} req/s, throughput {summary['throughput']:.1f} req/s "
+            f"(completions in the window)")
+    capacity = summary.get("capacity_rps")
+    if capacity:
+        text += f"; capacity {capacity:.1f} req/s, offered load {summary['offered_load']:.0%}"
+    return text
+
+
 def format_summary(summary: dict[str, Any], title: str = "run") -> str:
     lat = summary["latency_s"]
     counts = summary["status_counts"]
-    batch = summary.get("mean_batch_size")
+    utilisation = summary.get("utilisation_mean")
     lines = [
         f"{title}: {summary['requests_total']} requests "
         f"({summary['requests_measured']} measured over {summary['window_s']:.1f} s after warm-up)",
-        f"  rate      offered {summary['offered_rate']:.1f} req/s, achieved {summary['achieved_rate']:.1f} req/s",
+        f"  rate      {format_rates(summary)}",
         f"  latency   p50 {_ms(lat['p50'])}, p99 {_ms(lat['p99'])}, mean {_ms(lat['mean'])}",
         f"  outcomes  ok {counts['ok']}, shed {counts['shed']} ({summary['shed_fraction']:.1%}), "
         f"timeout {counts['timeout']}, error {counts['error']}",
-        f"  batching  mean batch size {'-' if batch is None else f'{batch:.2f}'}",
+        f"  batching  {summary.get('batches', 0)} batches, size mean per batch "
+        f"{_num(summary.get('batch_size_mean_per_batch'))}, per request {_num(summary.get('batch_size_mean_per_request'))}; "
+        f"utilisation {'-' if utilisation is None else f'{utilisation:.0%}'}",
     ]
     for note in summary.get("warnings", []):
         lines.append(f"  WARNING   {note}")

@@ -7,6 +7,9 @@
 3. Predict: the twin on the same config and seed, replaying the profile, into out_dir/sim/.
 4. Compare: comparison.json and a table; optionally more load points (compare.load_fractions
    of capacity) in both, for a latency-versus-load curve; figures and an HTML/Markdown report.
+   The twin alone also runs a few cheap points from light load to past capacity
+   (PREDICTED_FRACTIONS), so the curve shows where throughput flattens at capacity, the knee,
+   even when every measured point stays below it.
 The twin never sees the measurement it is compared against: only the separate profile.
 """
 
@@ -21,7 +24,7 @@ from reports.compare import compare_summaries, format_comparison_table, load_run
 from reports.figures import LoadPoint
 from reports.report import write_report
 from scenarios.config import ServelabConfig
-from scenarios.outputs import write_json, write_run
+from scenarios.outputs import format_report_paths, write_json, write_run
 from scenarios.profile import format_profile, measure_profile, overhead_rates, profile_warnings
 from scenarios.run_sim import simulate
 from sim.config import ScenarioConfig
@@ -29,6 +32,8 @@ from sim.profile import load_profile
 from sim.service import capacity_rps
 
 EXIT_INVALID_MEASUREMENT = 3
+# twin-only points of the load curve, as fractions of capacity: dense around and past the knee
+PREDICTED_FRACTIONS: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)
 
 
 def calibrated(cfg: ScenarioConfig, profile_path: Path) -> ScenarioConfig:
@@ -40,10 +45,10 @@ def calibrated(cfg: ScenarioConfig, profile_path: Path) -> ScenarioConfig:
     )
 
 
-def _measure_real(cfg: ScenarioConfig, out_dir: Path) -> dict[str, Any]:
+def _measure_real(cfg: ScenarioConfig, out_dir: Path, capacity: float) -> dict[str, Any]:
     from scenarios.run_real import measure
 
-    frame, summary, series = measure(cfg, out_dir)
+    frame, summary, series = measure(cfg, out_dir, capacity=capacity)
     write_run(out_dir, cfg, frame, summary, series)
     return summary
 
@@ -54,6 +59,22 @@ def _predict(cfg: ScenarioConfig, out_dir: Path, warnings: list[str]) -> dict[st
         summary["warnings"] = list(summary.get("warnings", [])) + warnings
     write_run(out_dir, cfg, frame, summary, series)
     return summary
+
+
+def point_config(cfg: ServelabConfig, rate: float) -> ServelabConfig:
+    """One point of the load curve: Poisson at `rate` for compare.point_duration_s after warm-up."""
+    return dataclasses.replace(cfg, duration_s=cfg.warmup_s + cfg.compare.point_duration_s,
+                               arrival=dataclasses.replace(cfg.arrival, kind="poisson", rate=rate))
+
+
+def predicted_curve(cfg: ServelabConfig, profile_path: Path, capacity: float) -> list[dict[str, Any]]:
+    """The twin's summaries at PREDICTED_FRACTIONS of capacity, in memory: a second of twin
+    time per point buys a curve whose knee is visible without measuring past saturation."""
+    points = []
+    for fraction in PREDICTED_FRACTIONS:
+        _, summary, _ = simulate(calibrated(point_config(cfg, fraction * capacity), profile_path))
+        points.append(summary)
+    return points
 
 
 def _log(message: str) -> None:
@@ -83,7 +104,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
          f"{'-' if load is None else f'{load:.0%}'}")
 
     _log(f"measuring the real stack for {cfg.duration_s:g} s ...")
-    real = _measure_real(cfg, out_dir / "real")
+    real = _measure_real(cfg, out_dir / "real", capacity)
     _log("predicting with the twin ...")
     sim = _predict(twin_cfg, out_dir / "sim", warnings)
     comparison = compare_summaries(sim, real)
@@ -93,11 +114,10 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     points: list[LoadPoint] = []
     for fraction in cfg.compare.load_fractions:
         rate = fraction * capacity
-        point_cfg = dataclasses.replace(cfg, duration_s=cfg.warmup_s + cfg.compare.point_duration_s,
-                                        arrival=dataclasses.replace(cfg.arrival, kind="poisson", rate=rate))
+        point_cfg = point_config(cfg, rate)
         point_dir = out_dir / "load" / f"{fraction:.2f}"
         _log(f"load point {fraction:.0%} of capacity ({rate:.0f} req/s) ...")
-        point_real = _measure_real(point_cfg, point_dir / "real")
+        point_real = _measure_real(point_cfg, point_dir / "real", capacity)
         point_sim = _predict(calibrated(point_cfg, profile_path), point_dir / "sim", warnings)
         points.append(LoadPoint(rate, point_sim, point_real))
     comparison["load_curve"] = [
@@ -105,14 +125,20 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
          "comparison": {k: v for k, v in compare_summaries(p.sim, p.real).items() if k in ("metrics", "all_within_target")}}
         for p in points
     ]
+    _log(f"predicting the load curve past capacity ({len(PREDICTED_FRACTIONS)} twin-only points) ...")
+    predicted = predicted_curve(cfg, profile_path, capacity)
+    comparison["predicted_curve"] = [
+        {"offered_rate": s["offered_rate"], "throughput": s["throughput"], "load": s["offered_rate"] / capacity,
+         "latency_p50_s": s["latency_s"]["p50"], "latency_p99_s": s["latency_s"]["p99"]} for s in predicted]
     write_json(out_dir / "comparison.json", comparison)
-    html, md = write_report(out_dir, comparison=comparison, sim_run=load_run(out_dir / "sim"),
-                            real_run=load_run(out_dir / "real"), load_curve=points or None, capacity=capacity,
-                            title=f"servelab compare: {cfg.model.backend} backend, {cfg.replicas} replicas, {cfg.lb.policy}")
+    # the main run is a point of the curve too, when its load is a rate
+    main = [LoadPoint(cfg.arrival.rate, sim, real)] if load is not None else []
+    curve = points + main + [LoadPoint(s["offered_rate"], s) for s in predicted]
+    paths = write_report(out_dir, comparison=comparison, sim_run=load_run(out_dir / "sim"),
+                         real_run=load_run(out_dir / "real"), load_curve=curve, capacity=capacity,
+                         title=f"servelab compare: {cfg.model.backend} backend, {cfg.replicas} replicas, {cfg.lb.policy}")
     print()
     print(format_comparison_table(comparison))  # ends with the verdict and any warnings
-    print(f"report: {html}")
-    print(f"        {md}")
-    print(f"outputs: {out_dir}")
+    print(format_report_paths(out_dir, paths))
     valid = all(s.get("valid", True) for s in [real] + [p.real for p in points])
     return 0 if valid else EXIT_INVALID_MEASUREMENT

@@ -11,11 +11,12 @@ import pandas as pd
 
 from reports.text import format_summary
 from scenarios.config import ServelabConfig
-from scenarios.outputs import write_run
+from scenarios.outputs import format_report_paths, report_run, write_run
 from sim.config import ScenarioConfig
 from scenarios.profile import profile_warnings
 from sim.profile import load_profile
 from sim.records import requests_frame, summarize, timeseries
+from sim.service import capacity_rps
 from sim.twin import Twin, default_progress
 
 
@@ -50,6 +51,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
         duration_s=cfg.duration_s,
         replicas=cfg.replicas,
         concurrency=cfg.concurrency,
+        capacity_rps=capacity_rps(cfg, profile),
         extra={
             "source": "sim",
             "backend": f"twin:{cfg.service.kind}",
@@ -68,5 +70,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     frame, summary, series = simulate(cfg, progress=cfg.progress)
     write_run(out_dir, cfg, frame, summary, series)
     print(format_summary(summary, title="twin (mode=sim)"))
-    print(f"outputs: {out_dir}")
+    paths = report_run(out_dir, cfg, frame, summary, series,
+                       title=f"servelab sim: twin:{cfg.service.kind}, {cfg.replicas} replicas, {cfg.lb.policy}")
+    print(format_report_paths(out_dir, paths))
     return 0

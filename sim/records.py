@@ -27,6 +27,7 @@ COLUMNS: dict[str, str] = {
     "service_s": "float64",
     "replica": "int64",  # -1: never reached a replica
     "version": "string",
+    "batch_id": "int64",  # one id per dispatched batch, unique in the run; -1: not served
     "batch_size": "int64",  # 0: not served
     "status": "string",
 }
@@ -59,6 +60,38 @@ def _latency_stats(latency: np.ndarray) -> dict[str, float | None]:
     return out
 
 
+def _batches_started(frame: pd.DataFrame, warmup_s: float, duration_s: float) -> pd.DataFrame:
+    """One row per batch dispatched in [warmup_s, duration_s): its replica, start, service time
+    and size. A batch is one `batch_id`; its first member stands for it (members share all
+    four), so a batch counts once however many of its requests the table holds."""
+    bid = frame["batch_id"].to_numpy(dtype=np.int64)
+    served = np.flatnonzero(bid >= 0)
+    first = served[np.unique(bid[served], return_index=True)[1]]
+    batches = frame.iloc[first][["replica", "start_s", "service_s", "batch_size"]]
+    start = batches["start_s"].to_numpy(dtype=float)
+    return batches[(start >= warmup_s) & (start < duration_s)]
+
+
+def batch_figures(batches: pd.DataFrame) -> dict[str, Any]:
+    """Batch size two ways, named for what they average: per batch (what a server's batch-size
+    histogram shows: sizes 1 and 3 -> 2) and per request (the batch a request rode in: 1 and 3
+    -> (1 + 3 * 3) / 4 = 2.5). Both over the same batches, so they differ only in weighting."""
+    size = batches["batch_size"].to_numpy(dtype=float)
+    if len(size) == 0:
+        return {"batches": 0, "batch_size_mean_per_batch": None, "batch_size_mean_per_request": None}
+    return {
+        "batches": int(len(size)),
+        "batch_size_mean_per_batch": float(size.mean()),
+        "batch_size_mean_per_request": float((size * size).sum() / size.sum()),
+    }
+
+
+def completed_in(finish: np.ndarray, ok: np.ndarray, start_s: float, end_s: float) -> int:
+    """Answered requests (`ok`) whose answer came in [start_s, end_s), whenever they were sent:
+    the numerator of throughput, which therefore cannot exceed what the servers can answer."""
+    return int((ok & (finish >= start_s) & (finish < end_s)).sum())
+
+
 def summarize(
     frame: pd.DataFrame,
     *,
@@ -66,51 +99,76 @@ def summarize(
     duration_s: float,
     replicas: int,
     concurrency: int,
+    capacity_rps: float | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """summary.json: rates, latency of answered requests, status counts, batching, utilisation.
 
-    Only requests sent in the measurement window [warmup_s, duration_s) count, so a warm-up's
-    cold caches and empty queues do not dilute the figures.
+    Two populations, each the one its figure is about. Offered rate, latency and status counts
+    describe the requests *sent* in the measurement window [warmup_s, duration_s), so a warm-up's
+    cold caches and empty queues do not dilute them. Throughput, batches and utilisation describe
+    what the servers *did* in that window: answers completed, batches dispatched, busy time. An
+    overloaded system then reports throughput at its capacity, not at the offered rate (which
+    it only reaches by draining its backlog after the window). `capacity_rps`, when the caller
+    knows it (sim.service.capacity_rps), adds itself and the offered load as a fraction of it.
     """
     window = duration_s - warmup_s
-    measured = frame[(frame["arrival_s"] >= warmup_s) & (frame["arrival_s"] < duration_s)]
-    status = measured["status"].to_numpy(dtype=object)
-    ok = measured[status == "ok"]
+    arrival = frame["arrival_s"].to_numpy(dtype=float)
+    status_all = frame["status"].to_numpy(dtype=object)
+    ok_all = status_all == "ok"
+    sent = (arrival >= warmup_s) & (arrival < duration_s)
+    measured = frame[sent]
+    status = status_all[sent]
+    ok = frame[sent & ok_all]
     counts = {s: int((status == s).sum()) for s in STATUSES}
-    served = measured[measured["batch_size"].to_numpy() > 0]
-    # a batch is identified by (replica, start, service time): its members share all three
-    batches = frame[frame["batch_size"].to_numpy() > 0].drop_duplicates(["replica", "start_s", "service_s"])
-    in_window = batches[(batches["start_s"] >= warmup_s) & (batches["start_s"] < duration_s)]
-    busy = in_window.groupby("replica")["service_s"].sum()
+    batches = _batches_started(frame, warmup_s, duration_s)
+    busy = batches.groupby("replica")["service_s"].sum()
     utilisation = {str(r): float(busy.get(r, 0.0)) / (window * concurrency) for r in range(replicas)}
+    offered = len(measured) / window
     summary: dict[str, Any] = {
         "requests_total": int(len(frame)),
         "requests_measured": int(len(measured)),
         "window_s": window,
-        "offered_rate": len(measured) / window,
-        "achieved_rate": len(ok) / window,
+        "offered_rate": offered,
+        "throughput": completed_in(frame["finish_s"].to_numpy(dtype=float), ok_all, warmup_s, duration_s) / window,
         "latency_s": _latency_stats(ok["latency_s"].to_numpy(dtype=float)),
         "queue_s_mean": float(ok["queue_s"].mean()) if len(ok) else None,
         "service_s_mean": float(ok["service_s"].mean()) if len(ok) else None,
         "status_counts": counts,
         "shed_fraction": counts["shed"] / len(measured) if len(measured) else 0.0,
-        "mean_batch_size": float(served["batch_size"].mean()) if len(served) else None,
+        **batch_figures(batches),
         "utilisation": utilisation,
+        "utilisation_mean": float(sum(utilisation.values()) / replicas) if replicas else None,
     }
+    if capacity_rps is not None and capacity_rps > 0 and math.isfinite(capacity_rps):
+        summary["capacity_rps"] = float(capacity_rps)
+        summary["offered_load"] = offered / capacity_rps
     if extra:
         summary.update(extra)
     return summary
 
 
+def _left_at(arrival: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Sorted times a request stopped being counted: NaN (never happened) is never, and no
+    request leaves before it arrived, so every request's span nests as counted below."""
+    return np.sort(np.maximum(arrival, np.where(np.isnan(t), np.inf, t)))
+
+
 def timeseries(frame: pd.DataFrame, window_s: float, end_s: float | None = None) -> pd.DataFrame:
-    """Per-window offered/achieved rate, latency percentiles, and queue length and in-flight
-    sampled at each window's end, all derived from the per-request table."""
+    """Per-window offered rate (by send time), throughput (answers completed in the window,
+    by finish time), latency percentiles of those answers, and queue length and in-flight at
+    each window's end, all from the per-request table in O(requests log requests).
+
+    A request is in flight from its arrival until its outcome (finish_s, whatever the status);
+    it waits until it is served or gets its outcome, whichever comes first (a client may give
+    up before the server starts it). A request with no outcome (cut short, never sent) stays
+    in flight, and waiting if never started, to the end: it was owed an answer. With
+    arrival <= left queue <= finish per request, 0 <= queue_len <= in_flight in every window."""
     arrival = frame["arrival_s"].to_numpy(dtype=float)
     finish = frame["finish_s"].to_numpy(dtype=float)
     start = frame["start_s"].to_numpy(dtype=float)
     if end_s is None:
-        end_s = float(np.nanmax(finish)) if len(frame) else window_s
+        end_s = float(np.nanmax(finish)) if np.isfinite(finish).any() else window_s
     n_windows = max(1, int(math.ceil(end_s / window_s)))
     edges = np.arange(n_windows + 1) * window_s
     ok = (frame["status"].to_numpy(dtype=object) == "ok")
@@ -119,24 +177,23 @@ def timeseries(frame: pd.DataFrame, window_s: float, end_s: float | None = None)
     lat = frame["latency_s"].to_numpy(dtype=float)[ok]
     idx = np.clip(np.searchsorted(edges, finish[ok], side="right") - 1, 0, n_windows - 1)
     rows: dict[str, list[float]] = {f"latency_{k}_s": [] for k in ("p50", "p99")}
+    order = np.argsort(idx, kind="stable")
+    bounds = np.searchsorted(idx[order], np.arange(n_windows + 1))
     for w in range(n_windows):
-        sel = lat[idx == w]
+        sel = lat[order[bounds[w]:bounds[w + 1]]]
         rows["latency_p50_s"].append(float(np.percentile(sel, 50)) if len(sel) else math.nan)
         rows["latency_p99_s"].append(float(np.percentile(sel, 99)) if len(sel) else math.nan)
     ends = edges[1:]
-    arr_sorted = np.sort(arrival)
-    # a request leaves the queue when served, or at its outcome if never served (shed, timeout)
-    left_queue = np.where(np.isnan(start), finish, start)
-    left_sorted = np.sort(np.where(np.isnan(left_queue), np.inf, left_queue))
-    fin_sorted = np.sort(np.where(np.isnan(finish), np.inf, finish))
-    arrived = np.searchsorted(arr_sorted, ends, side="right")
+    arrived = np.searchsorted(np.sort(arrival), ends, side="right")
+    left_queue = np.searchsorted(_left_at(arrival, np.fmin(start, finish)), ends, side="right")
+    finished = np.searchsorted(_left_at(arrival, finish), ends, side="right")
     return pd.DataFrame(
         {
             "window_start_s": edges[:-1],
             "offered_rate": sent / window_s,
-            "achieved_rate": done / window_s,
+            "throughput": done / window_s,
             **rows,
-            "queue_len": arrived - np.searchsorted(left_sorted, ends, side="right"),
-            "in_flight": arrived - np.searchsorted(fin_sorted, ends, side="right"),
+            "queue_len": arrived - left_queue,
+            "in_flight": arrived - finished,
         }
     )

@@ -107,6 +107,8 @@ class Twin:
         self.service_s: list[float] = []
         self.replica: list[int] = []
         self.batch_size: list[int] = []
+        self.batch_id: list[int] = []
+        self.batches = 0  # batches dispatched so far: the next batch's id
         self.status: list[int] = []
         self._waiters: dict[int, simpy.Event] = {}
 
@@ -123,6 +125,7 @@ class Twin:
         self.service_s.append(math.nan)
         self.replica.append(-1)
         self.batch_size.append(0)
+        self.batch_id.append(-1)
         self.status.append(PENDING)
         return i
 
@@ -183,10 +186,13 @@ class Twin:
                     batch = [popleft() for _ in range(size)]
                 rep.free -= 1
                 service_s = self.service.draw(size)
-                start, bsz = self.start, self.batch_size
+                start, bsz, bid = self.start, self.batch_size, self.batch_id
+                batch_id = self.batches
+                self.batches = batch_id + 1
                 for j in batch:
                     start[j] = now
                     bsz[j] = size
+                    bid[j] = batch_id
                 if self.cores_free or not self.cfg.service.shared_cores:
                     self._serve(rep, batch, service_s, now)
                 else:
@@ -281,6 +287,7 @@ class Twin:
         self.service_s = [nan] * n
         self.replica = [-1] * n
         self.batch_size = [0] * n
+        self.batch_id = [-1] * n
         self.status = [PENDING] * n
         env = self.env
         queue = env._queue
@@ -366,6 +373,7 @@ class Twin:
             "service_s": np.asarray(self.service_s, dtype=float),
             "replica": replica,
             "version": versions[replica],  # -1 picks the trailing "" (never routed)
+            "batch_id": np.asarray(self.batch_id, dtype=np.int64),
             "batch_size": np.asarray(self.batch_size, dtype=np.int64),
             "status": np.asarray(status, dtype=np.int64),
         }

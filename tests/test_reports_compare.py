@@ -24,8 +24,9 @@ from tests.test_reports_support import twin_runs
 def summary(p50: float, p99: float, rate: float, **extra: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "latency_s": {"p50": p50, "p90": p50 * 1.5, "p99": p99, "mean": p50 * 1.1},
-        "achieved_rate": rate,
-        "mean_batch_size": 2.0,
+        "throughput": rate,
+        "batch_size_mean_per_batch": 2.0,
+        "batch_size_mean_per_request": 2.5,
         "queue_s_mean": 0.002,
         "shed_fraction": 0.0,
     }
@@ -38,17 +39,17 @@ def test_rel_error_is_relative_to_measured_and_signed() -> None:
     m = c["metrics"]
     assert m["latency_p50"]["rel_error"] == pytest.approx(0.05)
     assert m["latency_p99"]["rel_error"] == pytest.approx(0.10)
-    assert m["achieved_rate"]["rel_error"] == pytest.approx(-0.02)
+    assert m["throughput"]["rel_error"] == pytest.approx(-0.02)
     assert m["latency_p50"]["abs_error"] == pytest.approx(0.0005)
     assert m["latency_p50"]["predicted"] == 0.0105 and m["latency_p50"]["measured"] == 0.010
 
 
 def test_within_target_on_the_boundary_and_past_it() -> None:
     met = compare_summaries(summary(0.0105, 0.022, 98.0), summary(0.010, 0.020, 100.0))
-    assert met["within_target"] == {"latency_p50": True, "latency_p99": True, "achieved_rate": True}
+    assert met["within_target"] == {"latency_p50": True, "latency_p99": True, "throughput": True}
     assert met["all_within_target"] is True
     missed = compare_summaries(summary(0.0111, 0.0175, 97.0), summary(0.010, 0.020, 100.0))
-    assert missed["within_target"] == {"latency_p50": False, "latency_p99": False, "achieved_rate": False}
+    assert missed["within_target"] == {"latency_p50": False, "latency_p99": False, "throughput": False}
     assert missed["metrics"]["latency_p50"]["missed_by"] == pytest.approx(0.06)
     assert missed["metrics"]["latency_p99"]["missed_by"] == pytest.approx(0.025)
     assert missed["all_within_target"] is False
@@ -58,12 +59,27 @@ def test_within_target_on_the_boundary_and_past_it() -> None:
 
 def test_targets_are_a_parameter() -> None:
     c = compare_summaries(summary(0.0111, 0.02, 100.0), summary(0.010, 0.02, 100.0),
-                          targets={"latency_p50": 0.2, "mean_batch_size": 0.0})
-    assert c["targets"] == {"latency_p50": 0.2, "mean_batch_size": 0.0}
-    assert c["within_target"] == {"latency_p50": True, "mean_batch_size": True}
-    assert DEFAULT_TARGETS == {"latency_p50": 0.05, "latency_p99": 0.10, "achieved_rate": 0.02}
+                          targets={"latency_p50": 0.2, "batch_size_mean_per_batch": 0.0})
+    assert c["targets"] == {"latency_p50": 0.2, "batch_size_mean_per_batch": 0.0}
+    assert c["within_target"] == {"latency_p50": True, "batch_size_mean_per_batch": True}
+    assert DEFAULT_TARGETS == {"latency_p50": 0.05, "latency_p99": 0.10, "throughput": 0.02}
     with pytest.raises(ValueError, match="unknown metrics"):
         compare_summaries(summary(1, 1, 1), summary(1, 1, 1), targets={"p42": 0.1})
+
+
+def test_the_table_compares_throughput_and_both_batch_size_means() -> None:
+    """Throughput is the summary's completions-per-second figure (it stays at capacity under
+    overload, so its error is about saturation); the batch size row a server's histogram can
+    check is the per-batch mean, and the per-request one is shown beside it."""
+    c = compare_summaries(summary(0.01, 0.02, 440.0), summary(0.01, 0.02, 400.0, batch_size_mean_per_batch=2.5))
+    m = c["metrics"]
+    assert m["throughput"]["predicted"] == 440.0 and m["throughput"]["rel_error"] == pytest.approx(0.10)
+    assert c["within_target"]["throughput"] is False
+    assert m["batch_size_mean_per_batch"]["rel_error"] == pytest.approx(-0.2)
+    assert m["batch_size_mean_per_request"]["rel_error"] == 0.0
+    assert {"achieved_rate", "mean_batch_size"}.isdisjoint(m)
+    text = format_comparison_table(c)
+    assert "batch size, mean per batch" in text and "batch size, mean per request" in text
 
 
 def test_measured_zero_and_missing_values() -> None:
@@ -76,7 +92,7 @@ def test_measured_zero_and_missing_values() -> None:
         e = compare_metric(x, y, 0.05)
         assert e["rel_error"] is None and e["within_target"] is None
     # a side with no answered requests: no crash, the target is reported as having no data
-    empty = {"latency_s": {"p50": None, "p99": None, "mean": None}, "achieved_rate": 0.0, "shed_fraction": 1.0}
+    empty = {"latency_s": {"p50": None, "p99": None, "mean": None}, "throughput": 0.0, "shed_fraction": 1.0}
     c = compare_summaries(empty, summary(0.01, 0.02, 100.0))
     assert c["within_target"]["latency_p50"] is None and c["all_within_target"] is False
     assert any("no value" in w for w in c["warnings"])

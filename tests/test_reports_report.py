@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from pathlib import Path
 
+import pytest
+
 from reports.compare import METRICS, compare_summaries
 from reports.report import write_report, write_run_report
-from tests.test_reports_support import PNG_SIGNATURE, load_points, twin_runs
+from scenarios import run_sim
+from scenarios.config import ServelabConfig
+from tests.test_reports_support import PNG_SIGNATURE, load_points, tiny, twin_runs
 
 
 def test_compare_report(tmp_path: Path) -> None:
@@ -54,3 +59,26 @@ def test_run_report(tmp_path: Path) -> None:
     md = md_path.read_text()
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (md_path.parent / link).is_file()
+
+
+def test_run_report_names_throughput_capacity_and_both_batch_means(tmp_path: Path) -> None:
+    sim, _ = twin_runs(tmp_path)
+    md = write_run_report(tmp_path / "single", sim)[1].read_text()
+    for row in ("throughput (completions in window)", "capacity", "offered load (offered / capacity)",
+                "batch size, mean per batch", "batch size, mean per request", "batches started in window"):
+        assert f"| {row} |" in md, row
+    assert "achieved" not in md and "mean_batch_size" not in md
+
+
+def test_mode_sim_ends_with_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every run, not only compare, writes report.html and report.md with its figures and
+    says where: the last lines name the report and the outputs."""
+    base = tiny(0)
+    cfg = ServelabConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, progress=False)
+    assert run_sim.run(cfg, tmp_path / "run") == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-3:] == [f"report: {tmp_path / 'run' / 'report.html'}", f"        {tmp_path / 'run' / 'report.md'}",
+                        f"outputs: {tmp_path / 'run'}"]
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "throughput" in html
+    assert {p.name for p in (tmp_path / "run" / "figures").iterdir()} == {"latency_cdf.png", "timeseries.png"}

@@ -79,4 +79,4 @@ def test_capacity_is_the_throughput_the_twin_reaches_at_overload(replicas: int, 
                    batching=dict(max_batch_size=8, max_queue_delay_s=0.001, max_queue_size=16))
     frame = requests_frame(Twin(cfg).run().columns)
     s = summarize(frame, warmup_s=4.0, duration_s=20.0, replicas=replicas, concurrency=concurrency)
-    assert s["achieved_rate"] == pytest.approx(capacity_rps(cfg), rel=0.02)
+    assert s["throughput"] == pytest.approx(capacity_rps(cfg), rel=0.02)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from sim.arrivals import make_schedule
 from sim.config import ConfigError, OverheadConfig
-from sim.records import STATUSES, requests_frame, summarize, timeseries
+from sim.records import COLUMNS, STATUSES, requests_frame, summarize, timeseries
+from sim.service import capacity_rps
 from sim.twin import Twin
 from sim.rng import make_streams
 from tests.conftest import scenario, twin_requests
@@ -68,8 +69,9 @@ def test_overload_throughput_is_capacity_and_the_rest_is_shed(run_twin) -> None:
                    batching=dict(max_batch_size=batch, max_queue_delay_s=0.001, max_queue_size=32))
     f = run_twin(cfg)
     s = summarize(f, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, replicas=replicas, concurrency=1)
-    assert s["achieved_rate"] == pytest.approx(capacity, rel=0.01)
-    assert s["mean_batch_size"] == pytest.approx(batch, rel=0.001)
+    assert s["throughput"] == pytest.approx(capacity, rel=0.01)
+    assert s["batch_size_mean_per_batch"] == pytest.approx(batch, rel=0.001)
+    assert s["batch_size_mean_per_request"] == pytest.approx(batch, rel=0.001)
     assert s["status_counts"]["shed"] + s["status_counts"]["ok"] == s["requests_measured"]
     assert s["shed_fraction"] == pytest.approx(1 - capacity / (3 * capacity), abs=0.02)
     shed = f[f["status"] == "shed"]
@@ -202,7 +204,7 @@ def test_timeseries_counts_add_up(run_twin) -> None:
     f = run_twin(cfg)
     ts = timeseries(f, 1.0, end_s=10.5)
     assert ts["offered_rate"].sum() * 1.0 == len(f)
-    assert ts["achieved_rate"].sum() == (f["status"] == "ok").sum()
+    assert ts["throughput"].sum() == (f["status"] == "ok").sum()
     assert (ts["in_flight"] >= ts["queue_len"]).all() and (ts["queue_len"] >= 0).all()
 
 
@@ -229,6 +231,67 @@ def test_shared_cores_cap_throughput_at_the_cores_not_the_replicas(run_twin) -> 
                    batching=dict(max_batch_size=4, max_queue_delay_s=0.001, max_queue_size=16))
     f = run_twin(cfg)
     s = summarize(f, warmup_s=4.0, duration_s=20.0, replicas=4, concurrency=1)
-    assert s["achieved_rate"] == pytest.approx(4 / 0.006, rel=0.02)
+    assert s["throughput"] == pytest.approx(4 / 0.006, rel=0.02)
     # a replica's measured service time includes waiting for the core
     assert f.loc[f["batch_size"] > 0, "service_s"].mean() > 0.006 * 2
+
+
+def test_overload_throughput_is_capacity_not_the_offered_rate(run_twin) -> None:
+    """Nothing shed, so every request is answered at last; those sent in the window are answered
+    only by draining the backlog after it. Completions inside the window are what the
+    servers can do: a planner reading throughput must see capacity, not the offered rate."""
+    cfg = scenario(duration_s=20.0, warmup_s=2.0, replicas=2, arrival=dict(rate=1.35 * 400.0),
+                   service=dict(kind="deterministic", base_s=0.004, per_item_s=0.001),
+                   batching=dict(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=0))
+    capacity = capacity_rps(cfg)
+    assert capacity == pytest.approx(400.0)
+    f = run_twin(cfg)
+    s = summarize(f, warmup_s=2.0, duration_s=20.0, replicas=2, concurrency=1, capacity_rps=capacity)
+    assert s["status_counts"]["ok"] == s["requests_measured"]  # all answered, after the window
+    assert s["throughput"] == pytest.approx(capacity, rel=0.03)
+    assert s["throughput"] < 0.8 * s["offered_rate"]
+    assert s["capacity_rps"] == capacity and s["offered_load"] == pytest.approx(1.35, rel=0.03)
+    assert s["utilisation_mean"] == pytest.approx(1.0, abs=0.01)
+
+
+def hand_frame(*rows: dict) -> pd.DataFrame:
+    """A requests table from a few rows; unnamed columns as for a request never served."""
+    blank = {"user_id": 0, "start_s": math.nan, "finish_s": math.nan, "latency_s": math.nan, "queue_s": math.nan,
+             "service_s": math.nan, "replica": -1, "version": "", "batch_id": -1, "batch_size": 0, "status": "ok"}
+    full = [{**blank, "request_id": i, **row} for i, row in enumerate(rows)]
+    return requests_frame({c: [r[c] for r in full] for c in COLUMNS})
+
+
+def served(arrival: float, start: float, service: float, batch_id: int, size: int) -> dict:
+    return {"arrival_s": arrival, "start_s": start, "finish_s": start + service, "latency_s": start + service - arrival,
+            "queue_s": start - arrival, "service_s": service, "replica": 0, "version": "1",
+            "batch_id": batch_id, "batch_size": size}
+
+
+def test_batch_size_per_batch_and_per_request() -> None:
+    """Batches of 1 and 3: a server's histogram says 2 per batch; a request rode in 2.5 on
+    average, (1 + 3 * 3) / 4. Batches are told apart by batch_id, not by their timing: the two
+    below start together on one replica with equal service times."""
+    f = hand_frame(served(1.0, 1.0, 0.01, 0, 1), *(served(1.0, 1.0, 0.01, 1, 3) for _ in range(3)))
+    s = summarize(f, warmup_s=0.5, duration_s=2.0, replicas=1, concurrency=2)
+    assert s["batches"] == 2
+    assert s["batch_size_mean_per_batch"] == pytest.approx(2.0)
+    assert s["batch_size_mean_per_request"] == pytest.approx(2.5)
+    assert s["utilisation"] == {"0": pytest.approx(0.02 / (1.5 * 2))}  # each batch's time counted once
+
+
+def test_queue_never_exceeds_in_flight_whatever_the_outcome() -> None:
+    """A client that gave up (timeout at 1.2 s) before the server started its request (1.6 s),
+    a shed request, and one with no outcome at all: in every window 0 <= queue <= in flight."""
+    f = hand_frame(
+        {**served(1.0, 1.6, 0.1, 0, 1), "finish_s": 1.2, "latency_s": 0.2, "status": "timeout"},
+        {"arrival_s": 0.3, "finish_s": 0.3, "latency_s": 0.0, "status": "shed"},
+        {"arrival_s": 0.6, "status": "error"},  # never finished
+        served(0.2, 0.25, 0.5, 1, 1),
+    )
+    ts = timeseries(f, 0.5, end_s=2.0)
+    assert ((ts["queue_len"] >= 0) & (ts["queue_len"] <= ts["in_flight"])).all(), ts
+    # at 1.5 s: the timed-out request is gone from both; the one with no outcome is still owed
+    at = ts.set_index("window_start_s").loc[1.0]
+    assert (at["queue_len"], at["in_flight"]) == (1, 1)
+    assert list(ts["throughput"] * 0.5) == [0, 1, 0, 0]

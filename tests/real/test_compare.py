@@ -35,11 +35,14 @@ def test_short_compare_run(tmp_path: Path) -> None:
     assert (real["status"] == "ok").mean() > 0.99
     comparison = json.loads((out / "comparison.json").read_text())
     metrics = comparison["metrics"]
-    assert set(metrics) >= {"latency_p50", "latency_p99", "achieved_rate", "mean_batch_size"}
+    assert set(metrics) >= {"latency_p50", "latency_p99", "throughput", "batch_size_mean_per_batch",
+                            "batch_size_mean_per_request"}
     # loose bounds: a 9 s run on a shared 2-core machine; the README table holds the real figures
-    assert abs(metrics["achieved_rate"]["rel_error"]) < 0.03
+    assert abs(metrics["throughput"]["rel_error"]) < 0.03
     assert abs(metrics["latency_p50"]["rel_error"]) < 0.2
-    assert abs(metrics["mean_batch_size"]["rel_error"]) < 0.2
+    assert abs(metrics["batch_size_mean_per_batch"]["rel_error"]) < 0.2
+    assert len(comparison["predicted_curve"]) >= 5  # twin-only points past capacity: the knee
+    assert max(p["load"] for p in comparison["predicted_curve"]) > 1.2
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html
     assert (out / "profile.json").is_file()
