@@ -10,6 +10,10 @@ return, exception, Ctrl-C or SIGTERM, every process is gone. Three layers make "
   to the parent *thread*, so call `launch` from a thread that outlives the stack (normally main).
 While the stack is up in the main thread, a default SIGTERM disposition is replaced by one that
 raises SystemExit, so `finally` blocks (ours and the caller's) run.
+
+Children start in the repository root (so `python -m real.server` imports this checkout, never a
+same-named folder in the caller's directory), so every path they are given is absolute: a
+relative one would name another file than the caller meant, or a stale one left in the root.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from sim.config import ConfigError, ScenarioConfig
 from sim.files import write_config, write_text
-from sim.config import ScenarioConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_PATH = "/v2/health/ready"
@@ -51,6 +55,15 @@ class LaunchError(RuntimeError):
     """The stack could not start; the message names the process and ends with its log's tail."""
 
 
+class PortInUse(LaunchError, ConfigError):
+    """`gateway.port` is taken: a launch failure that the user fixes in the config, so it is
+    also a ConfigError (one line naming the key, exit status 2 in every mode)."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        ConfigError.__init__(self, "gateway.port", f"{port} is in use, cannot bind {host}:{port} ({reason}); "
+                                                   "pick another port, or 0 for a free one")
+
+
 @dataclass
 class RunningStack:
     gateway_url: str
@@ -65,13 +78,26 @@ class RunningStack:
         return [p.pid for p in self.processes]
 
 
+def absolute(path: str | Path) -> Path:
+    """`path` against the caller's working directory, symlinks kept (the path the user typed,
+    made absolute, is the one messages and banners show)."""
+    return Path(os.path.abspath(path))
+
+
+def child_path(path: Path) -> str:
+    """A path for a child's command line: refused unless absolute (children run in ROOT)."""
+    if not path.is_absolute():
+        raise ValueError(f"{path}: a child process runs in {ROOT}; hand it an absolute path")
+    return str(path)
+
+
 def server_command(config: Path, replica: int, port: int, host: str) -> list[str]:
-    return [sys.executable, "-m", "real.server", "--config", str(config), "--replica", str(replica),
+    return [sys.executable, "-m", "real.server", "--config", child_path(config), "--replica", str(replica),
             "--port", str(port), "--host", host]
 
 
 def gateway_command(config: Path, port: int, host: str, upstreams: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "real.gateway", "--config", str(config), "--port", str(port),
+    return [sys.executable, "-m", "real.gateway", "--config", child_path(config), "--port", str(port),
             "--host", host, "--upstreams", ",".join(upstreams)]
 
 
@@ -106,7 +132,7 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise LaunchError(f"gateway.port={port}: cannot bind {host}:{port} ({exc.strerror}); pick another port or 0 for a free one") from exc
+            raise PortInUse(host, port, exc.strerror or str(exc)) from exc
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -225,8 +251,9 @@ def launch(cfg: ScenarioConfig, *, run_dir: Path | None = None, token: str | Non
     """The stack for `cfg`, ready to serve; stopped on exit, whatever the exit.
 
     Files go to `run_dir/stack/` (the config the processes read, one log per process, the token);
-    without `run_dir` they go to a temporary directory removed on exit. `gateway.port=0` picks a
-    free port; replica ports are always free ones. The token (for control endpoints) is `token`,
+    without `run_dir` they go to a temporary directory removed on exit; a relative `run_dir` is
+    taken from the caller's working directory. `gateway.port=0` picks a free port (a taken one
+    raises PortInUse); replica ports are always free ones. The token (for control endpoints) is `token`,
     else `cfg.server.token`, else a fresh random one; it is passed in $SERVELAB_TOKEN, never in argv.
     """
     with launch_with(cfg, run_dir=run_dir, token=token) as stack:
@@ -246,7 +273,7 @@ def launch_with(
 ) -> Iterator[RunningStack]:
     """`launch` with the knobs tests need: another replica program, shorter deadlines."""
     temp = run_dir is None
-    base = Path(tempfile.mkdtemp(prefix="servelab-stack-")) if run_dir is None else Path(run_dir)
+    base = Path(tempfile.mkdtemp(prefix="servelab-stack-")) if run_dir is None else absolute(run_dir)
     stack_dir = base / "stack"
     stack_dir.mkdir(parents=True, exist_ok=True)
     token = token or cfg.server.token or secrets.token_urlsafe(24)
@@ -265,6 +292,8 @@ def launch_with(
             resolved = copy.deepcopy(cfg)
             resolved.gateway.port = gateway_port
             resolved.server.token = ""  # the secret travels in the environment, not in run files
+            if resolved.service.profile:  # the one file the replicas read (emulated, kind=empirical)
+                resolved.service.profile = str(absolute(resolved.service.profile))
             config_path = stack_dir / "config.yaml"
             write_config(config_path, resolved)
             token_path = stack_dir / "token"

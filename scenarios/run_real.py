@@ -19,14 +19,16 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from real.launcher import LaunchError, launch
+from real.launcher import LaunchError, absolute, launch
 from real.loadgen.merge import send_lag_summary
 from real.loadgen.runner import LoadgenError, LoadResult, check, infer_path, run_load
 from reports.text import format_summary
 from scenarios.config import ServelabConfig
-from scenarios.outputs import write_parquet, write_run
+from scenarios.outputs import format_report_paths, report_run, write_parquet, write_run
 from sim.config import ConfigError, ScenarioConfig
+from sim.profile import load_profile
 from sim.records import summarize, timeseries
+from sim.service import capacity_rps
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -103,13 +105,28 @@ def _validity(cfg: ScenarioConfig, summary: dict[str, Any], result: LoadResult) 
     return valid, warnings
 
 
-def measure(cfg: ScenarioConfig, out_dir: Path) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
+def known_capacity(cfg: ScenarioConfig) -> float | None:
+    """The stack's capacity when something describes its device times: a measured profile
+    (overhead.profile, or service.kind=empirical), or the emulated backend, whose device sleeps
+    the service model. A numpy model's speed is known only once profiled: None."""
+    if cfg.overhead.profile:
+        return capacity_rps(cfg, load_profile(cfg.overhead.profile))
+    if cfg.service.kind == "empirical" or cfg.model.backend == "emulated":
+        return capacity_rps(cfg)
+    return None
+
+
+def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None,
+            ) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """Launch, warm up, load, collect, tear down: the measured requests table, summary and series.
 
     The stack's files go to out_dir/stack/, the load generator's (plan, schedule, Locust logs,
     raw records, per-request send times in sends.parquet) to out_dir/loadgen/. Writes none of
-    the run's four outputs: the caller does (mode=real, mode=compare)."""
+    the run's four outputs: the caller does (mode=real, mode=compare). `capacity` (req/s) is the
+    summary's capacity_rps; default what the config knows of it (known_capacity)."""
     check(cfg)
+    capacity = capacity if capacity is not None else known_capacity(cfg)  # a missing profile fails before launch
+    out_dir = absolute(out_dir)  # the stack's and the load generator's children run elsewhere
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = _ProgressLine(bool(getattr(cfg, "progress", False)))
     wall = time.perf_counter()
@@ -126,8 +143,8 @@ def measure(cfg: ScenarioConfig, out_dir: Path) -> tuple[pd.DataFrame, dict[str,
     write_parquet(out_dir / "loadgen" / "sends.parquet", result.merged.sends)
     lag = send_lag_summary(result.merged.sends, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s)
     summary = summarize(frame, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, replicas=cfg.replicas,
-                        concurrency=cfg.concurrency, extra={"source": "real", "backend": cfg.model.backend,
-                                                            "seed": cfg.seed, **lag})
+                        concurrency=cfg.concurrency, capacity_rps=capacity,
+                        extra={"source": "real", "backend": cfg.model.backend, "seed": cfg.seed, **lag})
     valid, warnings = _validity(cfg, summary, result)
     summary.update({
         "valid": valid,
@@ -141,6 +158,17 @@ def measure(cfg: ScenarioConfig, out_dir: Path) -> tuple[pd.DataFrame, dict[str,
     end = max(cfg.duration_s, float(np.nanmax(finish))) if np.isfinite(finish).any() else cfg.duration_s
     series = timeseries(frame, cfg.window_s, end_s=end)
     return frame, summary, series
+
+
+def failed(mode: str, exc: Exception) -> int:
+    """One line on stderr and the exit status for a run the stack could not serve. A ConfigError
+    (loadgen.dispatch or remote_workers checked at launch, a gateway.port in use) names its key
+    and exits 2, as a bad override does; the rest exit 1. Shared by every mode that launches."""
+    if isinstance(exc, ConfigError):
+        print(f"servelab: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"servelab: mode={mode} failed: {exc}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def format_send_lag(summary: dict[str, Any]) -> str:
@@ -163,14 +191,12 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     except KeyboardInterrupt:
         print("\nservelab: mode=real interrupted; the stack and the load generator were stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ConfigError as exc:  # loadgen.dispatch / remote_workers: checked here, not by the schema
-        print(f"servelab: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (LaunchError, LoadgenError) as exc:
-        print(f"servelab: mode=real failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except (ConfigError, LaunchError, LoadgenError) as exc:
+        return failed("real", exc)
     write_run(out_dir, cfg, frame, summary, series)
     print(format_summary(summary, title=f"real stack (mode=real, {cfg.model.backend} backend)"))
     print(format_send_lag(summary))
-    print(f"outputs: {out_dir}")
+    paths = report_run(out_dir, cfg, frame, summary, series,
+                       title=f"servelab real: {cfg.model.backend} backend, {cfg.replicas} replicas, {cfg.lb.policy}")
+    print(format_report_paths(out_dir, paths))
     return 0 if summary["valid"] else EXIT_INVALID_MEASUREMENT

@@ -6,17 +6,21 @@ meanwhile the command says which and exits non-zero, rather than leaving a half 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Iterator
 
-from real.launcher import launch
+from real.launcher import LaunchError, absolute, launch
 from scenarios.outputs import write_config
+from scenarios.run_real import failed
+from sim.config import ConfigError
 
 EXIT_STACK_DIED = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Stop(Exception):
@@ -24,7 +28,24 @@ class _Stop(Exception):
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    """Stop once: a second Ctrl-C must not cut the stack's shutdown short (it takes seconds at
+    most, and the children die with this process anyway)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise _Stop()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM both stop the stack, whatever this process inherited: started in the
+    background by a shell script, it inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler of its own."""
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def banner(stack: Any, cfg: Any) -> str:
@@ -57,12 +78,11 @@ def banner(stack: Any, cfg: Any) -> str:
 
 
 def run(cfg: Any, out_dir: Path) -> int:
-    out_dir = Path(out_dir)
+    out_dir = absolute(out_dir)  # the banner's paths must work from any directory
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config(out_dir / "config.yaml", cfg)
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        with launch(cfg, run_dir=out_dir) as stack:
+        with _stop_on_signals(), launch(cfg, run_dir=out_dir) as stack:
             print(banner(stack, cfg), flush=True)
             while True:
                 for name, proc, log in zip(
@@ -72,9 +92,9 @@ def run(cfg: Any, out_dir: Path) -> int:
                         print(f"servelab: {name} exited with status {proc.returncode}; see {log}. Stopping.", file=sys.stderr)
                         return EXIT_STACK_DIED
                 time.sleep(0.5)
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:  # raised by the handlers above, inside the stack's context: it is stopped by now
         print("servelab: stopping the stack", file=sys.stderr, flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except (ConfigError, LaunchError) as exc:
+        return failed("serve", exc)
     print("servelab: stack stopped", flush=True)
     return 0

@@ -106,3 +106,21 @@ def test_router_sends_each_version_only_to_its_replicas() -> None:
     rng = random.Random(3)
     replicas = {router.route(u, [0] * 6, 0.0, rng) for u in range(500)}
     assert replicas == {1, 3, 5}
+
+
+def test_sticky_split_sends_anonymous_requests_by_weight() -> None:
+    """No user id (None) has nothing to stick to: anonymous requests follow the weights, where
+    a stand-in id (0) would put every one of them on the same version."""
+    router = Router(4, 2, "random", version_weights=[1.0, 1.0], sticky=True)
+    rng, n = random.Random(5), 4000
+    versions = Counter(router.version_of(router.route(None, [0] * 4, 0.0, rng)) for _ in range(n))
+    assert abs(versions[0] / n - 0.5) < 5 * math.sqrt(0.25 / n)
+    pinned = {router.version_of(router.route(7, [0] * 4, 0.0, rng)) for _ in range(50)}
+    assert len(pinned) == 1  # a known user still sticks
+
+
+def test_anonymous_requests_route_with_health_and_weights() -> None:
+    router = Router(4, 2, "round_robin", version_weights=[0.0, 1.0], sticky=True)
+    healthy = [True, True, True, False]
+    picks = {router.route(None, [0] * 4, 0.0, random.Random(k), healthy=healthy) for k in range(20)}
+    assert picks == {1}

@@ -115,7 +115,7 @@ class Gateway:
             if version is None:
                 known = ", ".join(self.version_index)
                 return self._done(t0, error_reply(404, f"unknown version {version_name!r} of {self.model!r}; known: {known}"))
-        user_id = 0
+        user_id: int | None = None  # anonymous: the version split is by weight, never sticky
         if raw_user is not None:
             try:
                 user_id = int(raw_user)

@@ -86,7 +86,7 @@ class ReplicaPool:
 
     # -- routing ---------------------------------------------------------------------------
 
-    def pick(self, user_id: int, version: int | None, now: float, exclude: int = -1) -> int:
+    def pick(self, user_id: int | None, version: int | None, now: float, exclude: int = -1) -> int:
         """The Router's choice among healthy replicas; raises NoReplica when none is left."""
         if self.all_healthy and exclude < 0:
             return self.router.route(user_id, self.outstanding, now, self.rng, version=version)

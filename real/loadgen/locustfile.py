@@ -133,7 +133,8 @@ class Driver:
         self.rows.append((request_id, user_id, intended_s, send_s, finish_s, status,
                           float(p.get("queue_s", np.nan)), float(p.get("service_s", np.nan)),
                           float(p.get("server_s", np.nan)), float(p.get("gateway_s", gateway_s)),
-                          int(p.get("batch_size", 0)), int(p.get("replica", -1)), str(p.get("version", ""))))
+                          int(p.get("batch_size", 0)), int(p.get("batch_id", -1)), int(p.get("replica", -1)),
+                          str(p.get("version", ""))))
         if exc is None and status >= 400:
             exc = RuntimeError(f"HTTP {status}")
         self.fire(request_type="POST", name="infer", response_time=(finish_s - intended_s) * 1e3,
@@ -216,7 +217,7 @@ class Driver:
         self.flushed = True
         rows = list(self.rows)
         for rid, user, intended, send_s in list(self.in_flight.values()):
-            rows.append((rid, user, intended, send_s, np.nan, CUT_SHORT, np.nan, np.nan, np.nan, np.nan, 0, -1, ""))
+            rows.append((rid, user, intended, send_s, np.nan, CUT_SHORT, np.nan, np.nan, np.nan, np.nan, 0, -1, -1, ""))
         columns = list(zip(*rows)) if rows else [[] for _ in RECORD_FIELDS]
         arrays = {name: np.asarray(col, dtype=dtype) for (name, dtype), col in zip(RECORD_FIELDS.items(), columns)}
         write_arrays(records_path(self.plan.out_dir, self.worker), arrays)

@@ -9,12 +9,18 @@ Outcomes, from the client's side:
   timeout  the client deadline passed first, or the replica dropped it from its queue (504)
   error    anything else: other HTTP statuses, connection errors, cut short, never sent
 
+Batches: the replica numbers its batches and answers each request with its batch's id; a batch
+is (replica, that id), renumbered here in order of start so `batch_id` is unique in the run, as
+the twin's. Timings cannot stand in for the id: two batches may report the same device time.
+A request from a server that gives no batch id (not servelab's) counts as a batch of its own.
+
 `start_s` (service start on the client's clock) is not observable; it is derived as
     start = send + (finish - send - server_s) / 2 + queue_s
 i.e. the time outside the replica (client, loopback, gateway) is split evenly between the way in
 and the way out, the same convention mode=profile uses for the twin's overheads. Members of one
-batch report the same `service_s` (the batch's device time) on the same replica; they get the
-mean of their derived starts, so per-replica utilisation counts each batch once.
+batch get the mean of their derived starts, so per-replica utilisation counts each batch once,
+kept inside what every member's own clock readings allow (see `_batch_starts`); every answered
+row then has arrival_s <= start_s <= finish_s, which the merge checks.
 """
 
 from __future__ import annotations
@@ -99,7 +105,7 @@ def merge(
                 column = np.full(n, "", dtype=object)
             elif c == "http_status":
                 column = np.full(n, -3, dtype=np.int64)  # never sent
-            elif c in ("replica", "worker"):
+            elif c in ("replica", "worker", "batch_id"):
                 column = np.full(n, -1, dtype=np.int64)
             else:
                 column = np.zeros(n, dtype=np.int64)
@@ -118,14 +124,17 @@ def merge(
     http = full["http_status"].to_numpy(dtype=np.int64)
     latency = finish - intended
     status = outcome(http, latency, timeout_s)
-    served = status == OK
+    served = http == 200  # answered, maybe past the deadline (a timeout): as in the twin, it ran in a batch
     queue = full["queue_s"].to_numpy(dtype=float)
     service = full["service_s"].to_numpy(dtype=float)
     server = full["server_s"].to_numpy(dtype=float)
-    start = np.where(served, send + (finish - send - server) / 2 + queue, np.nan)
+    derived = np.where(served, send + (finish - send - server) / 2 + queue, np.nan)
     replica = np.where(served, full["replica"].to_numpy(dtype=np.int64), -1)
     batch = np.where(served, full["batch_size"].to_numpy(dtype=np.int64), 0)
-    start = _align_batches(start, replica, service, batch)
+    group = _batch_groups(replica, full["batch_id"].to_numpy(dtype=np.int64), served)
+    start = _batch_starts(group, derived, intended, send, finish, service)
+    batch_id = _number_by_start(group, start, replica)
+    _check_order(intended, start, finish, served)
     version = np.where(served, full["version"].to_numpy(dtype=object), "")
     requests = requests_frame({
         "request_id": full["request_id"].to_numpy(dtype=np.int64),
@@ -138,6 +147,7 @@ def merge(
         "service_s": np.where(served, service, np.nan),
         "replica": replica,
         "version": version,
+        "batch_id": batch_id,
         "batch_size": batch,
         "status": status,
     })
@@ -154,15 +164,72 @@ def merge(
     return Merged(requests, sends, duplicates, never_sent)
 
 
-def _align_batches(start: np.ndarray, replica: np.ndarray, service: np.ndarray, batch: np.ndarray) -> np.ndarray:
-    multi = np.flatnonzero(batch > 1)
-    if len(multi) == 0:
+def _batch_groups(replica: np.ndarray, server_batch: np.ndarray, served: np.ndarray) -> np.ndarray:
+    """0..G-1 per served row, one per (replica, the replica's batch id); -1 for the others."""
+    group = np.full(len(served), -1, dtype=np.int64)
+    rows = np.flatnonzero(served)
+    if len(rows):
+        ids = server_batch[rows]
+        ids = np.where(ids >= 0, ids, -1 - rows)  # no id from the server: a batch of its own
+        group[rows] = pd.factorize(pd.MultiIndex.from_arrays([replica[rows], ids]))[0]
+    return group
+
+
+def _batch_starts(group: np.ndarray, derived: np.ndarray, arrival: np.ndarray, send: np.ndarray,
+                  finish: np.ndarray, service: np.ndarray) -> np.ndarray:
+    """One start per batch: the mean of its members' derived starts, clamped into the interval
+    every member's readings allow, [latest arrival or send, earliest finish - service_s].
+
+    Each member's own estimate lies in its own interval (its outside time and queue_s are
+    parts of finish - send), but the mean can leave a member's interval: the even split of the
+    outside time is only a convention, and members whose ways in and out differed (one that
+    waited in the gateway, one that was answered late) pull the mean apart. The true start lies
+    in every member's interval, so clamping only moves the estimate closer to it. If the
+    members' intervals do not even overlap (workers on hosts whose clocks disagree), the batch
+    cannot have one start on the client's time axis: each member is then clamped into its own
+    [arrival, finish], so that order still holds."""
+    start = np.full(len(group), np.nan)
+    rows = np.flatnonzero(group >= 0)
+    if not len(rows):
         return start
-    groups = pd.DataFrame({"i": multi, "r": replica[multi], "s": service[multi], "start": start[multi]})
-    mean = groups.groupby(["r", "s"])["start"].transform("mean").to_numpy()
-    out = start.copy()
-    out[multi] = mean
-    return out
+    members = pd.DataFrame({
+        "group": group[rows], "estimate": derived[rows], "earliest": np.fmax(arrival[rows], send[rows]),
+        "latest": finish[rows] - service[rows], "finish": finish[rows],
+    })
+    per_batch = members.groupby("group", sort=True).agg(
+        estimate=("estimate", "mean"), earliest=("earliest", "max"), latest=("latest", "min"), finish=("finish", "min"))
+    estimate, earliest, latest, first_finish = (per_batch[c].to_numpy() for c in ("estimate", "earliest", "latest", "finish"))
+    # fmin/fmax skip NaN: a server that reports no timings still gets a start (its latest send)
+    batch_start = np.fmin(np.fmax(np.fmin(estimate, latest), earliest), first_finish)
+    start[rows] = np.fmin(np.fmax(batch_start[group[rows]], arrival[rows]), finish[rows])
+    return start
+
+
+def _number_by_start(group: np.ndarray, start: np.ndarray, replica: np.ndarray) -> np.ndarray:
+    """Run-wide batch ids in order of start (then replica), as the twin numbers them; -1 unserved."""
+    batch_id = np.full(len(group), -1, dtype=np.int64)
+    rows = np.flatnonzero(group >= 0)
+    if not len(rows):
+        return batch_id
+    n_groups = int(group.max()) + 1
+    first = np.full(n_groups, -1, dtype=np.int64)
+    first[group[rows]] = rows  # any member will do: its start and replica are the batch's
+    order = np.lexsort((replica[first], start[first]))
+    rank = np.empty(n_groups, dtype=np.int64)
+    rank[order] = np.arange(n_groups)
+    batch_id[rows] = rank[group[rows]]
+    return batch_id
+
+
+def _check_order(arrival: np.ndarray, start: np.ndarray, finish: np.ndarray, served: np.ndarray) -> None:
+    """arrival_s <= start_s <= finish_s for every answered row: the schema's promise, checked
+    here (not with `assert`, which -O strips) because a violation is a merge bug."""
+    with np.errstate(invalid="ignore"):
+        bad = served & ~((arrival <= start) & (start <= finish))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise AssertionError(f"merge: {int(bad.sum())} answered rows break arrival_s <= start_s <= finish_s, e.g. row {i}: "
+                             f"arrival {arrival[i]:.6f}, start {start[i]:.6f}, finish {finish[i]:.6f}")
 
 
 def send_lag_summary(sends: pd.DataFrame, *, warmup_s: float, duration_s: float) -> dict[str, Any]:

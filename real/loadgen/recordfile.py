@@ -25,6 +25,7 @@ RECORD_FIELDS: dict[str, str] = {
     "server_s": "float64",  # the replica's receive -> answer
     "gateway_s": "float64",  # the gateway's own time (x-gateway-s), NaN without a gateway
     "batch_size": "int64",
+    "batch_id": "int64",  # the replica's id of the request's batch; -1 without an answer or from a server that gives none
     "replica": "int64",
     "version": "U32",
 }

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from real.launcher import free_ports, log_tail, stop_all
+from real.launcher import absolute, child_path, free_ports, log_tail, stop_all
 from real.loadgen.merge import Merged, merge
 from real.loadgen.plan import (
     PLAN_ENV,
@@ -102,7 +102,7 @@ def locust_commands(plan: LoadPlan, plan_path: Path, locustfile: Path, *, remote
                     bind_host: str = "127.0.0.1") -> list[tuple[str, list[str], dict[str, str]]]:
     """(name, argv, extra env) per local process. One worker: a standalone Locust, no master."""
     base = [sys.executable, "-m", "locust", "-f", str(locustfile), "--only-summary", "--loglevel", "WARNING"]
-    env = {PLAN_ENV: str(plan_path)}
+    env = {PLAN_ENV: child_path(plan_path)}
     if plan.workers == 1:
         return [("locust", [*base, "--headless", "-u", "1", "-r", "1"], {**env, WORKER_ENV: "0"})]
     port = free_ports(bind_host, 1)[0]
@@ -160,8 +160,12 @@ def run_load(
     locustfile: Path = LOCUSTFILE,
     path: str | None = None,
 ) -> LoadResult:
-    """Replay `cfg`'s load against `url`; the records land in `out_dir` (plan, schedule, logs)."""
+    """Replay `cfg`'s load against `url`; the records land in `out_dir` (plan, schedule, logs).
+
+    `out_dir` is made absolute first: the Locust processes run in ROOT and read the plan, the
+    schedule and their records' folder from the paths written here."""
     check(cfg)
+    out_dir = absolute(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("records-*.npz"), *out_dir.glob("started-*.json")]:
         stale.unlink()

@@ -9,6 +9,10 @@ rather than a long-lived task, so a dispatch costs no extra event-loop wake-up.
 Batch size counts rows, as in Triton: a request of n rows fills n slots of `max_batch_size`;
 `max_queue_size` counts requests.
 
+Every dispatched batch gets an id from a per-replica counter, handed back with each member's
+result: the client's only reliable way to tell which requests shared a batch (two batches can
+report the same device time, so the timings alone cannot say).
+
 Timers: asyncio/uvloop round timers to ~1 ms, which is a 20% error on a 5 ms max_queue_delay.
 The delay timer and the emulated device time therefore run on threads that sleep with the
 kernel's ns-resolution clock and hand back with `call_soon_threadsafe`.
@@ -131,12 +135,12 @@ class _Instance:
         self._backend = backend
         self._loop = loop
         self._done = done
-        self._jobs: queue.SimpleQueue[tuple[list[Pending], np.ndarray, float] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[int, list[Pending], np.ndarray, float] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"instance-{index}", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: list[Pending], x: np.ndarray, planned: float) -> None:
-        self._jobs.put((batch, x, planned))
+    def submit(self, batch_id: int, batch: list[Pending], x: np.ndarray, planned: float) -> None:
+        self._jobs.put((batch_id, batch, x, planned))
 
     def stop(self) -> None:
         self._jobs.put(None)
@@ -146,9 +150,9 @@ class _Instance:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            batch, x, planned = job
+            batch_id, batch, x, planned = job
             try:
-                self._loop.call_soon_threadsafe(self._done, self, batch, *run_batch(self._backend, x, planned))
+                self._loop.call_soon_threadsafe(self._done, self, batch_id, batch, *run_batch(self._backend, x, planned))
             except RuntimeError:  # loop closed during shutdown
                 return
 
@@ -165,8 +169,8 @@ class _InlineInstance:
         self._loop = loop
         self._done = done
 
-    def submit(self, batch: list[Pending], x: np.ndarray, planned: float) -> None:
-        self._loop.call_soon(self._done, self, batch, *run_batch(self._backend, x, planned))
+    def submit(self, batch_id: int, batch: list[Pending], x: np.ndarray, planned: float) -> None:
+        self._loop.call_soon(self._done, self, batch_id, batch, *run_batch(self._backend, x, planned))
 
     def stop(self) -> None:
         pass
@@ -189,6 +193,7 @@ class AsyncBatcher:
         self.n_instances = instances
         self.max_queue_size = max_queue_size
         self.stats = BatchStats()
+        self.batches = 0  # batches dispatched so far: the next batch's id
         self._on_batch = on_batch
         self._queue: deque[Pending] = deque()
         self._rows = 0
@@ -297,11 +302,14 @@ class AsyncBatcher:
                 continue
             x = batch[0].req.rows if len(batch) == 1 else np.concatenate([p.req.rows for p in batch])
             inst = self._free.pop()
-            inst.submit(batch, x, self.backend.plan(rows))
+            batch_id = self.batches
+            self.batches = batch_id + 1
+            inst.submit(batch_id, batch, x, self.backend.plan(rows))
 
     def _on_done(
         self,
         inst: _Instance,
+        batch_id: int,
         batch: list[Pending],
         out: dict[str, np.ndarray] | None,
         err: BaseException | None,
@@ -336,7 +344,7 @@ class AsyncBatcher:
                 st.queue_ns += int(queue_s * 1e9)
                 if not p.future.done():
                     sliced = {k: v[offset : offset + n] for k, v in out.items()}
-                    p.future.set_result(InferResult(sliced, queue_s, service_s, size))
+                    p.future.set_result(InferResult(sliced, queue_s, service_s, size, batch_id))
                 offset += n
             if self._on_batch is not None:
                 self._on_batch(size, service_s)

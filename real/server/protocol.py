@@ -152,6 +152,7 @@ class InferResult:
     queue_s: float
     service_s: float
     batch_size: int
+    batch_id: int  # the replica's id of the batch this request ran in (ids count up from 0)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -178,6 +179,7 @@ def infer_response(
             "queue_s": result.queue_s,
             "service_s": result.service_s,
             "batch_size": result.batch_size,
+            "batch_id": result.batch_id,
             "replica": replica,
             "version": version,
             "server_s": server_s,

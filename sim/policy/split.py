@@ -1,7 +1,9 @@
 """Routing to a model version, then to a replica of it: the gateway's whole decision.
 
 Replica r serves version `r % n_versions`. The version split is by weight (A/B, canary), or,
-when sticky, by a fixed hash of the user id so a user always sees the same version.
+when sticky, by a fixed hash of the user id so a user always sees the same version. A request
+with no user (user_id None: the real gateway got no x-user-id) has nothing to stick to and
+follows the weighted random split: hashing a stand-in id would send all of them to one version.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class VersionSplit:
         self._cumulative = list(itertools.accumulate(w / total for w in weights))
         self.sticky = sticky
 
-    def choose(self, user_id: int, rng: UniformSource) -> int:
-        u = user_hash_unit(user_id) if self.sticky else rng.random()
+    def choose(self, user_id: int | None, rng: UniformSource) -> int:
+        u = user_hash_unit(user_id) if self.sticky and user_id is not None else rng.random()
         return min(bisect.bisect_right(self._cumulative, u), len(self._cumulative) - 1)
 
 
@@ -72,7 +74,7 @@ class Router:
 
     def route(
         self,
-        user_id: int,
+        user_id: int | None,
         outstanding: Sequence[int],
         now: float,
         rng: UniformSource,
@@ -80,6 +82,8 @@ class Router:
         version: int | None = None,
     ) -> int:
         """Replica index for a request, given the outstanding count of every replica.
+
+        `user_id` None: an anonymous request, split by weight even when sticky.
 
         `healthy` (one flag per replica; None = all) keeps ejected replicas out, so the real
         gateway can drop a dead replica without a second routing implementation; a version

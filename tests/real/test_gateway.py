@@ -65,7 +65,8 @@ def stub_replica(replica: int, version: str, behaviour: StubBehaviour) -> Starle
             return Response(orjson.dumps({"error": "queue full"}), status_code=503, headers={"Retry-After": "2"}, media_type="application/json")
         if behaviour.mode == "slow":
             await asyncio.sleep(behaviour.delay_s)
-        params = {"replica": replica, "version": version, "queue_s": 0.0, "service_s": 0.0, "batch_size": 1, "server_s": 0.0}
+        params = {"replica": replica, "version": version, "queue_s": 0.0, "service_s": 0.0, "batch_size": 1,
+                  "batch_id": behaviour.seen - 1, "server_s": 0.0}
         return Response(orjson.dumps({"id": doc.get("id", ""), "outputs": [], "parameters": params}), media_type="application/json")
 
     async def model(request: Request) -> Response:
@@ -217,6 +218,8 @@ def test_round_robin_spreads_evenly_and_reports_gateway_time() -> None:
         gateway_s = [float(r.headers["x-gateway-s"]) for r in responses]
         assert all(0 <= g < 0.05 for g in gateway_s)
         assert all(r.headers["x-replica"] == str(replica_of(r)) for r in responses)
+        # the replica's batch id reaches the client untouched: the load generator's merge needs it
+        assert sorted(r.json()["parameters"]["batch_id"] for r in responses if replica_of(r) == 0) == list(range(10))
 
 
 def test_version_weights_zero_one_send_everything_to_one_version() -> None:
@@ -235,6 +238,14 @@ def test_sticky_keeps_each_user_on_one_version() -> None:
                 seen[user].add(h.infer(user=user).json()["parameters"]["version"])
         assert all(len(v) == 1 for v in seen.values())
         assert {v for s in seen.values() for v in s} == {"1", "2"}  # users are split, not all on one
+
+
+def test_sticky_sends_anonymous_requests_by_weight() -> None:
+    """Without x-user-id there is no user to stick to: the weighted split, not one version for all."""
+    cfg = make_cfg(replicas=4, policy="random", versions=("1", "2"), sticky=True)
+    with harness(cfg) as h:
+        versions = collections.Counter(h.infer().json()["parameters"]["version"] for _ in range(40))
+        assert set(versions) == {"1", "2"}, versions  # all 40 on one version: p = 2**-39
 
 
 def test_versioned_infer_only_reaches_that_version() -> None:

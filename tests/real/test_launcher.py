@@ -104,7 +104,7 @@ def test_a_taken_gateway_port_is_a_clear_error() -> None:
         s.listen(1)
         cfg = small_cfg(replicas=1, versions=("1",))
         cfg.gateway.port = s.getsockname()[1]
-        with pytest.raises(LaunchError, match=f"gateway.port={cfg.gateway.port}"):
+        with pytest.raises(LaunchError, match=f"^gateway.port: {cfg.gateway.port} is in use"):
             with launch(cfg):
                 pass
 

@@ -236,7 +236,7 @@ def test_merge_keeps_every_scheduled_request_once_and_maps_outcomes(tmp_path: Pa
         answered = status == 200
         return (i, int(users[i]), times[i], times[i] + 0.001, finish, status, 0.002 if answered else nan,
                 service if answered else nan, 0.013 if answered else nan, nan, batch if answered else 0,
-                1 if answered else -1, "2" if answered else "")
+                i if answered else -1, 1 if answered else -1, "2" if answered else "")
 
     rows = [row(0, 200, 0.02, batch=2), row(1, 503, 0.102), row(2, CLIENT_TIMEOUT, 1.2), row(3, 504, 0.4),
             row(4, CONNECTION_ERROR, 0.41), row(5, CUT_SHORT, nan), row(0, 200, 0.03)]  # a duplicate of 0
@@ -262,7 +262,8 @@ def test_outcome_late_answer_is_a_timeout() -> None:
 def test_closed_loop_merge_numbers_requests_by_intended_time(tmp_path: Path) -> None:
     nan = float("nan")
     for w, starts in ((0, [0.3, 0.1]), (1, [0.2])):
-        _record_file(records_path(tmp_path, w), [(-1, w, t, t, t + 0.01, 200, 0.0, 0.005, 0.006, nan, 1, 0, "1") for t in starts])
+        _record_file(records_path(tmp_path, w), [(-1, w, t, t, t + 0.01, 200, 0.0, 0.005, 0.006, nan, 1, k, w, "1")
+                                                 for k, t in enumerate(starts)])
     merged = merge(sorted(tmp_path.glob("records-*.npz")), schedule=None, timeout_s=0.0)
     assert merged.requests["arrival_s"].tolist() == [0.1, 0.2, 0.3]
     assert merged.requests["request_id"].tolist() == [0, 1, 2]
@@ -270,7 +271,42 @@ def test_closed_loop_merge_numbers_requests_by_intended_time(tmp_path: Path) -> 
 
 def test_batch_members_share_their_derived_start(tmp_path: Path) -> None:
     nan = float("nan")
-    rows = [(i, 0, 0.01 * i, 0.01 * i, 0.05 + 0.001 * i, 200, 0.03 - 0.01 * i, 0.007, 0.04, nan, 3, 0, "1") for i in range(3)]
+    rows = [(i, 0, 0.01 * i, 0.01 * i, 0.05 + 0.001 * i, 200, 0.03 - 0.01 * i, 0.007, 0.04, nan, 3, 7, 0, "1") for i in range(3)]
     _record_file(records_path(tmp_path, 0), rows)
     f = merge([records_path(tmp_path, 0)], schedule=(np.array([0.0, 0.01, 0.02]), np.zeros(3, np.int64)), timeout_s=0).requests
-    assert f["start_s"].nunique() == 1
+    assert f["start_s"].nunique() == 1 and f["batch_id"].tolist() == [0, 0, 0]
+
+
+def test_batches_with_the_same_device_time_stay_apart(tmp_path: Path) -> None:
+    """Two batches on one replica report the same service_s: only the server's batch id tells
+    them apart (grouping by device time gave request 184 of a real run a start 3.7 s after its
+    finish). A batch of 2 on replica 0 at ~0.95 s and one at ~4.6 s, a lone request on replica 1
+    with the same server batch id as the first: three batches, each start inside its members'."""
+    nan = float("nan")
+    times = np.array([0.950, 0.951, 4.630, 4.631, 0.952])
+    #       id, user, intended, send, finish, http, queue_s, service_s, server_s, gw, size, batch, replica, version
+    rows = [(0, 0, 0.950, 0.9502, 0.9590, 200, 0.0020, 0.0040, 0.0070, nan, 2, 5, 0, "1"),
+            (1, 1, 0.951, 0.9512, 0.9592, 200, 0.0012, 0.0040, 0.0061, nan, 2, 5, 0, "1"),
+            (2, 2, 4.630, 4.6302, 4.6390, 200, 0.0020, 0.0040, 0.0070, nan, 2, 6, 0, "1"),
+            (3, 3, 4.631, 4.6312, 4.6392, 200, 0.0012, 0.0040, 0.0061, nan, 2, 6, 0, "1"),
+            (4, 4, 0.952, 0.9522, 0.9600, 200, 0.0000, 0.0040, 0.0050, nan, 1, 5, 1, "2")]
+    _record_file(records_path(tmp_path, 0), rows)
+    f = merge([records_path(tmp_path, 0)], schedule=(times, np.arange(5)), timeout_s=0).requests
+    assert f["batch_id"].tolist() == [0, 0, 2, 2, 1]  # run-wide ids in order of start
+    assert f.loc[0, "start_s"] == f.loc[1, "start_s"] and f.loc[2, "start_s"] == f.loc[3, "start_s"]
+    assert f.loc[0, "start_s"] != f.loc[2, "start_s"]
+    assert ((f["arrival_s"] <= f["start_s"]) & (f["start_s"] <= f["finish_s"])).all()
+    # both members had been sent before the batch started and were answered after it ran
+    assert 0.9512 <= f.loc[0, "start_s"] <= 0.9590 - 0.0040
+
+
+def test_a_batch_start_stays_inside_every_members_readings(tmp_path: Path) -> None:
+    """The mean of the members' derived starts can fall before a late member was even sent;
+    the merge clamps it to the latest send."""
+    nan = float("nan")
+    # member 0 waited long in the gateway (way in slow): its derived start is far too early
+    rows = [(0, 0, 0.100, 0.100, 0.140, 200, 0.000, 0.004, 0.005, nan, 2, 0, 0, "1"),
+            (1, 1, 0.130, 0.130, 0.136, 200, 0.000, 0.004, 0.005, nan, 2, 0, 0, "1")]
+    _record_file(records_path(tmp_path, 0), rows)
+    f = merge([records_path(tmp_path, 0)], schedule=(np.array([0.1, 0.13]), np.arange(2)), timeout_s=0).requests
+    assert f["start_s"].tolist() == [0.130, 0.130]

@@ -65,6 +65,15 @@ def test_batching_batches_concurrent_requests(serve) -> None:
     assert max(sizes) > 1 and max(sizes) <= 8
     stats = c.get("/v2/models/digits/stats").json()["model_stats"][0]
     assert stats["inference_count"] == 20
+    # each answer names its batch: ids count up from 0, members agree on size and device time
+    batches: dict[int, list[dict[str, Any]]] = {}
+    for r in replies:
+        p = r.json()["parameters"]
+        batches.setdefault(p["batch_id"], []).append(p)
+    assert sorted(batches) == list(range(stats["execution_count"]))
+    for members in batches.values():
+        assert {m["batch_size"] for m in members} == {len(members)}
+        assert len({m["service_s"] for m in members}) == 1
     assert sum(b["compute_infer"]["count"] * b["batch_size"] for b in stats["batch_stats"]) == 20
 
 
