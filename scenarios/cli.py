@@ -3,7 +3,8 @@
 Hydra reports a bad override as a multi-line traceback-ish message with exit status 1, and a
 bad value only once the run has started. Users and CI want one line naming the key and what is
 allowed, exit status 2, before anything runs: so every override combination (sweeps included)
-is composed and validated first, then Hydra runs the real thing.
+is composed and validated first (schema ranges, the files the config names, out_dir, memory),
+then Hydra runs the real thing. `--help` lists every key with its help, from the schema.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import conf as _conf_package
-from scenarios.config import ServelabConfig, register, validate_servelab
-from sim.config import ConfigError
+from scenarios.config import (InputFiles, ServelabConfig, absolute_paths, check_inputs, key_lines, register,
+                               validate_servelab)
+from sim.config import ConfigError, validate_explicit
 
 CONF_DIR = str(Path(_conf_package.__file__).resolve().parent)
 EXIT_CONFIG = 2
@@ -98,6 +100,21 @@ def _explain(exc: BaseException, overrides: list[str]) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def _explicit_keys(combo: list[str]) -> set[str]:
+    """The config keys one combination of the user's overrides sets (not presets, not defaults)."""
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides(combo)}
+
+
+def _check(combo: list[str], files: InputFiles) -> ServelabConfig:
+    """One combination composed, its paths made absolute as the run will see them, validated."""
+    cfg = to_config(compose(config_name="config", overrides=combo))
+    absolute_paths(cfg, Path.cwd())
+    validate_servelab(cfg)
+    validate_explicit(cfg, _explicit_keys(combo))
+    check_inputs(cfg, files)
+    return cfg
+
+
 def _combinations(overrides: list[str]) -> list[list[str]]:
     parsed = OverridesParser.create().parse_overrides(overrides)
     choices: list[list[str]] = []
@@ -112,10 +129,13 @@ def _combinations(overrides: list[str]) -> list[list[str]]:
 
 
 def preflight(overrides: list[str]) -> ServelabConfig:
-    """Compose and validate every combination; the first problem raises ConfigError."""
+    """Compose and validate every combination; the first problem raises ConfigError.
+
+    Files (traces, profiles) are read once however many combinations name them."""
     register()
     GlobalHydra.instance().clear()
     first: ServelabConfig | None = None
+    files = InputFiles()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="servelab"):
         try:
             combos = _combinations(overrides)
@@ -123,11 +143,10 @@ def preflight(overrides: list[str]) -> ServelabConfig:
             raise ConfigError("overrides", str(exc).splitlines()[0]) from exc
         for combo in combos:
             try:
-                cfg = to_config(compose(config_name="config", overrides=combo))
-                validate_servelab(cfg)
+                cfg = _check(combo, files)
             except ConfigError:
                 raise
-            except (HydraException, OmegaConfBaseException, ValueError) as exc:
+            except (HydraException, OmegaConfBaseException, ValueError, OSError) as exc:
                 raise ConfigError("config", _explain(exc, combo)) from exc
             first = first or cfg
     GlobalHydra.instance().clear()
@@ -150,13 +169,38 @@ def _runner(mode: str) -> Callable[[ServelabConfig, Path], int]:
 
 def _hydra_task(node: DictConfig) -> int:
     cfg = to_config(node)
-    validate_servelab(cfg)
     hc = HydraConfig.get()
     multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
     # in a sweep each job writes into its own subdirectory of out_dir
-    out_dir = Path(hc.runtime.output_dir if (multirun or not cfg.out_dir) else cfg.out_dir)
-    cfg.out_dir = str(out_dir)
-    return _runner(cfg.mode)(cfg, out_dir)
+    cfg.out_dir = hc.runtime.output_dir if (multirun or not cfg.out_dir) else cfg.out_dir
+    absolute_paths(cfg, hc.runtime.cwd)  # the directory servelab was started from
+    validate_servelab(cfg)
+    return _runner(cfg.mode)(cfg, Path(cfg.out_dir))
+
+
+def one_line(message: str) -> str:
+    """A message as the single stderr line the exit-2 contract promises (library errors wrap)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def _help_values(*, _root_: DictConfig) -> str:
+    """`servelab --help`'s key list: every schema key, as this command line sets it, with its help."""
+    def value_of(key: str) -> object:
+        node = OmegaConf.select(_root_, key)
+        return OmegaConf.to_container(node) if isinstance(node, (DictConfig, ListConfig)) else node
+
+    return "\n".join(key_lines(value_of)).replace("$", "$$")  # the help template is a string.Template
+
+
+def _help_presets() -> str:
+    names = sorted(p.stem for p in (Path(CONF_DIR) / "scenario").glob("*.yaml") if p.stem != "none")
+    return f"scenario={' | '.join(names)} (conf/scenario/; default: none)"
+
+
+def register_help() -> None:
+    """Resolvers the help template (conf/config.yaml, hydra.help) calls."""
+    OmegaConf.register_new_resolver("servelab_keys", _help_values, replace=True)
+    OmegaConf.register_new_resolver("servelab_presets", _help_presets, replace=True)
 
 
 def main() -> None:
@@ -165,7 +209,7 @@ def main() -> None:
         try:
             preflight(_user_overrides(argv))
         except ConfigError as exc:
-            message = str(exc)
+            message = one_line(str(exc))
             if message.startswith("config: "):
                 message = message[len("config: "):]
             print(f"servelab: config error: {message}", file=sys.stderr)
@@ -178,6 +222,7 @@ def main() -> None:
             extra.append(f"{target}={arg.split('=', 1)[1]}")
     sys.argv = [sys.argv[0], *argv, *extra]
     register()
+    register_help()
     status: list[int] = []
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -185,4 +230,8 @@ def main() -> None:
         status.append(_hydra_task(node) or 0)
 
     app()
+    if "-m" in argv or "--multirun" in argv:  # a sweep: one table of every job (reports.sweep)
+        from scenarios.outputs import report_sweep  # here, not on top: it loads matplotlib
+
+        report_sweep()
     sys.exit(max(status, default=0))

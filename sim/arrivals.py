@@ -69,31 +69,100 @@ def _diurnal_times(a: ArrivalConfig, duration_s: float, rng: np.random.Generator
     return candidates[keep]
 
 
-def read_trace(path: str, time_scale: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """Arrival times (and user ids when present) from a CSV or Parquet trace, validated."""
+TRACE_SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _read_frame(path: str) -> pd.DataFrame:
+    """The trace as a table; every way a file can fail to be one becomes a ConfigError."""
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise ConfigError("arrival.path", f"trace {path} is a directory; give a CSV or Parquet file")
+    if not p.exists():
         raise ConfigError("arrival.path", f"trace file not found: {path}")
+    if not p.is_file():
+        raise ConfigError("arrival.path", f"trace {path} is not a regular file; give a CSV or Parquet file")
+    if p.stat().st_size == 0:
+        raise ConfigError("arrival.path", f"trace {path} is empty (0 bytes); it needs a header with arrival_s and one row per request")
+    parquet = p.suffix in (".parquet", ".pq")
     try:
-        frame = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+        return pd.read_parquet(p) if parquet else pd.read_csv(p)
     except Exception as exc:  # a corrupt file: say which and why, do not crash later
-        raise ConfigError("arrival.path", f"cannot read trace {path}: {exc}") from exc
-    if "arrival_s" not in frame.columns:
-        raise ConfigError("arrival.path", f"trace {path} needs a column 'arrival_s' (has: {', '.join(map(str, frame.columns))})")
-    times = pd.to_numeric(frame["arrival_s"], errors="coerce").to_numpy(dtype=float)
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError("arrival.path", f"cannot read trace {path} as {'Parquet' if parquet else 'CSV'}: {detail}") from exc
+
+
+def _missing_column(frame: pd.DataFrame, path: str) -> ConfigError:
+    """No arrival_s column: most often a CSV written with another separator, so say that."""
+    header = ",".join(map(str, frame.columns))
+    for sep, name in TRACE_SEPARATORS.items():
+        if sep in header and "arrival_s" in header.split(sep):
+            return ConfigError("arrival.path", f"trace {path} looks {name}-separated (header {header!r}); "
+                                               "write it comma-separated with a column 'arrival_s'")
+    return ConfigError("arrival.path", f"trace {path} needs a column 'arrival_s' (has: {', '.join(map(str, frame.columns))})")
+
+
+def _cell(raw: pd.Series, row: int) -> str:
+    """A trace cell as the user wrote it (no numpy type names)."""
+    value = raw.iloc[row]
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _check_times(raw: pd.Series, path: str) -> np.ndarray:
+    times = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
     if len(times) == 0:
         raise ConfigError("arrival.path", f"trace {path} has no rows")
-    if not np.all(np.isfinite(times)) or np.any(times < 0):
-        raise ConfigError("arrival.path", f"trace {path}: arrival_s must be finite numbers >= 0")
-    if np.any(np.diff(times) < 0):
-        raise ConfigError("arrival.path", f"trace {path}: arrival_s must be sorted")
-    users = None
-    if "user_id" in frame.columns:
-        u = pd.to_numeric(frame["user_id"], errors="coerce")
-        if u.isna().any():
-            raise ConfigError("arrival.path", f"trace {path}: user_id must be integers")
-        users = u.to_numpy(dtype=np.int64)
+    bad = np.flatnonzero(~np.isfinite(times) | (times < 0))
+    if len(bad):
+        raise ConfigError("arrival.path", f"trace {path}: arrival_s must be finite numbers >= 0; row {bad[0] + 1} is {_cell(raw, int(bad[0]))}")
+    back = np.flatnonzero(np.diff(times) < 0)
+    if len(back):
+        k = int(back[0])
+        raise ConfigError("arrival.path", f"trace {path}: arrival_s must be sorted; row {k + 2} ({times[k + 1]:g}) comes after row {k + 1} ({times[k]:g})")
+    return times
+
+
+def _check_users(raw: pd.Series, path: str) -> np.ndarray:
+    """User ids hash to versions and index per-user state: whole numbers >= 0, never truncated."""
+    u = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isfinite(u) | (u < 0) | (u != np.floor(u)) | (u >= 2.0**63))
+    if len(bad):
+        raise ConfigError("arrival.path", f"trace {path}: user_id must be integers >= 0; row {bad[0] + 1} is {_cell(raw, int(bad[0]))}")
+    return u.astype(np.int64)
+
+
+def read_trace(path: str, time_scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrival times (and user ids when present) from a CSV or Parquet trace, validated."""
+    frame = _read_frame(path)
+    if "arrival_s" not in frame.columns:
+        raise _missing_column(frame, path)
+    times = _check_times(frame["arrival_s"], path)
+    users = _check_users(frame["user_id"], path) if "user_id" in frame.columns else None
     return times * time_scale, users
+
+
+def trace_in_window(times: np.ndarray, duration_s: float, path: str) -> int:
+    """How many of a trace's (scaled) arrivals fall in [0, duration_s): the requests a run sends.
+
+    None would be a run of zero requests that exits 0 and reports nothing: refused."""
+    n = int(np.searchsorted(times, duration_s, side="left"))
+    if n == 0:
+        raise ConfigError("arrival.path", f"all {len(times)} arrivals of trace {path} fall at or after duration_s={duration_s:g} "
+                                          f"(the first at {times[0]:g} s, after arrival.time_scale); raise duration_s or lower arrival.time_scale")
+    return n
+
+
+def peak_rate(a: ArrivalConfig) -> float:
+    """The highest rate a generated schedule runs at, req/s: what sizes its arrays. Closed loop:
+    users / think_s bounds it (inf without think time). Trace: count its rows instead."""
+    if a.kind == "bursty":
+        return max(a.high_rate, a.low_rate)
+    if a.kind == "diurnal":
+        return a.rate * (1.0 + a.amplitude)
+    if a.kind == "closed":
+        return a.users / a.think_s if a.think_s > 0 else math.inf
+    if a.kind == "trace":
+        raise ValueError("a trace's rate is its rows: count them (trace_in_window)")
+    return a.rate
 
 
 def make_schedule(a: ArrivalConfig, duration_s: float, arrivals_rng: np.random.Generator, users_rng: np.random.Generator) -> ArrivalSchedule:
@@ -110,9 +179,9 @@ def make_schedule(a: ArrivalConfig, duration_s: float, arrivals_rng: np.random.G
         times = _diurnal_times(a, duration_s, arrivals_rng)
     elif a.kind == "trace":
         times, users = read_trace(a.path, a.time_scale)
-        keep = times < duration_s
-        times = times[keep]
-        users = users[keep] if users is not None else None
+        n = trace_in_window(times, duration_s, a.path)
+        times = times[:n]
+        users = users[:n] if users is not None else None
     else:
         raise ConfigError("arrival.kind", f"unknown kind {a.kind!r}")
     if users is None:

@@ -3,51 +3,69 @@
 Hydra composes YAML over these dataclasses (so a misspelt key or a wrong type fails at
 composition); `validate` adds the range and choice checks a type cannot express. Everything
 here is plain data: the twin, the real stack and the reports all read the same objects.
+
+Every key carries its one-line help beside it (`setting(default, help)`): `servelab --help`
+and README's key table are generated from it (`schema_help`), so the three cannot drift.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 ARRIVAL_KINDS = ("poisson", "constant", "bursty", "diurnal", "trace", "closed")
 SERVICE_KINDS = ("deterministic", "exponential", "lognormal", "empirical")
 BACKENDS = ("numpy", "emulated")
 MODES = ("sim", "real", "compare", "serve", "profile")
 LOADGEN_DISPATCH = ("dispatcher", "timers")
+# a version is a URL path segment (/v2/models/NAME/versions/VERSION/infer): no '/', '?', '%', ...
+VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+# what sets the offered rate of the kinds that do not read arrival.rate
+RATE_SET_BY = {
+    "bursty": "arrival.high_rate, arrival.low_rate, arrival.high_dwell_s and arrival.low_dwell_s",
+    "closed": "arrival.users and arrival.think_s",
+    "trace": "the trace file (arrival.path) and arrival.time_scale",
+}
+
+T = TypeVar("T")
+
+
+def setting(default: T, help: str) -> T:
+    """A schema field with its help text: the help lives beside the key it documents."""
+    if isinstance(default, (list, dict)):
+        frozen = copy.deepcopy(default)
+        return cast(T, field(default_factory=lambda: copy.deepcopy(frozen), metadata={"help": help}))
+    return cast(T, field(default=default, metadata={"help": help}))
 
 
 @dataclass
 class ArrivalConfig:
-    kind: str = "poisson"
-    rate: float = 200.0  # mean offered rate, req/s (poisson, constant; diurnal base)
-    users: int = 1000  # distinct user ids (open loop) or concurrent users (closed)
-    # bursty: a two-state Markov-modulated Poisson process
-    high_rate: float = 400.0
-    low_rate: float = 100.0
-    high_dwell_s: float = 2.0
-    low_dwell_s: float = 2.0
-    # diurnal: rate * (1 + amplitude * sin(2 pi t / period_s))
-    amplitude: float = 0.5
-    period_s: float = 60.0
-    # trace: replay timestamps (column `arrival_s`, optional `user_id`) from CSV or Parquet
-    path: str = ""
-    time_scale: float = 1.0
-    # closed: `users` users, each waits for its answer then thinks (exponential, mean think_s)
-    think_s: float = 0.1
+    kind: str = setting("poisson", f"{' | '.join(ARRIVAL_KINDS)}: how requests arrive (each kind reads the keys marked with it)")
+    rate: float = setting(200.0, "mean offered rate, req/s (poisson, constant; diurnal: the base rate)")
+    users: int = setting(1000, "distinct user ids (open loop) or users (closed)")
+    high_rate: float = setting(400.0, "bursty (a two-state Markov-modulated Poisson process): rate in the high state, req/s")
+    low_rate: float = setting(100.0, "bursty: rate in the low state, req/s")
+    high_dwell_s: float = setting(2.0, "bursty: mean (exponential) time in the high state, s")
+    low_dwell_s: float = setting(2.0, "bursty: mean (exponential) time in the low state, s")
+    amplitude: float = setting(0.5, "diurnal: rate * (1 + amplitude * sin(2 pi t / period_s)), in [0, 1]")
+    period_s: float = setting(60.0, "diurnal: period of the sine, s")
+    path: str = setting("", "trace: CSV or Parquet file, column arrival_s (seconds, sorted), optional user_id (integers >= 0)")
+    time_scale: float = setting(1.0, "trace: every arrival_s is multiplied by this (0.5 = twice as fast)")
+    think_s: float = setting(0.1, "closed: mean (exponential) think time between an answer and the user's next request, s")
 
 
 @dataclass
 class ServiceConfig:
-    kind: str = "lognormal"
-    base_s: float = 0.004  # mean time of a batch of B = base_s + per_item_s * B
-    per_item_s: float = 0.0005
-    cv: float = 0.2  # lognormal coefficient of variation
-    profile: str = ""  # empirical: a profile file written by mode=profile
-    # 0: every model instance has its own device (an accelerator). N: batches of all replicas
-    # share N CPU cores, as numpy replicas do on this machine; a batch waits for a free core.
-    shared_cores: int = 0
+    kind: str = setting("lognormal", "deterministic | exponential | lognormal (cv) | empirical (profile): the service-time model")
+    base_s: float = setting(0.004, "mean time of a batch of B = base_s + per_item_s * B, s")
+    per_item_s: float = setting(0.0005, "per-item part of a batch's mean time, s")
+    cv: float = setting(0.2, "lognormal: coefficient of variation of the service time")
+    profile: str = setting("", "empirical: a profile file written by mode=profile, whose measured times are replayed")
+    shared_cores: int = setting(0, "0: a device per model instance (accelerator); N: batches of all replicas share N CPU cores (numpy)")
 
 
 @dataclass
@@ -55,67 +73,67 @@ class OverheadConfig:
     """Time a request spends outside the replica's queue and model: client, gateway, network,
     (de)serialisation. Zero is the ideal stack; mode=profile measures the real one."""
 
-    before_s: float = 0.0  # intended send -> enqueued at the replica
-    after_s: float = 0.0  # model done -> answer at the client
-    profile: str = ""  # a profile file: replay its measured overhead samples instead
+    before_s: float = setting(0.0, "time from the intended send to enqueued at the replica, s")
+    after_s: float = setting(0.0, "time from the model done to the answer at the client, s")
+    profile: str = setting("", "a profile file: replay its measured overheads instead (mode=compare: its calibration)")
 
 
 @dataclass
 class LbConfig:
-    policy: str = "p2c"
-    weights: list[float] = field(default_factory=list)  # weighted: one per replica
+    policy: str = setting("p2c", "random | round_robin | least_outstanding | p2c (power of two choices) | weighted")
+    weights: list[float] = setting([], "weighted: one weight per replica (only lb.policy=weighted reads them)")
 
 
 @dataclass
 class BatchingConfig:
-    max_batch_size: int = 16
-    max_queue_delay_s: float = 0.005
-    max_queue_size: int = 0  # 0 = unbounded, as in Triton
+    max_batch_size: int = setting(16, "largest batch a model instance runs; 1 = batching off")
+    max_queue_delay_s: float = setting(0.005, "how long the oldest request may wait for a fuller batch, s")
+    max_queue_size: int = setting(0, "queue bound per replica: a request arriving at a full queue is shed (real: 503 + Retry-After); 0 = unbounded")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "digits"
-    backend: str = "emulated"
-    versions: list[str] = field(default_factory=lambda: ["1"])  # replica r serves versions[r % len]
+    name: str = setting("digits", "the model served (a digits classifier)")
+    backend: str = setting("emulated", "numpy (a real classifier on the CPU) | emulated (an accelerator whose device time follows service.*)")
+    versions: list[str] = setting(["1"], f"versions deployed, replica r serves versions[r % len]; each {VERSION_PATTERN}")
 
 
 @dataclass
 class GatewayConfig:
-    host: str = "127.0.0.1"
-    port: int = 0  # 0 = a free port
-    hop_s: float = 0.0  # one-way network delay gateway <-> replica (twin)
-    version_weights: list[float] = field(default_factory=list)  # empty = share by replica count
-    sticky: bool = False  # a user always lands on the same version (A/B assignment)
+    host: str = setting("127.0.0.1", "where the real gateway listens")
+    port: int = setting(0, "the real gateway's port (0 = a free port)")
+    hop_s: float = setting(0.0, "one-way network delay gateway <-> replica (twin), s")
+    version_weights: list[float] = setting([], "traffic share per version (empty: by replica count)")
+    sticky: bool = setting(False, "a user always lands on the same version (A/B assignment by user id)")
 
 
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"
-    token: str = ""  # bearer token for control endpoints; empty = generated per run
-    max_body_bytes: int = 1_048_576
+    host: str = setting("127.0.0.1", "where the real model servers listen")
+    token: str = setting("", "bearer token for the control endpoints (empty: generated per run)")
+    max_body_bytes: int = setting(1_048_576, "largest request body the gateway and servers accept (larger: HTTP 413), bytes")
 
 
 @dataclass
 class LoadgenConfig:
-    workers: int = 1
-    max_lag_p99_s: float = 0.005  # a run whose send lag p99 passes this is flagged invalid
-    dispatch: str = "dispatcher"  # dispatcher (one greenlet sleeps to each send) | timers (a timer per request)
-    remote_workers: int = 0  # of `workers`, how many you start yourself on other hosts (README)
-    master_bind_host: str = "127.0.0.1"  # where the Locust master listens for workers
+    workers: int = setting(1, "Locust worker processes (> 1: distributed mode, one master)")
+    max_lag_p99_s: float = setting(0.005, "a run whose send lag p99 passes this is flagged invalid (exit 3), s")
+    dispatch: str = setting("dispatcher", "dispatcher (one greenlet sleeps to each send) | timers (a timer per request)")
+    remote_workers: int = setting(0, "of loadgen.workers, how many you start yourself on other hosts (see README)")
+    master_bind_host: str = setting("127.0.0.1", "where the Locust master listens for workers")
 
 
 @dataclass
 class ScenarioConfig:
     """What the twin needs to run a scenario; the CLI's config extends it."""
 
-    seed: int = 0
-    duration_s: float = 10.0
-    warmup_s: float = 1.0
-    replicas: int = 2
-    concurrency: int = 1
-    timeout_s: float = 5.0  # client deadline; 0 = none
-    window_s: float = 1.0  # time-series window
+    seed: int = setting(0, "one seed: independent random streams for arrivals, users, service, routing, overheads")
+    duration_s: float = setting(10.0, "requests are sent in [0, duration_s), s")
+    warmup_s: float = setting(1.0, "summaries count the requests sent at or after warmup_s, s")
+    replicas: int = setting(2, "model-server replicas")
+    concurrency: int = setting(1, "model instances per replica sharing its queue (Triton's instance count)")
+    timeout_s: float = setting(5.0, "client deadline: unanswered by then = timeout (0 = none), s")
+    window_s: float = setting(1.0, "time-series window, s")
     arrival: ArrivalConfig = field(default_factory=ArrivalConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     lb: LbConfig = field(default_factory=LbConfig)
@@ -125,6 +143,40 @@ class ScenarioConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     loadgen: LoadgenConfig = field(default_factory=LoadgenConfig)
+
+
+@dataclass(frozen=True)
+class KeyHelp:
+    """One config key as --help and README show it."""
+
+    key: str  # dotted, as typed on the command line
+    default: Any
+    help: str
+
+
+def schema_help(schema: type, prefix: str = "") -> list[KeyHelp]:
+    """Every leaf key of a schema dataclass, in declaration order, with its default and help."""
+    out: list[KeyHelp] = []
+    for f in fields(schema):
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        if is_dataclass(default):
+            out.extend(schema_help(type(default), f"{prefix}{f.name}."))
+        else:
+            out.append(KeyHelp(f"{prefix}{f.name}", default, str(f.metadata.get("help", ""))))
+    return out
+
+
+def format_value(value: Any) -> str:
+    """A value as a user types it on the command line (lists as JSON, "" for empty)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return value if value else '""'
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), separators=(",", ":"))
+    return str(value)
 
 
 class ConfigError(ValueError):
@@ -144,28 +196,42 @@ def _choice(value: str, key: str, allowed: tuple[str, ...] | list[str]) -> None:
     _require(value in allowed, key, f"{value!r} is not allowed; use one of {', '.join(allowed)}")
 
 
+def _finite(value: float, key: str, bound: str) -> None:
+    """inf and nan compare in surprising ways (inf > 0 holds): name them before the range."""
+    _require(math.isfinite(value), key, f"must be a finite number {bound}, got {value}")
+
+
 def _positive(value: float, key: str) -> None:
-    _require(math.isfinite(value) and value > 0, key, f"must be > 0, got {value}")
+    _finite(value, key, "> 0")
+    _require(value > 0, key, f"must be > 0, got {value}")
 
 
 def _non_negative(value: float, key: str) -> None:
-    _require(math.isfinite(value) and value >= 0, key, f"must be >= 0, got {value}")
+    _finite(value, key, ">= 0")
+    _require(value >= 0, key, f"must be >= 0, got {value}")
 
 
-def validate(cfg: ScenarioConfig) -> None:
-    """Raise ConfigError for the first value that cannot run. Called before anything starts."""
-    from sim.policy.lb import LB_POLICIES
+def _weights(values: list[float], key: str, count: int, per: str) -> None:
+    _require(len(values) == count, key, f"needs one weight per {per} ({count}), got {len(values)}")
+    _require(all(math.isfinite(x) and x >= 0 for x in values) and sum(values) > 0, key,
+             f"must be finite numbers >= 0 with a positive sum, got {list(values)}")
 
-    _non_negative(cfg.seed, "seed")
-    _positive(cfg.duration_s, "duration_s")
-    _non_negative(cfg.warmup_s, "warmup_s")
-    _require(cfg.warmup_s < cfg.duration_s, "warmup_s", f"must be < duration_s ({cfg.duration_s}), got {cfg.warmup_s}")
-    _require(cfg.replicas >= 1, "replicas", f"must be >= 1, got {cfg.replicas}")
-    _require(cfg.concurrency >= 1, "concurrency", f"must be >= 1, got {cfg.concurrency}")
-    _non_negative(cfg.timeout_s, "timeout_s")
-    _positive(cfg.window_s, "window_s")
 
-    a = cfg.arrival
+def _validate_versions(versions: list[str], replicas: int) -> None:
+    """Versions are URL path segments (/v2/models/NAME/versions/V) and keys of per-version
+    figures: each must be distinct and need no escaping."""
+    _require(len(versions) >= 1, "model.versions", "needs at least one version")
+    seen: set[str] = set()
+    for v in versions:
+        _require(re.fullmatch(VERSION_PATTERN, v) is not None, "model.versions",
+                 f"{v!r} cannot be a URL path segment; use {VERSION_PATTERN} (a letter or digit, then letters, digits, '_', '.', '-')")
+        _require(v not in seen, "model.versions", f"{v!r} appears twice in {list(versions)}; versions must be distinct")
+        seen.add(v)
+    _require(len(versions) <= replicas, "model.versions",
+             f"{len(versions)} versions need at least as many replicas, got replicas={replicas}")
+
+
+def _validate_arrival(a: ArrivalConfig) -> None:
     _choice(a.kind, "arrival.kind", ARRIVAL_KINDS)
     _require(a.users >= 1, "arrival.users", f"must be >= 1, got {a.users}")
     if a.kind in ("poisson", "constant", "diurnal"):
@@ -184,6 +250,8 @@ def validate(cfg: ScenarioConfig) -> None:
     if a.kind == "closed":
         _non_negative(a.think_s, "arrival.think_s")
 
+
+def _validate_service(cfg: ScenarioConfig) -> None:
     s = cfg.service
     _choice(s.kind, "service.kind", SERVICE_KINDS)
     _non_negative(s.base_s, "service.base_s")
@@ -197,11 +265,38 @@ def validate(cfg: ScenarioConfig) -> None:
     _non_negative(cfg.overhead.before_s, "overhead.before_s")
     _non_negative(cfg.overhead.after_s, "overhead.after_s")
 
+
+def _validate_routing(cfg: ScenarioConfig) -> None:
+    from sim.policy.lb import LB_POLICIES
+
     _choice(cfg.lb.policy, "lb.policy", sorted(LB_POLICIES))
     if cfg.lb.policy == "weighted":
-        w = cfg.lb.weights
-        _require(len(w) == cfg.replicas, "lb.weights", f"needs one weight per replica ({cfg.replicas}), got {len(w)}")
-        _require(all(x >= 0 for x in w) and sum(w) > 0, "lb.weights", "must be >= 0 with a positive sum")
+        _weights(cfg.lb.weights, "lb.weights", cfg.replicas, "replica")
+    else:  # silently ignoring them would run a different experiment than the one asked for
+        _require(not cfg.lb.weights, "lb.weights",
+                 f"only lb.policy=weighted reads weights, got lb.policy={cfg.lb.policy} with {list(cfg.lb.weights)}; "
+                 "drop lb.weights or set lb.policy=weighted")
+    _validate_versions(list(cfg.model.versions), cfg.replicas)
+    if cfg.gateway.version_weights:
+        _weights(cfg.gateway.version_weights, "gateway.version_weights", len(cfg.model.versions), "version")
+    _non_negative(cfg.gateway.hop_s, "gateway.hop_s")
+
+
+def validate(cfg: ScenarioConfig) -> None:
+    """Raise ConfigError for the first value that cannot run. Called before anything starts.
+
+    Pure: reads no files (the CLI's pre-flight checks trace and profile files on top)."""
+    _non_negative(cfg.seed, "seed")
+    _positive(cfg.duration_s, "duration_s")
+    _non_negative(cfg.warmup_s, "warmup_s")
+    _require(cfg.warmup_s < cfg.duration_s, "warmup_s", f"must be < duration_s ({cfg.duration_s}), got {cfg.warmup_s}")
+    _require(cfg.replicas >= 1, "replicas", f"must be >= 1, got {cfg.replicas}")
+    _require(cfg.concurrency >= 1, "concurrency", f"must be >= 1, got {cfg.concurrency}")
+    _non_negative(cfg.timeout_s, "timeout_s")
+    _positive(cfg.window_s, "window_s")
+    _validate_arrival(cfg.arrival)
+    _validate_service(cfg)
+    _validate_routing(cfg)
 
     b = cfg.batching
     _require(b.max_batch_size >= 1, "batching.max_batch_size", f"must be >= 1, got {b.max_batch_size}")
@@ -209,24 +304,24 @@ def validate(cfg: ScenarioConfig) -> None:
     _require(b.max_queue_size >= 0, "batching.max_queue_size", f"must be >= 0 (0 = unbounded), got {b.max_queue_size}")
 
     _choice(cfg.model.backend, "model.backend", BACKENDS)
-    _require(len(cfg.model.versions) >= 1, "model.versions", "needs at least one version")
-    _require(
-        len(cfg.model.versions) <= cfg.replicas,
-        "model.versions",
-        f"{len(cfg.model.versions)} versions need at least as many replicas, got replicas={cfg.replicas}",
-    )
-    vw = cfg.gateway.version_weights
-    if vw:
-        _require(len(vw) == len(cfg.model.versions), "gateway.version_weights", f"needs one weight per version ({len(cfg.model.versions)}), got {len(vw)}")
-        _require(all(x >= 0 for x in vw) and sum(vw) > 0, "gateway.version_weights", "must be >= 0 with a positive sum")
-    _non_negative(cfg.gateway.hop_s, "gateway.hop_s")
     _require(0 <= cfg.gateway.port < 65536, "gateway.port", f"must be in [0, 65535], got {cfg.gateway.port}")
+    _require(cfg.server.max_body_bytes >= 1, "server.max_body_bytes", f"must be >= 1, got {cfg.server.max_body_bytes}")
     lg = cfg.loadgen
     _require(lg.workers >= 1, "loadgen.workers", f"must be >= 1, got {lg.workers}")
     _choice(lg.dispatch, "loadgen.dispatch", LOADGEN_DISPATCH)
     _require(0 <= lg.remote_workers < lg.workers, "loadgen.remote_workers",
              f"must be in [0, loadgen.workers - 1] ({lg.workers - 1}): the master's host runs one worker at least; got {lg.remote_workers}")
     _positive(cfg.loadgen.max_lag_p99_s, "loadgen.max_lag_p99_s")
+
+
+def validate_explicit(cfg: ScenarioConfig, explicit: set[str]) -> None:
+    """Keys the user typed that this config would silently ignore.
+
+    Only the command line knows what was typed (arrival.rate has a default of 200, so its value
+    cannot tell): the CLI passes the keys of the user's overrides."""
+    kind = cfg.arrival.kind
+    if "arrival.rate" in explicit and kind in RATE_SET_BY:
+        raise ConfigError("arrival.rate", f"arrival.kind={kind} ignores arrival.rate; its rate is set by {RATE_SET_BY[kind]}")
 
 
 def to_plain(obj: Any) -> Any:

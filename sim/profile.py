@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,18 +77,79 @@ class Profile:
                 "overhead_by_rate": self.overhead_by_rate, "meta": self.meta}
 
 
-def load_profile(path: str) -> Profile:
+PROFILE_HINT = "write one with mode=profile"
+
+
+def _samples(value: Any, where: str, path: str, key: str, low: float = 0.0) -> list[float]:
+    """A non-empty list of finite seconds >= low, or a ConfigError saying which field is wrong.
+
+    Overhead hops are differences of clocks and may dip below 0 (low=-inf); device times may not."""
+    ok = isinstance(value, list) and len(value) > 0 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= low for x in value)
+    if not ok:
+        bound = "finite seconds" if low == -math.inf else f"seconds >= {low:g}"
+        raise ConfigError(key, f"profile {path}: {where} must be a non-empty list of {bound}")
+    return [float(x) for x in value]
+
+
+def _batch_size(b: str, path: str, key: str) -> int:
+    if not (isinstance(b, str) and b.isdigit() and int(b) >= 1):
+        raise ConfigError(key, f"profile {path}: times_s keys must be batch sizes >= 1, got {b!r}")
+    return int(b)
+
+
+def _read_json(path: str, key: str) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(key, f"profile {path} is a directory; give the JSON file mode=profile wrote")
+    if not p.exists():
+        raise ConfigError(key, f"profile file not found: {path}")
     if not p.is_file():
-        raise ConfigError("service.profile", f"profile file not found: {path}")
+        raise ConfigError(key, f"profile {path} is not a regular file; give the JSON file mode=profile wrote")
     try:
-        raw = json.loads(p.read_text())
-        return Profile(
-            times_s={int(b): list(v) for b, v in raw["times_s"].items()},
-            overheads_s={str(k): [float(x) for x in v] for k, v in raw.get("overheads_s", {}).items()},
-            meta=dict(raw.get("meta", {})),
-            overhead_by_rate=[{"rate": float(p["rate"]), "total_s": [float(x) for x in p["total_s"]]}
-                              for p in raw.get("overhead_by_rate", [])],
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError("service.profile", f"cannot read profile {path}: {exc}") from exc
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read profile {path}: {exc}") from exc
+    if not text.strip():
+        raise ConfigError(key, f"profile {path} is empty; {PROFILE_HINT}")
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(key, f"profile {path} is not JSON ({exc}); {PROFILE_HINT}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(key, f"profile {path} must be a JSON object, got {type(raw).__name__}; {PROFILE_HINT}")
+    return raw
+
+
+def _parse(raw: dict[str, Any], path: str, key: str) -> Profile:
+    """The fields the twin reads, checked one by one (a bare KeyError names no file)."""
+    times = raw.get("times_s")
+    if not isinstance(times, dict) or not times:
+        raise ConfigError(key, f"profile {path} needs 'times_s': batch size -> measured seconds; {PROFILE_HINT}")
+    overheads = raw.get("overheads_s", {})
+    by_rate = raw.get("overhead_by_rate", [])
+    meta = raw.get("meta", {})
+    if not isinstance(overheads, dict) or not isinstance(by_rate, list) or not isinstance(meta, dict):
+        raise ConfigError(key, f"profile {path}: overheads_s and meta must be objects, overhead_by_rate a list")
+    if not all(isinstance(p, dict) and isinstance(p.get("rate"), (int, float)) and math.isfinite(p["rate"]) for p in by_rate):
+        raise ConfigError(key, f"profile {path}: each overhead_by_rate entry needs a finite 'rate' and 'total_s' samples")
+    return Profile(
+        times_s={_batch_size(b, path, key): _samples(v, f"times_s[{b}]", path, key) for b, v in times.items()},
+        overheads_s={str(k): _samples(v, f"overheads_s[{k}]", path, key, -math.inf) for k, v in overheads.items()},
+        meta=dict(meta),
+        overhead_by_rate=[{"rate": float(p["rate"]), "total_s": _samples(p.get("total_s"), "overhead_by_rate total_s", path, key, -math.inf)}
+                          for p in by_rate],
+    )
+
+
+def load_profile(path: str, key: str = "service.profile") -> Profile:
+    """A profile file, validated; `key` is the config key that named it, for the error."""
+    return _parse(_read_json(path, key), path, key)
+
+
+def check_overheads(profile: Profile, path: str, key: str = "overhead.profile") -> None:
+    """A profile named to replay overheads must hold some, else the twin would silently run
+    with the constant overhead.before_s/after_s."""
+    if not profile.overhead_by_rate and not {"before_s", "after_s"} & set(profile.overheads_s):
+        raise ConfigError(key, f"profile {path} has no overhead samples (overhead_by_rate, or overheads_s "
+                               f"before_s/after_s) to replay; {PROFILE_HINT}")
