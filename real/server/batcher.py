@@ -1,10 +1,13 @@
-"""The replica's dynamic batcher: the twin's `DynamicBatcher.decide` driven from asyncio.
+"""The replica's dynamic batcher: the twin's `ReplicaQueue` driven from asyncio.
 
-The rule itself lives in `sim.policy.batching` and is never restated here; this module only
-owns the queue, the model instances (`concurrency` threads taking batches from the one queue,
-as Triton's instance group) and the clocks. Like the twin's `_try_dispatch`, `_pump` is a plain
-function called whenever something changes (an arrival, an instance freed, the delay timer),
-rather than a long-lived task, so a dispatch costs no extra event-loop wake-up.
+Every serving decision between a request reaching the replica and its batch starting on a model
+instance (shed at max_queue_size, drop requests whose deadline passed, which requests form a
+batch and when, how many batches run at once) is `sim.policy.replica_queue.ReplicaQueue`'s, the
+very object the twin drives from SimPy. This module only moves time and bytes around it: it
+reads the clock, arms a timer for the batching delay, hands batches to model instances and
+answers each request's future. Like the twin, `_pump` is a plain function called whenever
+something changes (an arrival, an instance freed, the delay timer), rather than a long-lived
+task, so a dispatch costs no extra event-loop wake-up.
 
 Batch size counts rows, as in Triton: a request of n rows fills n slots of `max_batch_size`;
 `max_queue_size` counts requests.
@@ -13,9 +16,12 @@ Every dispatched batch gets an id from a per-replica counter, handed back with e
 result: the client's only reliable way to tell which requests shared a batch (two batches can
 report the same device time, so the timings alone cannot say).
 
-Timers: asyncio/uvloop round timers to ~1 ms, which is a 20% error on a 5 ms max_queue_delay.
-The delay timer and the emulated device time therefore run on threads that sleep with the
-kernel's ns-resolution clock and hand back with `call_soon_threadsafe`.
+Time, the timer and the instances are injected (`clock`, `timer`, `instances`), so a test can
+run the batcher on a fake clock with a fake device, in process and deterministically
+(tests/test_differential.py). The defaults are the production ones: asyncio/uvloop round timers
+to ~1 ms, a 20% error on a 5 ms max_queue_delay, so the delay timer and the emulated device time
+run on threads that sleep with the kernel's ns-resolution clock and hand back with
+`call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -25,17 +31,18 @@ import math
 import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 from real.server.backends import Backend
 from real.server.protocol import InferRequest, InferResult
-from sim.policy.batching import Dispatch, DynamicBatcher
+from sim.policy.batching import DynamicBatcher
+from sim.policy.replica_queue import ReplicaQueue
 
-clock = time.perf_counter  # the one server clock: monotonic, ns resolution
+Clock = Callable[[], float]
+clock: Clock = time.perf_counter  # the one server clock: monotonic, ns resolution
 
 
 class QueueFull(Exception):
@@ -52,10 +59,38 @@ class BackendFailed(Exception):
 
 @dataclass(slots=True, eq=False)
 class Pending:
+    """A queued request: the `ReplicaQueue`'s item (compared by identity)."""
+
     req: InferRequest
     enqueued_s: float
-    deadline_s: float
     future: asyncio.Future[InferResult]
+
+
+Batch = list[Pending]
+# (batch_id, batch, outputs or None, error or None, start_s, end_s): a batch finished on an instance
+Done = Callable[[int, Batch, dict[str, np.ndarray] | None, BaseException | None, float, float], None]
+
+
+class Timer(Protocol):
+    """A one-shot alarm: after `arm(at_s)` the callback runs on the loop once the clock reaches
+    the earliest armed time (a later arm never postpones an earlier one)."""
+
+    def arm(self, at_s: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Instances(Protocol):
+    """Where dispatched batches run. The queue never has more batches out than instances, so
+    `submit` always finds one idle; each finished batch is reported to `done` on the loop."""
+
+    def submit(self, batch_id: int, batch: Batch, x: np.ndarray, planned: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+TimerFactory = Callable[[asyncio.AbstractEventLoop, Callable[[], None], Clock], Timer]
+InstancesFactory = Callable[[Backend, int, asyncio.AbstractEventLoop, Done, Clock], Instances]
 
 
 @dataclass
@@ -81,9 +116,10 @@ class PreciseTimer:
     worst instead of the event loop's ~1 ms rounding.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None], clock: Clock = clock) -> None:
         self._loop = loop
         self._callback = callback
+        self._clock = clock
         self._cond = threading.Condition()
         self._at = math.inf
         self._stopped = False
@@ -107,7 +143,7 @@ class PreciseTimer:
                 if self._at == math.inf:
                     self._cond.wait()
                     continue
-                delay = self._at - clock()
+                delay = self._at - self._clock()
                 if delay > 0:
                     self._cond.wait(delay)
                     continue
@@ -118,7 +154,7 @@ class PreciseTimer:
                     return
 
 
-def run_batch(backend: Backend, x: np.ndarray, planned: float) -> tuple[dict[str, np.ndarray] | None, BaseException | None, float, float]:
+def run_batch(backend: Backend, x: np.ndarray, planned: float, clock: Clock = clock) -> tuple[dict[str, np.ndarray] | None, BaseException | None, float, float]:
     """(outputs, error, start, end) of one batch; a model failure fails its batch, never the replica."""
     start = clock()
     try:
@@ -127,56 +163,61 @@ def run_batch(backend: Backend, x: np.ndarray, planned: float) -> tuple[dict[str
         return None, exc, start, clock()
 
 
-class _Instance:
-    """One model instance: a thread that runs one batch at a time."""
+class InstanceThreads:
+    """`count` model instances as threads taking batches from one job queue (Triton's instance
+    group): any idle thread takes the next batch, so no per-instance bookkeeping is needed."""
 
-    def __init__(self, index: int, backend: Backend, loop: asyncio.AbstractEventLoop, done: Callable[..., None]) -> None:
-        self.index = index
+    def __init__(self, backend: Backend, count: int, loop: asyncio.AbstractEventLoop, done: Done, clock: Clock = clock) -> None:
         self._backend = backend
         self._loop = loop
         self._done = done
-        self._jobs: queue.SimpleQueue[tuple[int, list[Pending], np.ndarray, float] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"instance-{index}", daemon=True)
-        self._thread.start()
+        self._clock = clock
+        self._jobs: queue.SimpleQueue[tuple[int, Batch, np.ndarray, float] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"instance-{i}", daemon=True) for i in range(count)]
+        for t in self._threads:
+            t.start()
 
-    def submit(self, batch_id: int, batch: list[Pending], x: np.ndarray, planned: float) -> None:
+    def submit(self, batch_id: int, batch: Batch, x: np.ndarray, planned: float) -> None:
         self._jobs.put((batch_id, batch, x, planned))
 
     def stop(self) -> None:
-        self._jobs.put(None)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout=2.0)
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             batch_id, batch, x, planned = job
             try:
-                self._loop.call_soon_threadsafe(self._done, self, batch_id, batch, *run_batch(self._backend, x, planned))
+                self._loop.call_soon_threadsafe(self._done, batch_id, batch, *run_batch(self._backend, x, planned, self._clock))
             except RuntimeError:  # loop closed during shutdown
                 return
 
 
-class _InlineInstance:
-    """A model instance that computes on the event loop: for models that take microseconds (the
+class InlineInstances:
+    """Model instances that compute on the event loop: for models that take microseconds (the
     digits classifiers), a thread hop and its cross-thread wake-up cost more than the model.
     The result is delivered on the next loop turn, as a thread's would be, so _pump never
     recurses into itself."""
 
-    def __init__(self, index: int, backend: Backend, loop: asyncio.AbstractEventLoop, done: Callable[..., None]) -> None:
-        self.index = index
+    def __init__(self, backend: Backend, count: int, loop: asyncio.AbstractEventLoop, done: Done, clock: Clock = clock) -> None:
         self._backend = backend
         self._loop = loop
         self._done = done
+        self._clock = clock
 
-    def submit(self, batch_id: int, batch: list[Pending], x: np.ndarray, planned: float) -> None:
-        self._loop.call_soon(self._done, self, batch_id, batch, *run_batch(self._backend, x, planned))
+    def submit(self, batch_id: int, batch: Batch, x: np.ndarray, planned: float) -> None:
+        self._loop.call_soon(self._done, batch_id, batch, *run_batch(self._backend, x, planned, self._clock))
 
     def stop(self) -> None:
         pass
 
-    def join(self, timeout: float) -> None:
-        pass
+
+def start_instances(backend: Backend, count: int, loop: asyncio.AbstractEventLoop, done: Done, clock: Clock = clock) -> Instances:
+    """Inline for backends that say so (`inline = True`), else one thread per instance."""
+    kind = InlineInstances if getattr(backend, "inline", False) else InstanceThreads
+    return kind(backend, count, loop, done, clock)
 
 
 class AsyncBatcher:
@@ -187,165 +228,162 @@ class AsyncBatcher:
         instances: int,
         max_queue_size: int = 0,
         on_batch: Callable[[int, float], None] | None = None,
+        *,
+        clock: Clock = clock,
+        timer: TimerFactory = PreciseTimer,
+        run_on: InstancesFactory = start_instances,
     ) -> None:
-        self.policy = policy
+        self.queue: ReplicaQueue[Pending] = ReplicaQueue(policy, instances, max_queue_size)
         self.backend = backend
-        self.n_instances = instances
-        self.max_queue_size = max_queue_size
+        self.clock = clock
         self.stats = BatchStats()
         self.batches = 0  # batches dispatched so far: the next batch's id
         self._on_batch = on_batch
-        self._queue: deque[Pending] = deque()
-        self._rows = 0
-        self._with_deadline = 0  # queued requests carrying a timeout: skip the purge scan when 0
-        self._free: list[_Instance] = []
-        self._instances: list[_Instance] = []
-        self._timer: PreciseTimer | None = None
+        self._make_timer = timer
+        self._make_instances = run_on
+        self._timer: Timer | None = None
+        self._instances: Instances | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the instance and timer threads; call from the event loop that will submit."""
+        """Start the instances and the timer; call from the event loop that will submit."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        kind = _InlineInstance if getattr(self.backend, "inline", False) else _Instance
-        self._instances = [kind(i, self.backend, loop, self._on_done) for i in range(self.n_instances)]
-        self._free = list(reversed(self._instances))
-        self._timer = PreciseTimer(loop, self._pump)
+        self._instances = self._make_instances(self.backend, self.queue.instances, loop, self._on_done, self.clock)
+        self._timer = self._make_timer(loop, self._pump, self.clock)
 
     def stop(self) -> None:
+        """Stop timer and instances; requests still waiting fail (the server is going away)."""
         if self._timer is not None:
             self._timer.stop()
-        for inst in self._instances:
-            inst.stop()
-        for inst in self._instances:
-            inst.join(timeout=2.0)
-        while self._queue:
-            p = self._queue.popleft()
+        if self._instances is not None:
+            self._instances.stop()
+        self._answer_expired()
+        for p in self.queue.drain():
             if not p.future.done():
                 p.future.set_exception(BackendFailed("server shutting down"))
-        self._rows = 0
 
     @property
     def queue_len(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     @property
     def busy(self) -> int:
-        return self.n_instances - len(self._free)
+        return self.queue.busy
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def submit(self, req: InferRequest, received_s: float) -> InferResult:
-        """Queue one request and wait for its slice of a batch.
+    def enqueue(self, req: InferRequest, received_s: float) -> Pending:
+        """Queue one request now; its future gets its slice of a batch.
 
-        Raises QueueFull (shed), DeadlineExceeded (timed out while queued) or BackendFailed.
+        Raises QueueFull (shed); the future may fail with DeadlineExceeded (the deadline,
+        received_s + req.timeout_s, passed while it waited) or BackendFailed.
         """
-        if self.max_queue_size and len(self._queue) >= self.max_queue_size:
+        assert self._loop is not None, "AsyncBatcher.enqueue before start"
+        now = self.clock()
+        pending = Pending(req, now, self._loop.create_future())
+        if not self.queue.offer(pending, now, req.n, received_s + req.timeout_s):
+            self._answer_expired()
             raise QueueFull()
-        assert self._loop is not None, "AsyncBatcher.submit before start"
-        fut: asyncio.Future[InferResult] = self._loop.create_future()
-        deadline = received_s + req.timeout_s
-        self._queue.append(Pending(req, clock(), deadline, fut))
-        self._rows += req.n
-        if deadline != math.inf:
-            self._with_deadline += 1
         self._pump()
-        return await fut
+        return pending
+
+    async def submit(self, req: InferRequest, received_s: float) -> InferResult:
+        """Queue one request and wait for its slice of a batch (see `enqueue`).
+
+        A client that goes away (this coroutine cancelled) takes its request out of the queue
+        at once, rather than leaving it to be skipped when its batch forms: the queue then never
+        counts a request nobody waits for, not against max_queue_size, not in the rows that
+        decide a batch, and a batch is never formed around a hole (so the ReplicaQueue stays the
+        only place a batch is decided, with the sizes it decided). `cancel` scans the queue,
+        which is fine for an event that only comes with a cancelled handler (shutdown, a client
+        that cancels); a request already in a batch runs, and its answer is dropped.
+        """
+        pending = self.enqueue(req, received_s)
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self.queue.cancel(pending)
+            raise
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def _purge(self, now: float) -> None:
-        """Drop queued requests that expired or whose client went away (at dispatch, as Triton)."""
-        keep: deque[Pending] = deque()
-        for p in self._queue:
-            if p.future.done():
-                self._forget(p)
-            elif p.deadline_s <= now:
-                self._forget(p)
-                p.future.set_exception(DeadlineExceeded())
-            else:
-                keep.append(p)
-        self._queue = keep
-
-    def _forget(self, p: Pending) -> None:
-        self._rows -= p.req.n
-        if p.deadline_s != math.inf:
-            self._with_deadline -= 1
-
     def _pump(self) -> None:
-        queue_ = self._queue
-        while self._free and queue_:
-            now = clock()
-            if self._with_deadline or queue_[0].future.done():
-                self._purge(now)
-                queue_ = self._queue
-                if not queue_:
-                    return
-            decision = self.policy.decide(self._rows, queue_[0].enqueued_s, now)
-            if decision.__class__ is not Dispatch:
-                assert self._timer is not None
-                self._timer.arm(decision.until_s)  # type: ignore[union-attr]
-                return
-            room = decision.size  # type: ignore[union-attr]
-            batch: list[Pending] = []
-            rows = 0
-            while queue_ and (not batch or rows + queue_[0].req.n <= room):
-                p = queue_.popleft()
-                self._forget(p)
-                if p.future.done():
-                    continue
-                batch.append(p)
-                rows += p.req.n
-            if not batch:
-                continue
-            x = batch[0].req.rows if len(batch) == 1 else np.concatenate([p.req.rows for p in batch])
-            inst = self._free.pop()
-            batch_id = self.batches
-            self.batches = batch_id + 1
-            inst.submit(batch_id, batch, x, self.backend.plan(rows))
+        """Ask the queue what to do now: start its batches, answer its expired requests, arm
+        the timer for its batching delay."""
+        q = self.queue
+        for batch in q.dispatch(self.clock()):
+            self._start_batch(batch)
+        if q.expired:
+            self._answer_expired()
+        if q.wake_s != math.inf:
+            assert self._timer is not None
+            self._timer.arm(q.wake_s)
+
+    def _answer_expired(self) -> None:
+        for p in self.queue.take_expired():
+            if not p.future.done():
+                p.future.set_exception(DeadlineExceeded())
+
+    def _start_batch(self, batch: Batch) -> None:
+        rows = sum(p.req.n for p in batch)
+        x = batch[0].req.rows if len(batch) == 1 else np.concatenate([p.req.rows for p in batch])
+        batch_id = self.batches
+        self.batches = batch_id + 1
+        assert self._instances is not None
+        self._instances.submit(batch_id, batch, x, self.backend.plan(rows))
 
     def _on_done(
         self,
-        inst: _Instance,
         batch_id: int,
-        batch: list[Pending],
+        batch: Batch,
         out: dict[str, np.ndarray] | None,
         err: BaseException | None,
         start: float,
         end: float,
     ) -> None:
-        self._free.append(inst)
-        size = sum(p.req.n for p in batch)
+        self.queue.finish()
         service_s = end - start
-        ns = int(service_s * 1e9)
         st = self.stats
         st.execution_count += 1
         st.last_inference_ms = int(time.time() * 1000)
         if err is not None or out is None:
-            st.fail += len(batch)
-            st.fail_ns += ns * len(batch)
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(BackendFailed(f"model failed: {err!r}"))
+            self._fail_batch(batch, err, service_s)
         else:
-            entry = st.by_batch.setdefault(size, [0, 0])
-            entry[0] += 1
-            entry[1] += ns
-            st.inference_count += size
-            offset = 0
-            for p in batch:
-                n = p.req.n
-                queue_s = start - p.enqueued_s
-                st.success += 1
-                st.success_ns += ns
-                st.queue_count += 1
-                st.queue_ns += int(queue_s * 1e9)
-                if not p.future.done():
-                    sliced = {k: v[offset : offset + n] for k, v in out.items()}
-                    p.future.set_result(InferResult(sliced, queue_s, service_s, size, batch_id))
-                offset += n
-            if self._on_batch is not None:
-                self._on_batch(size, service_s)
+            self._answer_batch(batch_id, batch, out, start, service_s)
         self._pump()
+
+    def _fail_batch(self, batch: Batch, err: BaseException | None, service_s: float) -> None:
+        st = self.stats
+        ns = int(service_s * 1e9)
+        st.fail += len(batch)
+        st.fail_ns += ns * len(batch)
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(BackendFailed(f"model failed: {err!r}"))
+
+    def _answer_batch(self, batch_id: int, batch: Batch, out: dict[str, np.ndarray], start: float, service_s: float) -> None:
+        """Each member's slice of the outputs, and the Triton statistics of the batch."""
+        size = sum(p.req.n for p in batch)
+        ns = int(service_s * 1e9)
+        st = self.stats
+        entry = st.by_batch.setdefault(size, [0, 0])
+        entry[0] += 1
+        entry[1] += ns
+        st.inference_count += size
+        offset = 0
+        for p in batch:
+            n = p.req.n
+            queue_s = start - p.enqueued_s
+            st.success += 1
+            st.success_ns += ns
+            st.queue_count += 1
+            st.queue_ns += int(queue_s * 1e9)
+            if not p.future.done():
+                sliced = {k: v[offset : offset + n] for k, v in out.items()}
+                p.future.set_result(InferResult(sliced, queue_s, service_s, size, batch_id))
+            offset += n
+        if self._on_batch is not None:
+            self._on_batch(size, service_s)
