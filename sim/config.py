@@ -92,10 +92,50 @@ class BatchingConfig:
 
 
 @dataclass
+class VersionConfig:
+    """One model version and what is particular to it. In model.versions an entry is either
+    its name alone (`1`) or a mapping with these keys (`{name: 2, service_factor: 1.5}`)."""
+
+    name: str
+    service_factor: float = 1.0  # its device time is service.* times this (a slower canary)
+
+
+@dataclass
 class ModelConfig:
     name: str = setting("digits", "the model served (a digits classifier)")
     backend: str = setting("emulated", "numpy (a real classifier on the CPU) | emulated (an accelerator whose device time follows service.*)")
-    versions: list[str] = setting(["1"], f"versions deployed, replica r serves versions[r % len]; each {VERSION_PATTERN}")
+    # list[Any]: an entry is a name or a VersionConfig mapping; read it through version_specs()
+    versions: list[Any] = setting(["1"], f"versions deployed, initially replica r serves versions[r % len]; an entry is a name ({VERSION_PATTERN}) or {{name: N, service_factor: F}} (its device time x F)")
+
+
+def version_specs(model: ModelConfig) -> list[VersionConfig]:
+    """model.versions as VersionConfig objects: the one reader of that key's two spellings."""
+    known = {f.name for f in fields(VersionConfig)}
+    specs: list[VersionConfig] = []
+    for i, entry in enumerate(model.versions):
+        if isinstance(entry, (str, int)) and not isinstance(entry, bool):
+            specs.append(VersionConfig(str(entry)))
+            continue
+        if is_dataclass(entry) and isinstance(entry, VersionConfig):
+            specs.append(entry)
+            continue
+        if not isinstance(entry, dict):
+            raise ConfigError("model.versions", f"entry {i} must be a name or a mapping with keys {', '.join(sorted(known))}, got {entry!r}")
+        unknown = set(map(str, entry)) - known
+        if unknown:
+            raise ConfigError("model.versions", f"entry {i}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}")
+        if "name" not in entry:
+            raise ConfigError("model.versions", f"entry {i} needs a name")
+        try:
+            factor = float(entry.get("service_factor", 1.0))
+        except (TypeError, ValueError):
+            raise ConfigError("model.versions", f"entry {i}: service_factor must be a number, got {entry['service_factor']!r}") from None
+        specs.append(VersionConfig(str(entry["name"]), factor))
+    return specs
+
+
+def version_names(model: ModelConfig) -> list[str]:
+    return [v.name for v in version_specs(model)]
 
 
 @dataclass
@@ -105,6 +145,17 @@ class GatewayConfig:
     hop_s: float = setting(0.0, "one-way network delay gateway <-> replica (twin), s")
     version_weights: list[float] = setting([], "traffic share per version (empty: by replica count)")
     sticky: bool = setting(False, "a user always lands on the same version (A/B assignment by user id)")
+    connections_per_replica: int = setting(256, "keep-alive connections the real gateway may hold open to each replica")
+    upstream_timeout_s: float = setting(0.0, "the real gateway gives up on a replica's answer after this (HTTP 504), s; 0 = timeout_s, or 60 s when that is 0 too")
+
+
+@dataclass
+class HealthConfig:
+    probe_interval_s: float = setting(0.5, "the gateway probes each replica's readiness this often (the twin simulates the probes), s")
+    probe_timeout_s: float = setting(1.0, "a probe unanswered by then counts as failed, s")
+    failure_threshold: int = setting(2, "failed probes or requests in a row that eject a replica (a refused connection ejects at once)")
+    success_threshold: int = setting(1, "passing probes in a row that bring an ejected replica back")
+    retries: int = setting(1, "times the gateway retries a request on another replica when nothing came back (refused, or the connection dropped)")
 
 
 @dataclass
@@ -121,6 +172,13 @@ class LoadgenConfig:
     dispatch: str = setting("dispatcher", "dispatcher (one greenlet sleeps to each send) | timers (a timer per request)")
     remote_workers: int = setting(0, "of loadgen.workers, how many you start yourself on other hosts (see README)")
     master_bind_host: str = setting("127.0.0.1", "where the Locust master listens for workers")
+    max_connections: int = setting(2000, "open connections per worker: a request waits for a free one only beyond this many in flight")
+    start_lead_s: float = setting(0.5, "the schedule's time 0 is this long after the master says go, so every worker hears it in time, s")
+    drain_s: float = setting(30.0, "with no client deadline (timeout_s=0): how long workers wait for the last answers after the last send, s")
+    start_timeout_s: float = setting(60.0, "the load must start within this (Locust imports, workers connect), else the run stops, s")
+    remote_start_timeout_s: float = setting(600.0, "loadgen.start_timeout_s when loadgen.remote_workers > 0 (started by hand elsewhere), s")
+    stop_grace_s: float = setting(10.0, "a stopped worker has this long to write its records before it is killed, s")
+    nice: int = setting(-10, "the generator's CPU priority, -20..19 (lower: it preempts the stack sooner, less send lag; without the privilege it stays 0)")
 
 
 @dataclass
@@ -141,6 +199,7 @@ class ScenarioConfig:
     overhead: OverheadConfig = field(default_factory=OverheadConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     loadgen: LoadgenConfig = field(default_factory=LoadgenConfig)
 
@@ -217,10 +276,14 @@ def _weights(values: list[float], key: str, count: int, per: str) -> None:
              f"must be finite numbers >= 0 with a positive sum, got {list(values)}")
 
 
-def _validate_versions(versions: list[str], replicas: int) -> None:
+def _validate_versions(model: ModelConfig, replicas: int) -> None:
     """Versions are URL path segments (/v2/models/NAME/versions/V) and keys of per-version
     figures: each must be distinct and need no escaping."""
+    specs = version_specs(model)
+    versions = [v.name for v in specs]
     _require(len(versions) >= 1, "model.versions", "needs at least one version")
+    for v in specs:
+        _positive(v.service_factor, f"model.versions[{v.name}].service_factor")
     seen: set[str] = set()
     for v in versions:
         _require(re.fullmatch(VERSION_PATTERN, v) is not None, "model.versions",
@@ -276,10 +339,23 @@ def _validate_routing(cfg: ScenarioConfig) -> None:
         _require(not cfg.lb.weights, "lb.weights",
                  f"only lb.policy=weighted reads weights, got lb.policy={cfg.lb.policy} with {list(cfg.lb.weights)}; "
                  "drop lb.weights or set lb.policy=weighted")
-    _validate_versions(list(cfg.model.versions), cfg.replicas)
+    _validate_versions(cfg.model, cfg.replicas)
     if cfg.gateway.version_weights:
         _weights(cfg.gateway.version_weights, "gateway.version_weights", len(cfg.model.versions), "version")
     _non_negative(cfg.gateway.hop_s, "gateway.hop_s")
+    h = cfg.health
+    _positive(h.probe_interval_s, "health.probe_interval_s")
+    _positive(h.probe_timeout_s, "health.probe_timeout_s")
+    _require(h.failure_threshold >= 1, "health.failure_threshold", f"must be >= 1, got {h.failure_threshold}")
+    _require(h.success_threshold >= 1, "health.success_threshold", f"must be >= 1, got {h.success_threshold}")
+    _require(h.retries >= 0, "health.retries", f"must be >= 0, got {h.retries}")
+
+
+def _validate_loadgen_timing(lg: LoadgenConfig) -> None:
+    _require(lg.max_connections >= 1, "loadgen.max_connections", f"must be >= 1, got {lg.max_connections}")
+    for name in ("start_lead_s", "drain_s", "start_timeout_s", "remote_start_timeout_s", "stop_grace_s"):
+        _positive(getattr(lg, name), f"loadgen.{name}")
+    _require(-20 <= lg.nice <= 19, "loadgen.nice", f"must be in [-20, 19], got {lg.nice}")
 
 
 def validate(cfg: ScenarioConfig) -> None:
@@ -305,6 +381,9 @@ def validate(cfg: ScenarioConfig) -> None:
 
     _choice(cfg.model.backend, "model.backend", BACKENDS)
     _require(0 <= cfg.gateway.port < 65536, "gateway.port", f"must be in [0, 65535], got {cfg.gateway.port}")
+    _require(cfg.gateway.connections_per_replica >= 1, "gateway.connections_per_replica",
+             f"must be >= 1, got {cfg.gateway.connections_per_replica}")
+    _non_negative(cfg.gateway.upstream_timeout_s, "gateway.upstream_timeout_s")
     _require(cfg.server.max_body_bytes >= 1, "server.max_body_bytes", f"must be >= 1, got {cfg.server.max_body_bytes}")
     lg = cfg.loadgen
     _require(lg.workers >= 1, "loadgen.workers", f"must be >= 1, got {lg.workers}")
@@ -312,6 +391,7 @@ def validate(cfg: ScenarioConfig) -> None:
     _require(0 <= lg.remote_workers < lg.workers, "loadgen.remote_workers",
              f"must be in [0, loadgen.workers - 1] ({lg.workers - 1}): the master's host runs one worker at least; got {lg.remote_workers}")
     _positive(cfg.loadgen.max_lag_p99_s, "loadgen.max_lag_p99_s")
+    _validate_loadgen_timing(lg)
 
 
 def validate_explicit(cfg: ScenarioConfig, explicit: set[str]) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from typing import Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.policy.batching import Dispatch, DynamicBatcher, Wait
+from sim.policy.controller import Eject, Restore, apply
+from sim.policy.health import HealthPolicy, Outcome, RetryPolicy
 from sim.policy.lb import LeastOutstandingLB, PowerOfTwoLB, RandomLB, RoundRobinLB, WeightedLB, make_lb
+from sim.policy.membership import Membership
 from sim.policy.split import Router, VersionSplit, user_hash_unit
 
 loads = st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=12)
@@ -101,26 +105,88 @@ def test_sticky_split_keeps_a_user_on_one_version(weights: list[float], user_id:
     assert weights[picks.pop()] > 0
 
 
+def router(n_replicas: int, n_versions: int, policy: str, version_weights: Sequence[float] = (), sticky: bool = False) -> Router:
+    """Versions "1".."n" on n_replicas replicas, replica r serving version r % n_versions."""
+    versions = [str(v + 1) for v in range(n_versions)]
+    return Router(Membership.initial(versions, n_replicas), policy, version_weights=version_weights, sticky=sticky)
+
+
 def test_router_sends_each_version_only_to_its_replicas() -> None:
-    router = Router(6, 2, "p2c", version_weights=[0.0, 1.0])
+    r = router(6, 2, "p2c", version_weights=[0.0, 1.0])
     rng = random.Random(3)
-    replicas = {router.route(u, [0] * 6, 0.0, rng) for u in range(500)}
+    replicas = {r.route(u, [0] * 6, 0.0, rng) for u in range(500)}
     assert replicas == {1, 3, 5}
 
 
 def test_sticky_split_sends_anonymous_requests_by_weight() -> None:
     """No user id (None) has nothing to stick to: anonymous requests follow the weights, where
     a stand-in id (0) would put every one of them on the same version."""
-    router = Router(4, 2, "random", version_weights=[1.0, 1.0], sticky=True)
+    r = router(4, 2, "random", version_weights=[1.0, 1.0], sticky=True)
+    m = r.membership
     rng, n = random.Random(5), 4000
-    versions = Counter(router.version_of(router.route(None, [0] * 4, 0.0, rng)) for _ in range(n))
+    versions = Counter(m.version_of[r.route(None, [0] * 4, 0.0, rng)] for _ in range(n))
     assert abs(versions[0] / n - 0.5) < 5 * math.sqrt(0.25 / n)
-    pinned = {router.version_of(router.route(7, [0] * 4, 0.0, rng)) for _ in range(50)}
+    pinned = {m.version_of[r.route(7, [0] * 4, 0.0, rng)] for _ in range(50)}
     assert len(pinned) == 1  # a known user still sticks
 
 
 def test_anonymous_requests_route_with_health_and_weights() -> None:
-    router = Router(4, 2, "round_robin", version_weights=[0.0, 1.0], sticky=True)
-    healthy = [True, True, True, False]
-    picks = {router.route(None, [0] * 4, 0.0, random.Random(k), healthy=healthy) for k in range(20)}
+    r = router(4, 2, "round_robin", version_weights=[0.0, 1.0], sticky=True)
+    r.membership.set_healthy(3, False)
+    picks = {r.route(None, [0] * 4, 0.0, random.Random(k)) for k in range(20)}
     assert picks == {1}
+
+
+def test_a_drained_replica_gets_nothing_and_exclude_keeps_one_out() -> None:
+    r = router(3, 1, "round_robin")
+    r.membership.drain(1)
+    assert {r.route(None, [0] * 3, 0.0, random.Random(0)) for _ in range(6)} == {0, 2}
+    assert {r.route(None, [0] * 3, 0.0, random.Random(0), exclude=0) for _ in range(6)} == {2}
+
+
+# -- health and retries --------------------------------------------------------------------------
+
+
+def test_refused_ejects_at_once_failures_and_probe_timeouts_after_the_threshold() -> None:
+    h = HealthPolicy(2, failure_threshold=3)
+    assert h.on_request(0, Outcome.REFUSED) is not None and not h.healthy[0]
+    assert [h.on_probe(1, Outcome.TIMEOUT) for _ in range(2)] == [None, None]
+    change = h.on_probe(1, Outcome.TIMEOUT)
+    assert change is not None and not change.healthy
+    assert h.on_probe(1, Outcome.OK) is not None and h.healthy[1]  # success_threshold=1
+
+
+def test_request_timeouts_and_dropped_connections_never_eject() -> None:
+    """A slow answer is load, not death; a dropped keep-alive says nothing: probes decide."""
+    h = HealthPolicy(1, failure_threshold=1)
+    for outcome in (Outcome.TIMEOUT, Outcome.DISCONNECTED) * 5:
+        assert h.on_request(0, outcome) is None
+    assert h.healthy == [True]
+
+
+def test_a_controller_restore_does_not_blind_the_health_policy() -> None:
+    """Restored after an ejection, a replica that keeps failing is ejected again; ejected by a
+    controller, it comes back through passing probes, as after any ejection."""
+    r = router(2, 1, "round_robin")
+    h = HealthPolicy(2, failure_threshold=2)
+    for _ in range(2):
+        change = h.on_probe(0, Outcome.FAILED)
+    assert change is not None
+    r.membership.set_healthy(0, change.healthy)
+    apply(Restore(0), r, h)
+    assert r.membership.routable(0)
+    assert h.on_probe(0, Outcome.FAILED) is None
+    again = h.on_probe(0, Outcome.FAILED)
+    assert again is not None and not again.healthy
+    apply(Eject(1), r, h)
+    assert not r.membership.routable(1)
+    back = h.on_probe(1, Outcome.OK)
+    assert back is not None and back.healthy
+
+
+def test_retry_only_when_nothing_came_back_and_reuse_only_after_a_drop() -> None:
+    retry = RetryPolicy(max_retries=1)
+    assert retry.should_retry(0, Outcome.REFUSED) and retry.should_retry(0, Outcome.DISCONNECTED)
+    assert not retry.should_retry(1, Outcome.REFUSED)
+    assert not any(retry.should_retry(0, o) for o in (Outcome.TIMEOUT, Outcome.FAILED, Outcome.OK))
+    assert retry.may_reuse(Outcome.DISCONNECTED) and not retry.may_reuse(Outcome.REFUSED)

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from real.server.protocol import FEATURES, TensorSpec
-from sim.config import ScenarioConfig
+from sim.config import ScenarioConfig, version_specs
 from sim.service import ServiceTime
 
 LABEL = TensorSpec("label", "INT64", (-1,))
@@ -45,8 +45,9 @@ class EmulatedBackend:
     platform = "servelab_emulated"
     outputs = {LABEL.name: LABEL}
 
-    def __init__(self, cfg: ScenarioConfig, replica: int) -> None:
+    def __init__(self, cfg: ScenarioConfig, replica: int, service_factor: float = 1.0) -> None:
         self._service = ServiceTime(cfg.service, np.random.default_rng([cfg.seed, replica]))
+        self._factor = service_factor  # the version's own speed (model.versions[...].service_factor)
 
     def load(self) -> None:
         # ServiceTime fills its 64k-draw buffer on first use (a few ms); do it now rather than
@@ -55,7 +56,7 @@ class EmulatedBackend:
         self._service.draw(1)
 
     def plan(self, batch_size: int) -> float:
-        return self._service.draw(batch_size)
+        return self._service.draw(batch_size) * self._factor
 
     def run(self, x: np.ndarray, planned: float) -> dict[str, np.ndarray]:
         if planned > 0:
@@ -95,7 +96,8 @@ class NumpyBackend:
 
 def make_backend(cfg: ScenarioConfig, replica: int, version: str) -> Backend:
     if cfg.model.backend == "emulated":
-        return EmulatedBackend(cfg, replica)
+        factor = {v.name: v.service_factor for v in version_specs(cfg.model)}[version]
+        return EmulatedBackend(cfg, replica, factor)
     if cfg.model.backend == "numpy":
         return NumpyBackend(version)
     raise ValueError(f"unknown model.backend {cfg.model.backend!r}")

@@ -1,6 +1,6 @@
 """Routing to a model version, then to a replica of it: the gateway's whole decision.
 
-Replica r serves version `r % n_versions`. The version split is by weight (A/B, canary), or,
+Which replica serves which version, and which may take traffic, is `Membership`'s. The version split is by weight (A/B, canary), or,
 when sticky, by a fixed hash of the user id so a user always sees the same version. A request
 with no user (user_id None: the real gateway got no x-user-id) has nothing to stick to and
 follows the weighted random split: hashing a stand-in id would send all of them to one version.
@@ -12,7 +12,9 @@ import bisect
 import itertools
 from typing import Sequence
 
+from sim.config import ScenarioConfig, version_names
 from sim.policy.lb import LoadBalancer, UniformSource, make_lb
+from sim.policy.membership import Membership
 
 _MASK64 = (1 << 64) - 1
 
@@ -40,37 +42,53 @@ class VersionSplit:
 
 
 class Router:
-    """Version split then load balancing within that version's replicas."""
+    """Version split, then load balancing among the routable replicas of that version.
+
+    Reads `Membership` at every request, so weights, versions, drains and ejections set while
+    traffic flows apply from the next request on. Built from config in one place
+    (`from_config`); the twin and the gateway hold one each.
+    """
 
     def __init__(
         self,
-        n_replicas: int,
-        n_versions: int,
+        membership: Membership,
         lb_policy: str,
         lb_weights: Sequence[float] = (),
         version_weights: Sequence[float] = (),
         sticky: bool = False,
     ) -> None:
-        self.n_replicas = n_replicas
-        self.replicas_of_version = [list(range(v, n_replicas, n_versions)) for v in range(n_versions)]
+        self.membership = membership
+        self.lb_policy = lb_policy
+        self.lb_weights = list(lb_weights)
+        n_versions = len(membership.versions)
         if not version_weights:
-            version_weights = [len(r) for r in self.replicas_of_version]
+            version_weights = [len(membership.replicas_of(v)) for v in range(n_versions)]
+        self.sticky = sticky
         self.split = VersionSplit(version_weights, sticky) if n_versions > 1 else None
+        self.version_weights = list(version_weights)
         # one balancer per version: round robin and rotating tie-breaks keep their own cursor
-        self.balancers: list[LoadBalancer] = []
-        for members in self.replicas_of_version:
-            w = [lb_weights[r] for r in members] if lb_policy == "weighted" else ()
-            self.balancers.append(make_lb(lb_policy, w))
+        self.balancers: list[LoadBalancer] = [self._balancer(v) for v in range(n_versions)]
+        self._epoch = membership.epoch
 
-    def version_of(self, replica: int) -> int:
-        return replica % len(self.replicas_of_version)
+    @classmethod
+    def from_config(cls, cfg: ScenarioConfig, membership: Membership | None = None) -> Router:
+        membership = membership or Membership.initial(version_names(cfg.model), cfg.replicas)
+        return cls(membership, cfg.lb.policy, cfg.lb.weights, cfg.gateway.version_weights, cfg.gateway.sticky)
+
+    def _balancer(self, version: int) -> LoadBalancer:
+        if self.lb_policy != "weighted":
+            return make_lb(self.lb_policy)
+        members = self.membership.members(version)
+        return make_lb("weighted", [self.lb_weights[r] for r in members] if members else [1.0])
 
     def set_version_weights(self, weights: Sequence[float]) -> None:
         """New version shares at run time (a rollout step, the gateway's control endpoint)."""
-        if len(weights) != len(self.replicas_of_version):
-            raise ValueError(f"needs one weight per version ({len(self.replicas_of_version)}), got {len(weights)}")
+        n_versions = len(self.membership.versions)
+        if len(weights) != n_versions:
+            raise ValueError(f"needs one weight per version ({n_versions}), got {len(weights)}")
+        self.version_weights = list(weights)
         if self.split is not None:
-            self.split = VersionSplit(weights, self.split.sticky)
+            self.split = VersionSplit(weights, self.sticky)
 
     def route(
         self,
@@ -78,43 +96,38 @@ class Router:
         outstanding: Sequence[int],
         now: float,
         rng: UniformSource,
-        healthy: Sequence[bool] | None = None,
         version: int | None = None,
+        exclude: int = -1,
     ) -> int:
         """Replica index for a request, given the outstanding count of every replica.
 
-        `user_id` None: an anonymous request, split by weight even when sticky.
-
-        `healthy` (one flag per replica; None = all) keeps ejected replicas out, so the real
-        gateway can drop a dead replica without a second routing implementation; a version
-        with no healthy replica hands its users to the next version that has one. `version`
-        pins the version (a versioned infer URL). Raises `NoReplica` when nothing is left.
+        A version with no routable replica hands its users to the next version that has one.
+        `version` pins the version (a versioned infer URL); `exclude` keeps one replica out (a
+        retry goes elsewhere). Raises `NoReplica` when nothing is left.
         """
-        if healthy is None and version is None:
-            if self.split is None:
-                return self.balancers[0].choose(outstanding, now, rng)
-            v = self.split.choose(user_id, rng)
-            members = self.replicas_of_version[v]
-            k = self.balancers[v].choose([outstanding[r] for r in members], now, rng)
-            return members[k]
-        n_versions = len(self.replicas_of_version)
+        membership = self.membership
+        if membership.uniform and version is None and exclude < 0:
+            return self.balancers[0].choose(outstanding, now, rng)
+        if self._epoch != membership.epoch and self.lb_policy == "weighted":
+            self.balancers = [self._balancer(v) for v in range(len(membership.versions))]
+        self._epoch = membership.epoch
         if version is not None:
             v = version
         elif self.split is None:
             v = 0
         else:
             v = self.split.choose(user_id, rng)
-            if healthy is not None:
-                for step in range(n_versions):
-                    w = (v + step) % n_versions
-                    if any(healthy[r] for r in self.replicas_of_version[w]):
-                        v = w
-                        break
-        members = self.replicas_of_version[v]
-        if healthy is not None:
-            members = [r for r in members if healthy[r]]
+            n_versions = len(membership.versions)
+            for step in range(n_versions):
+                w = (v + step) % n_versions
+                if any(r != exclude for r in membership.members(w)):
+                    v = w
+                    break
+        members = membership.members(v)
+        if exclude >= 0:
+            members = [r for r in members if r != exclude]
         if not members:
-            raise NoReplica(f"no healthy replica of version index {v}")
+            raise NoReplica(f"no routable replica of version {membership.versions[v]!r}")
         k = self.balancers[v].choose([outstanding[r] for r in members], now, rng)
         return members[k]
 
