@@ -1,19 +1,26 @@
 """The twin: a SimPy model of clients, a gateway and replicas with dynamic batching.
 
-Every decision is a `sim.policy` object (routing, batch formation); this module only moves time
-and requests. Open-loop arrivals are exogenous, so they are fed in from the precomputed schedule
-(the one the real load generator replays) rather than as one SimPy event each: the environment
-is stepped up to each arrival time. Batch completions and batch-delay timers are SimPy events
-with plain callbacks, and closed-loop users are SimPy processes. That keeps about two events per
-batch, not several per request, which is what lets a million requests simulate in seconds.
+Every decision is a `sim.policy` object: routing over a run-time membership (`Router`), the
+replica's queue (`ReplicaQueue`: shed, expire, batch), health (`HealthPolicy`) and controllers.
+This module plays the clients and the gateway and only moves time; `sim.replica` plays the
+replicas and `sim.control` the probes and controller ticks. (The gateway's `RetryPolicy` retries
+only transport failures, which the twin's modelled network never has; a replica that is down
+answers 503, which is not retried, in both worlds.)
+
+Open-loop arrivals are exogenous, so they are fed in from the precomputed schedule (the one the
+real load generator replays) rather than as one SimPy event each: the environment is stepped up
+to each arrival time. Batch completions and batch-delay timers are SimPy events with plain
+callbacks, and closed-loop users are SimPy processes. That keeps about two events per batch,
+not several per request, which is what lets a million requests simulate in seconds. Changes made
+while traffic flows (weights, drains, ejections, faults) apply at the instant they are made: the
+router reads the membership at every request.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
@@ -21,15 +28,20 @@ import numpy as np
 import simpy
 
 from sim.arrivals import ArrivalSchedule, make_schedule
-from sim.config import ScenarioConfig
-from sim.policy.batching import Dispatch, DynamicBatcher
-from sim.policy.split import Router
+from sim.config import ScenarioConfig, version_specs
+from sim.control import Event, WindowStats, controller_ticks, probe_rounds
+from sim.policy.batching import DynamicBatcher
+from sim.policy.controller import Controller
+from sim.policy.health import HealthPolicy
+from sim.policy.split import NoReplica, Router
+from sim.policy.users import ThinkTime
 from sim.profile import Profile
-from sim.records import ERROR, OK, SHED, TIMEOUT
+from sim.records import ERROR, OK, SHED
+from sim.replica import CpuCores, SimReplica
+from sim.requests import PENDING, RequestLog
 from sim.rng import Streams, make_streams
 from sim.service import Overhead, ServiceTime
 
-PENDING = -1
 Progress = Callable[[int], None]
 
 
@@ -44,23 +56,12 @@ class StreamingEnvironment(simpy.Environment):
         self._now = t
 
 
-class _Replica:
-    __slots__ = ("index", "version", "queue", "free", "timer_at", "busy_s")
-
-    def __init__(self, index: int, version: str, instances: int) -> None:
-        self.index = index
-        self.version = version
-        self.queue: deque[int] = deque()
-        self.free = instances
-        self.timer_at = math.inf
-        self.busy_s = 0.0
-
-
 @dataclass
 class TwinResult:
     columns: dict[str, Any]  # the per-request record columns (sim.records.COLUMNS)
     busy_s: list[float]  # per replica, summed service time
     end_s: float  # simulated time when the last request was answered
+    events: list[Event] = field(default_factory=list)  # controller actions and health changes
 
 
 class Twin:
@@ -71,252 +72,141 @@ class Twin:
         schedule: ArrivalSchedule | None = None,
         progress: Progress | None = None,
         overhead_samples: dict[str, list[float]] | None = None,
+        controller: Controller | None = None,
     ) -> None:
         self.cfg = cfg
         self.streams: Streams = make_streams(cfg.seed)
         self.env = StreamingEnvironment()
-        versions = list(cfg.model.versions)
-        self.replicas = [_Replica(r, versions[r % len(versions)], cfg.concurrency) for r in range(cfg.replicas)]
-        self.router = Router(
-            cfg.replicas,
-            len(versions),
-            cfg.lb.policy,
-            cfg.lb.weights,
-            cfg.gateway.version_weights,
-            cfg.gateway.sticky,
-        )
-        self.batcher = DynamicBatcher(cfg.batching.max_batch_size, cfg.batching.max_queue_delay_s)
-        self.service = ServiceTime(cfg.service, self.streams.service, profile)
+        self.log = RequestLog()
+        self.versions = version_specs(cfg.model)
+        self.router = Router.from_config(cfg)
+        self.membership = self.router.membership
         self.outstanding = [0] * cfg.replicas
         self.hop_s = cfg.gateway.hop_s
         self.overhead = Overhead(cfg.overhead.before_s, cfg.overhead.after_s, self.streams.overhead, overhead_samples)
-        # shared CPU cores (numpy replicas on one host): a dispatched batch waits for a core
-        self.cores_free = cfg.service.shared_cores
-        self.core_queue: deque[tuple[_Replica, list[int], float]] = deque()
         self.timeout_s = cfg.timeout_s if cfg.timeout_s > 0 else math.inf
-        self.max_queue = cfg.batching.max_queue_size
-        self._schedule = schedule
-        self._progress = progress
-        # per-request columns, indexed by request id
-        self.user: list[int] = []
-        self.arrival: list[float] = []
-        self.enqueued: list[float] = []  # reached the replica's queue
-        self.after_s: list[float] = []  # answer leaves the replica -> client has it
-        self.start: list[float] = []
-        self.finish: list[float] = []
-        self.service_s: list[float] = []
-        self.replica: list[int] = []
-        self.batch_size: list[int] = []
-        self.batch_id: list[int] = []
-        self.batches = 0  # batches dispatched so far: the next batch's id
-        self.status: list[int] = []
+        self.health = HealthPolicy(cfg.replicas, cfg.health.failure_threshold, cfg.health.success_threshold)
+        self.controller = controller
+        self.events: list[Event] = []
+        self.windows = WindowStats(cfg.window_s)
         self._waiters: dict[int, simpy.Event] = {}
+        self._schedule = schedule
+        self._think = ThinkTime(cfg.arrival.think_s, self.streams.think)  # the load generator's users draw the same
+        self._progress = progress
+        factors = [v.service_factor for v in self.versions]
+        version_of = self.membership.version_of
+        batcher = DynamicBatcher(cfg.batching.max_batch_size, cfg.batching.max_queue_delay_s)
+        service = ServiceTime(cfg.service, self.streams.service, profile)
+        cores = CpuCores(cfg.service.shared_cores)
+        batches = [0]
+        uniform_speed = all(f == 1.0 for f in factors)
+        version_factor = None if uniform_speed else (lambda rep: factors[version_of[rep]])
+        on_release = self._on_answer if self.hop_s == 0 else self._on_release
+        constant_after = None if self.overhead.active else self.hop_s
+        self.replicas = [
+            SimReplica(r, self.env, self.log, batcher, cfg.concurrency, cfg.batching.max_queue_size, service, cores,
+                       version_factor, on_release, self.timeout_s, batches, constant_after)
+            for r in range(cfg.replicas)
+        ]
 
-    # -- requests entering ------------------------------------------------------------------
-
-    def _new_request(self, user_id: int, now: float) -> int:
-        i = len(self.arrival)
-        self.user.append(user_id)
-        self.arrival.append(now)
-        self.enqueued.append(math.nan)
-        self.after_s.append(self.hop_s)
-        self.start.append(math.nan)
-        self.finish.append(math.nan)
-        self.service_s.append(math.nan)
-        self.replica.append(-1)
-        self.batch_size.append(0)
-        self.batch_id.append(-1)
-        self.status.append(PENDING)
-        return i
+    # -- the gateway -------------------------------------------------------------------------
 
     def _admit(self, i: int, now: float) -> None:
-        r = self.router.route(self.user[i], self.outstanding, now, self.streams.routing)
-        self.replica[i] = r
+        log = self.log
+        try:
+            r = self.router.route(log.user[i], self.outstanding, now, self.streams.routing)
+        except NoReplica:  # nothing routable: the gateway answers 503 itself
+            log.status[i] = SHED
+            log.finish[i] = now
+            self._notify(i, now)
+            return
+        log.replica[i] = r
+        log.version[i] = self.membership.version_of[r]
         self.outstanding[r] += 1
         delay = self.hop_s
         if self.overhead.active:
             before, after = self.overhead.draw()
             delay += before
-            self.after_s[i] = self.hop_s + after
+            log.after_s[i] = self.hop_s + after
+        rep = self.replicas[r]
         if delay > 0:
-            self.env.timeout(delay).callbacks.append(partial(self._on_hop, i, r))
+            self.env.timeout(delay).callbacks.append(partial(self._on_hop, i, rep))
         else:
-            self._enqueue(i, self.replicas[r], now)
+            rep.enqueue(i, now)
 
-    def _on_hop(self, i: int, r: int, _event: simpy.Event) -> None:
-        self._enqueue(i, self.replicas[r], self.env._now)
+    def _on_hop(self, i: int, rep: SimReplica, _event: simpy.Event) -> None:
+        rep.enqueue(i, self.env._now)
 
-    def _enqueue(self, i: int, rep: _Replica, now: float) -> None:
-        self.enqueued[i] = now
-        if self.max_queue and len(rep.queue) >= self.max_queue:
-            self.status[i] = SHED
-            self.finish[i] = now + self.after_s[i]
-            self._release(rep.index, 1)
-            self._notify(i)
-            return
-        rep.queue.append(i)
-        if rep.free:
-            self._try_dispatch(rep, now)
+    def _on_release(self, r: int, requests: list[int]) -> None:
+        """Answers that left replica r: the gateway sees them one hop later."""
+        self.env.timeout(self.hop_s).callbacks.append(partial(self._on_answer, r, requests))
 
-    # -- batch formation and service ---------------------------------------------------------
-
-    def _try_dispatch(self, rep: _Replica, now: float) -> None:
-        queue = rep.queue
-        arrival = self.arrival
-        enqueued = self.enqueued
-        timeout = self.timeout_s
-        bounded = timeout < math.inf
-        while rep.free and queue:
-            while bounded and queue and arrival[queue[0]] + timeout <= now:  # deadline passed while queued
-                j = queue.popleft()
-                self.status[j] = TIMEOUT
-                self.finish[j] = arrival[j] + timeout
-                self._release(rep.index, 1)
-                self._notify(j)
-            if not queue:
-                return
-            decision = self.batcher.decide(len(queue), enqueued[queue[0]], now)
-            if decision.__class__ is Dispatch:
-                size = decision.size  # type: ignore[union-attr]
-                if size == len(queue):
-                    batch = list(queue)
-                    queue.clear()
-                else:
-                    popleft = queue.popleft
-                    batch = [popleft() for _ in range(size)]
-                rep.free -= 1
-                service_s = self.service.draw(size)
-                start, bsz, bid = self.start, self.batch_size, self.batch_id
-                batch_id = self.batches
-                self.batches = batch_id + 1
-                for j in batch:
-                    start[j] = now
-                    bsz[j] = size
-                    bid[j] = batch_id
-                if self.cores_free or not self.cfg.service.shared_cores:
-                    self._serve(rep, batch, service_s, now)
-                else:
-                    self.core_queue.append((rep, batch, service_s))
-            else:
-                until = decision.until_s  # type: ignore[union-attr]
-                if until < rep.timer_at:
-                    rep.timer_at = until
-                    self.env.timeout(until - now).callbacks.append(partial(self._on_timer, rep))
-                return
-
-    def _serve(self, rep: _Replica, batch: list[int], service_s: float, now: float) -> None:
-        """Run a batch on its device (or a shared core). A replica measures service as the wall
-        time from dispatch, so time spent waiting for a shared core counts as service."""
-        if self.cfg.service.shared_cores:
-            self.cores_free -= 1
-        wall_s = now + service_s - self.start[batch[0]]
-        svc = self.service_s
-        for j in batch:
-            svc[j] = wall_s
-        self.env.timeout(service_s).callbacks.append(partial(self._on_complete, rep, batch, wall_s))
-
-    def _on_timer(self, rep: _Replica, _event: simpy.Event) -> None:
-        rep.timer_at = math.inf
-        self._try_dispatch(rep, self.env._now)
-
-    def _on_complete(self, rep: _Replica, batch: list[int], service_s: float, _event: simpy.Event) -> None:
-        now = self.env._now
-        if self.core_queue or self.cores_free < self.cfg.service.shared_cores:
-            self.cores_free += 1
-            if self.core_queue:
-                waiting_rep, waiting_batch, waiting_s = self.core_queue.popleft()
-                self._serve(waiting_rep, waiting_batch, waiting_s, now)
-        arrival, finish, status, after = self.arrival, self.finish, self.status, self.after_s
-        deadline = self.timeout_s
-        if deadline == math.inf and not self.overhead.active:  # the common case, kept tight
-            done = now + self.hop_s
-            for j in batch:
-                finish[j] = done
-                status[j] = OK
-        else:
-            for j in batch:
-                done = now + after[j]
-                if done - arrival[j] <= deadline:
-                    finish[j] = done
-                    status[j] = OK
-                else:
-                    finish[j] = arrival[j] + deadline
-                    status[j] = TIMEOUT
-        self._release(rep.index, len(batch))
+    def _on_answer(self, r: int, requests: list[int], _event: simpy.Event | None = None) -> None:
+        self.outstanding[r] -= len(requests)
+        if self.controller is not None:
+            log = self.log
+            for j in requests:
+                self.windows.add(self.env._now, log.version[j], log.status[j] == OK, log.finish[j] - log.arrival[j])
         if self._waiters:
-            for j in batch:
-                self._notify(j)
-        rep.free += 1
-        rep.busy_s += service_s
-        self._try_dispatch(rep, now)
+            for j in requests:
+                self._notify(j, self.log.finish[j])
 
-    def _release(self, r: int, n: int) -> None:
-        """The gateway sees the answer one hop after the replica sends it."""
-        if self.hop_s > 0:
-            self.env.timeout(self.hop_s).callbacks.append(partial(self._on_release, r, n))
-        else:
-            self.outstanding[r] -= n
-
-    def _on_release(self, r: int, n: int, _event: simpy.Event) -> None:
-        self.outstanding[r] -= n
-
-    def _notify(self, i: int) -> None:
-        waiter = self._waiters.pop(i, None)
-        if waiter is not None and not waiter.triggered:
+    def _notify(self, i: int, finish_s: float) -> None:
+        waiter = self._waiters.get(i)
+        if waiter is None or self.log.status[i] == PENDING:
+            return
+        del self._waiters[i]
+        delay = finish_s - self.env._now
+        if delay > 0:  # the client has its answer after the way back
+            self.env.timeout(delay).callbacks.append(lambda _e: waiter.triggered or waiter.succeed())
+        elif not waiter.triggered:
             waiter.succeed()
 
     # -- driving -----------------------------------------------------------------------------
 
     def _run_open(self) -> None:
-        schedule = self._schedule or make_schedule(
-            self.cfg.arrival, self.cfg.duration_s, self.streams.arrivals, self.streams.users
-        )
+        cfg = self.cfg
+        schedule = self._schedule or make_schedule(cfg.arrival, cfg.duration_s, self.streams.arrivals, self.streams.users)
         times = schedule.times_s.tolist()
-        users = schedule.user_ids.tolist()
+        self.log.fill(schedule.user_ids.tolist(), times, self.hop_s)
         n = len(times)
-        nan = math.nan
-        # the columns are filled in bulk; _admit and friends index them by request id
-        self.user = users
-        self.arrival = times
-        fast = self.router.split is None and self.hop_s == 0 and not self.max_queue and not self.overhead.active
-        # on the fast path a request reaches its replica when it is sent: one list serves both
-        self.enqueued = times if fast else [nan] * n
-        self.after_s = [self.hop_s] * n
-        self.start = [nan] * n
-        self.finish = [nan] * n
-        self.service_s = [nan] * n
-        self.replica = [-1] * n
-        self.batch_size = [0] * n
-        self.batch_id = [-1] * n
-        self.status = [PENDING] * n
         env = self.env
         queue = env._queue
         step = env.step
         progress = self._progress
         tick = 1 << 14
-        # The common path (one version, no hop, no queue bound) inlined: at a million requests
-        # each attribute lookup and call layer costs a visible share. Decisions still come from
-        # the policy objects; everything else goes through _admit.
+        # The common path inlined: at a million requests each attribute lookup and call layer
+        # costs a visible share. Decisions still come from the policy objects. It applies when a
+        # request reaches its replica the instant it is sent, with no deadline to carry, and no
+        # controller can change routing, membership or faults during the run (without one,
+        # nothing does); otherwise every request goes through the gateway's full path.
+        inline = self.hop_s == 0 and not self.overhead.active and self.timeout_s == math.inf and self.controller is None \
+            and self.membership.uniform
+        if inline:
+            self.log.enqueued = times  # enqueued == sent for every request: one list serves both
+            self.log.version = [0] * n  # one version, and every request is routed
         choose = self.router.balancers[0].choose
         rng = self.streams.routing
         outstanding = self.outstanding
-        replica = self.replica
-        replicas = self.replicas
-        try_dispatch = self._try_dispatch
+        replica = self.log.replica
+        offers = [rep.queue.offer for rep in self.replicas]
+        queues = [rep.queue for rep in self.replicas]
+        dispatchers = [rep.dispatch for rep in self.replicas]
+        refusers = [rep.refuse for rep in self.replicas]
         admit = self._admit
         for i in range(n):
             t = times[i]
             while queue and queue[0][0] <= t:
                 step()
             env._now = t
-            if fast:
+            if inline:
                 r = choose(outstanding, t, rng)
                 replica[i] = r
                 outstanding[r] += 1
-                rep = replicas[r]
-                rep.queue.append(i)
-                if rep.free:
-                    try_dispatch(rep, t)
+                if not offers[r](i, t):
+                    refusers[r](i, t)
+                elif queues[r].free:
+                    dispatchers[r](t)
             else:
                 admit(i, t)
             if progress is not None and not (i + 1) & (tick - 1):
@@ -326,15 +216,14 @@ class Twin:
 
     def _closed_user(self, user_id: int) -> Any:
         env = self.env
-        think = self.cfg.arrival.think_s
-        rng = self.streams.think
+        think = self._think
         end = self.cfg.duration_s
         while True:
-            if think > 0:
-                yield env.timeout(float(rng.exponential(think)))
+            if think.mean_s > 0:
+                yield env.timeout(think.draw(user_id))
             if env.now >= end:
                 return
-            i = self._new_request(user_id, env.now)
+            i = self.log.append(user_id, env.now, self.hop_s)
             answered = env.event()
             self._waiters[i] = answered
             self._admit(i, env.now)
@@ -344,39 +233,32 @@ class Twin:
             else:
                 yield answered
 
+    def _start_control(self) -> None:
+        if self.controller is None:
+            return
+        end = self.cfg.duration_s
+        self.env.process(probe_rounds(self.env, self.cfg.health.probe_interval_s, end, self.health, self.router,
+                                      self.replicas, self.events))
+        self.env.process(controller_ticks(self.env, self.controller, end, self.router, self.health, self.replicas,
+                                          self.windows, self.events))
+
     def run(self) -> TwinResult:
+        self._start_control()
         if self.cfg.arrival.kind == "closed":
             for u in range(self.cfg.arrival.users):
                 self.env.process(self._closed_user(u))
         else:
             self._run_open()
         self.env.run()  # drain: every admitted request is answered, shed or timed out
-        status = self.status
+        status = self.log.status
         if PENDING in status:  # a bug, but never a lost request: account for it as an error
             status = [ERROR if s == PENDING else s for s in status]
-        return TwinResult(columns=self.columns(status), busy_s=[r.busy_s for r in self.replicas], end_s=self.env.now)
-
-    def columns(self, status: list[int]) -> dict[str, Any]:
-        arrival = np.asarray(self.arrival, dtype=float)
-        start = np.asarray(self.start, dtype=float)
-        finish = np.asarray(self.finish, dtype=float)
-        replica = np.asarray(self.replica, dtype=np.int64)
-        versions = np.asarray([r.version for r in self.replicas] + [""], dtype=object)
-        return {
-            "request_id": np.arange(len(arrival), dtype=np.int64),
-            "user_id": np.asarray(self.user, dtype=np.int64),
-            "arrival_s": arrival,
-            "start_s": start,
-            "finish_s": finish,
-            "latency_s": finish - arrival,
-            "queue_s": start - np.asarray(self.enqueued, dtype=float),
-            "service_s": np.asarray(self.service_s, dtype=float),
-            "replica": replica,
-            "version": versions[replica],  # -1 picks the trailing "" (never routed)
-            "batch_id": np.asarray(self.batch_id, dtype=np.int64),
-            "batch_size": np.asarray(self.batch_size, dtype=np.int64),
-            "status": np.asarray(status, dtype=np.int64),
-        }
+        return TwinResult(
+            columns=self.log.columns(status, [v.name for v in self.versions]),
+            busy_s=[r.busy_s for r in self.replicas],
+            end_s=self.env.now,
+            events=self.events,
+        )
 
 
 def run_twin(cfg: ScenarioConfig, profile: Profile | None = None, progress: Progress | None = None) -> TwinResult:

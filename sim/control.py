@@ -1,0 +1,97 @@
+"""The twin's control plane on SimPy's clock: health probes and controller ticks.
+
+The decisions are `sim.policy.health.HealthPolicy`'s and the controller's own; this module only
+times them: a probe round every `health.probe_interval_s` (a replica that is down fails its
+probe, as its `/v2/health/ready` would), a controller tick every `controller.tick_s`, each action
+applied at the instant of its tick. Both stop with the arrivals (`duration_s`), so the run can
+drain. Every change is logged with its time, for events.json and for tests.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import simpy
+
+from sim.policy.controller import Action, Controller, Fault, VersionWindow, apply, view_of
+from sim.policy.health import HealthPolicy, Outcome
+from sim.policy.split import Router
+
+if TYPE_CHECKING:
+    from sim.replica import SimReplica
+
+
+@dataclass
+class Event:
+    time_s: float
+    kind: str  # action | eject | restore
+    detail: dict[str, Any]
+
+
+class WindowStats:
+    """Per-version answers over the last `window_s`, as the gateway's sliding window reports
+    them to a controller (`GET /v2/gateway/state`): ok = answered, errors = everything else."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._answers: deque[tuple[float, int, bool, float]] = deque()  # (time, version, ok, latency)
+
+    def add(self, now: float, version: int, ok: bool, latency_s: float) -> None:
+        self._answers.append((now, version, ok, latency_s))
+
+    def take(self, now: float) -> dict[int, VersionWindow]:
+        answers = self._answers
+        while answers and answers[0][0] <= now - self.window_s:
+            answers.popleft()
+        by_version: dict[int, tuple[list[float], list[int]]] = {}
+        for _, version, ok, latency in answers:
+            latencies, counts = by_version.setdefault(version, ([], [0, 0]))
+            counts[0] += 1
+            if ok:
+                latencies.append(latency)
+            else:
+                counts[1] += 1
+        out: dict[int, VersionWindow] = {}
+        for version, (latencies, (requests, errors)) in by_version.items():
+            p50, p99 = (float(x) for x in np.percentile(latencies, [50, 99])) if latencies else (None, None)
+            out[version] = VersionWindow(requests=requests, ok=len(latencies), errors=errors,
+                                         latency_p50_s=p50, latency_p99_s=p99)
+        return out
+
+
+def apply_action(action: Action, router: Router, health: HealthPolicy, replicas: list[SimReplica], now: float,
+                 events: list[Event]) -> None:
+    if isinstance(action, Fault):
+        replica = replicas[action.replica]
+        replica.down, replica.slowdown = action.down, action.slowdown
+    else:
+        apply(action, router, health)
+    events.append(Event(now, "action", {"action": type(action).__name__, **vars(action)}))
+
+
+def probe_rounds(env: simpy.Environment, interval_s: float, end_s: float, health: HealthPolicy, router: Router,
+                 replicas: list[SimReplica], events: list[Event]) -> Any:
+    membership = router.membership
+    while env.now + interval_s < end_s:
+        yield env.timeout(interval_s)
+        for rep in replicas:
+            if membership.removed[rep.index]:
+                continue
+            change = health.on_probe(rep.index, Outcome.FAILED if rep.down else Outcome.OK)
+            if change is not None:
+                membership.set_healthy(change.replica, change.healthy)
+                events.append(Event(env.now, "restore" if change.healthy else "eject",
+                                    {"replica": change.replica, "reason": change.reason}))
+
+
+def controller_ticks(env: simpy.Environment, controller: Controller, end_s: float, router: Router, health: HealthPolicy,
+                     replicas: list[SimReplica], windows: WindowStats, events: list[Event]) -> Any:
+    while env.now < end_s:
+        now = env.now
+        actions = controller.on_tick(now, view_of(router, now, windows.take(now)))
+        for action in actions:
+            apply_action(action, router, health, replicas, now, events)
+        yield env.timeout(controller.tick_s)

@@ -1,0 +1,194 @@
+"""A model-server replica in the twin: the shared `ReplicaQueue` driven on SimPy's clock.
+
+Every decision (shed, expire, which requests form a batch, when) is the queue's; this module
+only moves time: it arms a SimPy timer for the batching delay, holds a batch on its device (or a
+shared CPU core) for its service time, and writes what happened into the run's request log.
+The real server drives the very same queue from asyncio (real/server/batcher.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Callable
+
+import simpy
+
+from sim.policy.batching import DynamicBatcher
+from sim.policy.replica_queue import ReplicaQueue
+from sim.records import OK, SHED, TIMEOUT
+from sim.service import ServiceTime
+
+if TYPE_CHECKING:
+    from sim.requests import RequestLog
+
+
+@dataclass
+class CpuCores:
+    """N CPU cores shared by the batches of every replica on one host (numpy replicas): a
+    dispatched batch waits for a free core. 0 cores: every instance has its own device."""
+
+    count: int
+    free: int = 0
+    waiting: deque = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.free = self.count
+
+
+class SimReplica:
+    __slots__ = ("index", "queue", "env", "log", "service", "cores", "version_factor", "down", "slowdown", "busy_s",
+                 "timer_at", "on_release", "timeout_s", "constant_after_s", "_batches")
+
+    def __init__(
+        self,
+        index: int,
+        env: simpy.Environment,
+        log: RequestLog,
+        batcher: DynamicBatcher,
+        instances: int,
+        max_queue_size: int,
+        service: ServiceTime,
+        cores: CpuCores,
+        version_factor: Callable[[int], float] | None,
+        on_release: Callable[[int, list[int]], None],
+        timeout_s: float,
+        batch_counter: list[int],
+        constant_after_s: float | None,
+    ) -> None:
+        self.index = index
+        self.queue: ReplicaQueue[int] = ReplicaQueue(batcher, instances, max_queue_size)
+        self.env = env
+        self.log = log
+        self.service = service
+        self.cores = cores
+        # replica -> device-time factor of the version it serves now (None: every version 1.0)
+        self.version_factor = version_factor
+        # a fault drill's doing: `down` answers everything 503 at once (and fails readiness
+        # probes), `slowdown` multiplies the device time
+        self.down = False
+        self.slowdown = 1.0
+        self.busy_s = 0.0
+        self.timer_at = math.inf
+        self.on_release = on_release  # (replica, requests) whose answers left it: the gateway's bookkeeping
+        self.timeout_s = timeout_s
+        self.constant_after_s = constant_after_s  # replica -> client, when the same for every request
+        self._batches = batch_counter  # one counter shared by all replicas: batch ids unique in the run
+
+    # -- arrivals --------------------------------------------------------------------------
+
+    def enqueue(self, i: int, now: float) -> None:
+        log = self.log
+        log.enqueued[i] = now
+        queue = self.queue
+        # a replica that is down answers 503 at once, as does a full queue
+        if self.down or not queue.offer(i, now, 1, log.arrival[i] + self.timeout_s):
+            self.refuse(i, now)
+        elif queue.free:
+            self.dispatch(now)
+
+    def refuse(self, i: int, now: float) -> None:
+        """503 at once: the queue is full or the replica is down."""
+        log = self.log
+        log.status[i] = SHED
+        log.finish[i] = now + log.after_s[i]
+        self.on_release(self.index, [i])
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def dispatch(self, now: float) -> None:
+        queue = self.queue
+        if not queue.waiting and not queue.expired:  # nothing to batch or answer; an armed timer stays armed
+            return
+        batches = queue.dispatch(now)
+        if queue.expired:
+            self._expire(queue.take_expired())
+        for batch in batches:
+            self._start(batch, now)
+        until = queue.wake_s
+        if until < self.timer_at:
+            self.timer_at = until
+            self.env.timeout(until - now).callbacks.append(self._on_timer)
+
+    def _on_timer(self, _event: simpy.Event) -> None:
+        self.timer_at = math.inf
+        self.dispatch(self.env._now)
+
+    def _expire(self, expired: list[int]) -> None:
+        """Requests whose client deadline passed while they waited: the client saw a timeout at
+        its deadline; the replica drops them when it next looks at its queue."""
+        log = self.log
+        for j in expired:
+            log.status[j] = TIMEOUT
+            log.finish[j] = log.arrival[j] + self.timeout_s
+        self.on_release(self.index, expired)
+
+    def _start(self, batch: list[int], now: float) -> None:
+        """Hold a batch on its device (or a shared core) for its service time. A replica
+        measures service as the wall time from dispatch, so time spent waiting for a shared
+        core counts as service."""
+        size = len(batch)
+        batch_id = self._batches[0]
+        self._batches[0] = batch_id + 1
+        log = self.log
+        start, bsz, bid = log.start, log.batch_size, log.batch_id
+        for j in batch:
+            start[j] = now
+            bsz[j] = size
+            bid[j] = batch_id
+        service_s = self.service.draw(size)
+        if self.version_factor is not None:
+            service_s *= self.version_factor(self.index)
+        if self.slowdown != 1.0:
+            service_s *= self.slowdown
+        cores = self.cores
+        if cores.count:
+            if not cores.free:
+                cores.waiting.append((self, batch, service_s, now))
+                return
+            cores.free -= 1
+        svc = log.service_s
+        for j in batch:
+            svc[j] = service_s
+        self.env.timeout(service_s).callbacks.append(partial(self._on_complete, batch, service_s))
+
+    def _run(self, batch: list[int], service_s: float, dispatched: float, now: float) -> None:
+        """A batch that waited for a shared core starts on it."""
+        wall_s = now + service_s - dispatched
+        svc = self.log.service_s
+        for j in batch:
+            svc[j] = wall_s
+        self.env.timeout(service_s).callbacks.append(partial(self._on_complete, batch, wall_s))
+
+    def _on_complete(self, batch: list[int], service_s: float, _event: simpy.Event) -> None:
+        now = self.env._now
+        cores = self.cores
+        if cores.count:
+            if cores.waiting:
+                waiting_rep, waiting_batch, waiting_s, dispatched = cores.waiting.popleft()
+                waiting_rep._run(waiting_batch, waiting_s, dispatched, now)
+            else:
+                cores.free += 1
+        log = self.log
+        arrival, finish, status, after = log.arrival, log.finish, log.status, log.after_s
+        deadline = self.timeout_s
+        if deadline == math.inf and self.constant_after_s is not None:  # the common case, kept tight
+            done = now + self.constant_after_s
+            for j in batch:
+                finish[j] = done
+                status[j] = OK
+        else:
+            for j in batch:
+                done = now + after[j]
+                if done - arrival[j] <= deadline:
+                    finish[j] = done
+                    status[j] = OK
+                else:
+                    finish[j] = arrival[j] + deadline
+                    status[j] = TIMEOUT
+        self.on_release(self.index, batch)
+        self.queue.finish()
+        self.busy_s += service_s
+        self.dispatch(now)

@@ -1,0 +1,92 @@
+"""The twin's per-request log: one slot per request in plain lists, indexed by request id.
+
+Lists, not objects: at a million requests an attribute store per field is what the twin can
+afford. The gateway part of the twin and its replicas write into the same log, and
+`columns()` turns it into the record schema (sim.records.COLUMNS) once, at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+PENDING = -1
+
+
+class RequestLog:
+    __slots__ = ("user", "arrival", "enqueued", "after_s", "start", "finish", "service_s", "replica",
+                 "version", "batch_id", "batch_size", "status")
+
+    def __init__(self) -> None:
+        self.user: list[int] = []
+        self.arrival: list[float] = []
+        self.enqueued: list[float] = []  # reached the replica's queue
+        self.after_s: list[float] = []  # answer leaves the replica -> client has it
+        self.start: list[float] = []
+        self.finish: list[float] = []
+        self.service_s: list[float] = []
+        self.replica: list[int] = []
+        self.version: list[int] = []  # index into the run's versions; -1: never routed
+        self.batch_id: list[int] = []
+        self.batch_size: list[int] = []
+        self.status: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.arrival)
+
+    def append(self, user_id: int, arrival_s: float, after_s: float) -> int:
+        """A request sent at `arrival_s` (closed loop: one at a time); its id."""
+        i = len(self.arrival)
+        self.user.append(user_id)
+        self.arrival.append(arrival_s)
+        self.enqueued.append(math.nan)
+        self.after_s.append(after_s)
+        self.start.append(math.nan)
+        self.finish.append(math.nan)
+        self.service_s.append(math.nan)
+        self.replica.append(-1)
+        self.version.append(-1)
+        self.batch_id.append(-1)
+        self.batch_size.append(0)
+        self.status.append(PENDING)
+        return i
+
+    def fill(self, users: list[int], times: list[float], after_s: float) -> None:
+        """Every request of an open-loop schedule at once."""
+        n = len(times)
+        nan = math.nan
+        self.user = users
+        self.arrival = times
+        self.enqueued = [nan] * n
+        self.after_s = [after_s] * n
+        self.start = [nan] * n
+        self.finish = [nan] * n
+        self.service_s = [nan] * n
+        self.replica = [-1] * n
+        self.version = [-1] * n
+        self.batch_id = [-1] * n
+        self.batch_size = [0] * n
+        self.status = [PENDING] * n
+
+    def columns(self, status: list[int], version_names: Sequence[str]) -> dict[str, Any]:
+        arrival = np.asarray(self.arrival, dtype=float)
+        start = np.asarray(self.start, dtype=float)
+        finish = np.asarray(self.finish, dtype=float)
+        names = np.asarray(list(version_names) + [""], dtype=object)
+        return {
+            "request_id": np.arange(len(arrival), dtype=np.int64),
+            "user_id": np.asarray(self.user, dtype=np.int64),
+            "arrival_s": arrival,
+            "start_s": start,
+            "finish_s": finish,
+            "latency_s": finish - arrival,
+            "queue_s": start - np.asarray(self.enqueued, dtype=float),
+            "service_s": np.asarray(self.service_s, dtype=float),
+            "replica": np.asarray(self.replica, dtype=np.int64),
+            "version": names[np.asarray(self.version, dtype=np.int64)],  # -1 picks the trailing ""
+            "batch_id": np.asarray(self.batch_id, dtype=np.int64),
+            "batch_size": np.asarray(self.batch_size, dtype=np.int64),
+            "status": np.asarray(status, dtype=np.int64),
+        }
