@@ -17,7 +17,8 @@ from typing import Any, Iterator
 from real.launcher import LaunchError, absolute, launch
 from scenarios.outputs import write_config
 from scenarios.run_real import failed
-from sim.config import ConfigError
+from sim.config import ConfigError, version_names
+from sim.policy.membership import Membership
 
 EXIT_STACK_DIED = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -51,6 +52,9 @@ def _stop_on_signals() -> Iterator[None]:
 def banner(stack: Any, cfg: Any) -> str:
     token_file = stack.run_dir / "stack" / "token" if stack.run_dir else None
     model = cfg.model.name
+    versions = version_names(cfg.model)
+    membership = Membership.initial(versions, cfg.replicas)
+    auth = f"-H \"Authorization: Bearer $(cat {token_file})\""
     n_inputs = 64
     example = (
         f"curl -s -X POST {stack.gateway_url}/v2/models/{model}/infer -H 'content-type: application/json' "
@@ -58,19 +62,21 @@ def banner(stack: Any, cfg: Any) -> str:
         f"\"datatype\": \"FP32\", \"data\": [{', '.join(['0.0'] * n_inputs)}]}}]}}'"
     )
     lines = [
-        f"servelab: stack up: {cfg.replicas} replica(s) of {model!r} versions {cfg.model.versions}, lb.policy={cfg.lb.policy}",
+        f"servelab: stack up: {cfg.replicas} replica(s) of {model!r} versions {versions}, lb.policy={cfg.lb.policy}",
         f"  gateway   {stack.gateway_url}   (metrics: {stack.gateway_url}/metrics)",
     ]
     for r, url in enumerate(stack.replica_urls):
-        version = cfg.model.versions[r % len(cfg.model.versions)]
-        lines.append(f"  replica {r} {url}   (version {version})")
+        lines.append(f"  replica {r} {url}   (version {membership.version_name(r)})")
     lines += [
         "  infer example:",
         f"    {example}",
-        f"  versioned:  POST {stack.gateway_url}/v2/models/{model}/versions/{cfg.model.versions[0]}/infer",
+        f"  versioned:  POST {stack.gateway_url}/v2/models/{model}/versions/{versions[0]}/infer",
+        f"  state (membership, weights, per-version window): GET {stack.gateway_url}/v2/gateway/state",
         f"  token for control endpoints (Authorization: Bearer ...): in {token_file}" if token_file else "",
-        f"    e.g. curl -X POST {stack.gateway_url}/v2/gateway/weights -H \"Authorization: Bearer $(cat {token_file})\" "
-        f"-d '{{\"weights\": {[1.0] * len(cfg.model.versions)}}}'" if token_file else "",
+        f"    e.g. curl -X POST {stack.gateway_url}/v2/gateway/weights {auth} "
+        f"-d '{{\"weights\": {[1.0] * len(versions)}}}'" if token_file else "",
+        f"         curl -X POST {stack.gateway_url}/v2/gateway/replicas/0 {auth} -d '{{\"action\": \"drain\"}}'"
+        if token_file else "",
         f"  logs: {stack.run_dir / 'stack'}" if stack.run_dir else "",
         "  Ctrl-C or SIGTERM stops everything.",
     ]

@@ -3,16 +3,22 @@
 Bodies are forwarded as bytes, never parsed: validation is the replica's job (it answers 4xx,
 which the gateway passes through unchanged). The gateway only checks what it must know to
 route: the model and version in the path, the user id header, and the body size.
+
+The control API (token-guarded) changes the deployment while traffic flows, through the same
+`sim.policy.controller.apply` the twin's controllers use: version weights
+(`POST /v2/gateway/weights`) and a replica's membership (`POST /v2/gateway/replicas/{r}` with
+`{"action": "drain" | "activate" | "eject" | "restore" | "set_version", "version": ...}`).
+`GET /v2/gateway/state` is what a controller reads: the `View` of the deployment and each
+version's figures over the last `window_s`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import perf_counter
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Mapping, Sequence
 
 import aiohttp
 import orjson
@@ -24,19 +30,39 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from real.gateway import control
 from real.gateway.auth import BearerAuth
 from real.gateway.errors import JSON, http_exception, json_response, oip_error, unexpected
 from real.gateway.fastpath import InferFastPath
-from real.gateway.pool import PoolOptions, ReplicaPool
+from real.gateway.metrics import VersionWindows
+from real.gateway.pool import ReplicaPool, request_outcome
 from sim.config import ScenarioConfig
+from sim.policy.controller import Action, apply, view_of
+from sim.policy.health import Outcome
 from sim.policy.split import NoReplica, Router
 
-CONTROL_PREFIX = "/v2/gateway/weights"
+WEIGHTS_PATH = "/v2/gateway/weights"
+REPLICAS_PATH = "/v2/gateway/replicas"
+STATE_PATH = "/v2/gateway/state"
+# token-guarded: everything that changes the deployment (the replica list and state are read-only)
+CONTROL_PREFIXES = (WEIGHTS_PATH, REPLICAS_PATH + "/")
+CONTROL_BODY_BYTES = 65536
 RETRY_AFTER_S = "1"
+UPSTREAM_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+async def read_control_body(request: Request) -> object:
+    """A control request's JSON body; BadControl (a 4xx) if it is too large or not JSON."""
+    try:
+        return orjson.loads(await read_body(request, CONTROL_BODY_BYTES))
+    except BodyTooLarge:
+        raise control.BadControl(f"control body larger than {CONTROL_BODY_BYTES} bytes", 413) from None
+    except orjson.JSONDecodeError:
+        raise control.BadControl("body must be JSON") from None
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -68,18 +94,28 @@ def error_reply(status: int, message: str, headers: dict[str, str] | None = None
     return Reply(status, orjson.dumps({"error": message}), {"Content-Type": JSON, **(headers or {})})
 
 
+def upstream_failure(r: int, outcome: Outcome, exc: BaseException, timeout_s: float) -> Reply:
+    """The answer when nothing usable came back from replica r (and no retry is left)."""
+    if outcome is Outcome.TIMEOUT:
+        return error_reply(504, f"replica {r} did not answer within {timeout_s:g} s")
+    if outcome is Outcome.FAILED:
+        return error_reply(502, f"bad answer from replica {r}: {exc.__class__.__name__}")
+    return error_reply(502, f"replica {r} unreachable: {exc.__class__.__name__}")
+
+
 class Gateway:
     """The handlers, holding the pool and what they need from the config."""
 
     def __init__(self, cfg: ScenarioConfig, pool: ReplicaPool) -> None:
         self.cfg = cfg
         self.pool = pool
+        self.router = pool.router
+        self.membership = pool.membership
         self.model = cfg.model.name
-        self.version_index = {v: i for i, v in enumerate(cfg.model.versions)}
+        self.version_index = {v: i for i, v in enumerate(self.membership.versions)}
         self.max_body = cfg.server.max_body_bytes
-        self.weights: list[float] = list(cfg.gateway.version_weights) or [
-            float(len(m)) for m in pool.router.replicas_of_version
-        ]
+        self.windows = VersionWindows(len(self.membership.versions), cfg.window_s)
+        self.started = perf_counter()
 
     # -- proxy -----------------------------------------------------------------------------
 
@@ -106,86 +142,101 @@ class Gateway:
 
     async def forward(self, method: str, path: str, model: str, version_name: str | None, raw_user: str | None,
                       ctype: str | None, body: bytes, t0: float) -> Reply:
-        """Route, send, retry once on a connection failure, and map upstream failures to 502/503/504."""
-        if model != self.model:
-            return self._done(t0, error_reply(404, f"unknown model {model!r}; this gateway serves {self.model!r}"))
-        version: int | None = None
-        if version_name is not None:
-            version = self.version_index.get(version_name)
-            if version is None:
-                known = ", ".join(self.version_index)
-                return self._done(t0, error_reply(404, f"unknown version {version_name!r} of {self.model!r}; known: {known}"))
-        user_id: int | None = None  # anonymous: the version split is by weight, never sticky
-        if raw_user is not None:
-            try:
-                user_id = int(raw_user)
-            except ValueError:
-                return self._done(t0, error_reply(400, f"x-user-id must be an integer, got {raw_user[:40]!r}"))
-            if user_id < 0:
-                return self._done(t0, error_reply(400, "x-user-id must be >= 0"))
+        """Route, send, retry as the RetryPolicy says, and map upstream failures to 502/503/504."""
+        target = self._target(model, version_name, raw_user)
+        if isinstance(target, Reply):
+            return self._done(t0, target)
+        version, user_id = target
         headers = {"Content-Type": ctype} if ctype is not None else {}
-
         pool = self.pool
-        session = pool.session
-        assert session is not None
+        record = method == "POST"  # infers count in the versions' windows; metadata reads do not
         upstream_s = 0.0
-        failed = -1
-        refused = False
-        for attempt in (0, 1):
-            try:
-                r = pool.pick(user_id, version, t0, exclude=failed)
-            except NoReplica:
-                if failed >= 0 and not refused:
-                    r = failed  # a dropped keep-alive connection, and no one else: try it again
-                else:
-                    what = self.model if version is None else f"{self.model} version {version_name}"
-                    return self._done(t0, error_reply(503, f"no healthy replica for {what}", {"Retry-After": RETRY_AFTER_S}), upstream_s)
-            pool.outstanding[r] += 1
+        failed, outcome, attempt = -1, Outcome.OK, 0
+        while True:
+            r = self._pick(user_id, version, t0, failed, outcome)
+            if r < 0:
+                what = self.model if version is None else f"{self.model} version {version_name}"
+                reply = error_reply(503, f"no healthy replica for {what}", {"Retry-After": RETRY_AFTER_S})
+                return self._done(t0, reply, upstream_s, version if record and version is not None else -1)
+            served = self.membership.version_of[r] if record else -1
             t_up = perf_counter()
             try:
-                async with session.request(method, pool.url(r, path), data=body if method == "POST" else None,
-                                           headers=headers, timeout=pool.timeout) as resp:
-                    payload = await resp.read()
-                    status = resp.status
-                    up_headers = resp.headers
-            except TimeoutError:
+                status, payload, up_headers = await self._call(method, r, path, body, headers)
+            except UPSTREAM_ERRORS as exc:
                 upstream_s += perf_counter() - t_up
-                return self._done(t0, error_reply(504, f"replica {r} did not answer within {pool.options.upstream_timeout_s:g} s"), upstream_s)
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                # nothing came back: infer is idempotent, so one more try elsewhere is safe
-                upstream_s += perf_counter() - t_up
-                refused = isinstance(exc, aiohttp.ClientConnectorError)
-                if refused:
-                    pool.mark_down(r, f"connection failed: {exc}")
-                if attempt == 0:
+                outcome = request_outcome(exc)
+                pool.on_request(r, outcome)
+                if pool.retry.should_retry(attempt, outcome):
                     pool.metrics.retries.inc()
-                    failed = r
+                    attempt, failed = attempt + 1, r
                     continue
-                return self._done(t0, error_reply(502, f"replica {r} unreachable: {exc.__class__.__name__}"), upstream_s)
-            except aiohttp.ClientError as exc:
-                upstream_s += perf_counter() - t_up
-                return self._done(t0, error_reply(502, f"bad answer from replica {r}: {exc.__class__.__name__}"), upstream_s)
-            finally:
-                pool.outstanding[r] -= 1
+                return self._done(t0, upstream_failure(r, outcome, exc, pool.upstream_timeout_s), upstream_s, served)
             elapsed = perf_counter() - t_up
             upstream_s += elapsed
+            pool.on_request(r, Outcome.OK)
             pool.metrics.upstream_seconds[r].observe(elapsed)
             out_headers = {"x-replica": str(r)}
             for name in ("Content-Type", "Retry-After"):
                 value = up_headers.get(name)
                 if value is not None:
                     out_headers[name] = value
-            return self._done(t0, Reply(status, payload, out_headers), upstream_s)
-        raise AssertionError("unreachable")
+            return self._done(t0, Reply(status, payload, out_headers), upstream_s, served)
 
-    def _done(self, t0: float, reply: Reply, upstream_s: float = 0.0) -> Reply:
-        total = perf_counter() - t0
+    def _target(self, model: str, version_name: str | None, raw_user: str | None) -> tuple[int | None, int | None] | Reply:
+        """(version index or None, user id or None) from the request, or the 4xx that refuses it."""
+        if model != self.model:
+            return error_reply(404, f"unknown model {model!r}; this gateway serves {self.model!r}")
+        version: int | None = None
+        if version_name is not None:
+            version = self.version_index.get(version_name)
+            if version is None:
+                known = ", ".join(self.version_index)
+                return error_reply(404, f"unknown version {version_name!r} of {self.model!r}; known: {known}")
+        if raw_user is None:
+            return version, None  # anonymous: the version split is by weight, never sticky
+        try:
+            user_id = int(raw_user)
+        except ValueError:
+            return error_reply(400, f"x-user-id must be an integer, got {raw_user[:40]!r}")
+        if user_id < 0:
+            return error_reply(400, "x-user-id must be >= 0")
+        return version, user_id
+
+    def _pick(self, user_id: int | None, version: int | None, now: float, failed: int, outcome: Outcome) -> int:
+        """The replica for this attempt (a retry avoids the one that failed), or -1: none left."""
+        try:
+            return self.pool.pick(user_id, version, now, exclude=failed)
+        except NoReplica:
+            if failed >= 0 and self.pool.retry.may_reuse(outcome):
+                return failed  # a dropped keep-alive connection, and no one else: try it again
+            return -1
+
+    async def _call(self, method: str, r: int, path: str, body: bytes,
+                    headers: Mapping[str, str]) -> tuple[int, bytes, Mapping[str, str]]:
+        """One upstream request, counted in replica r's outstanding while it runs."""
+        pool = self.pool
+        session = pool.session
+        assert session is not None
+        pool.outstanding[r] += 1
+        try:
+            async with session.request(method, pool.url(r, path), data=body if method == "POST" else None,
+                                       headers=headers, timeout=pool.timeout) as resp:
+                return resp.status, await resp.read(), resp.headers
+        finally:
+            pool.outstanding[r] -= 1
+
+    def _done(self, t0: float, reply: Reply, upstream_s: float = 0.0, version: int = -1) -> Reply:
+        """Account for an answer: metrics, the x-gateway-s header, and `version`'s window."""
+        now = perf_counter()
+        total = now - t0
         own = max(total - upstream_s, 0.0)
         reply.headers["x-gateway-s"] = f"{own:.6f}"
         m = self.pool.metrics
         m.request_seconds.observe(total)
         m.gateway_seconds.observe(own)
         m.count(reply.status)
+        if version >= 0:
+            self.windows.add(version, reply.status, total, now)
         return reply
 
     # -- the gateway's own endpoints -------------------------------------------------------
@@ -195,69 +246,71 @@ class Gateway:
 
     async def ready(self, request: Request) -> Response:
         """Ready while at least one replica is in rotation: then it can answer infers."""
-        return Response(b"", status_code=200 if self.pool.any_healthy() else 503)
+        return Response(b"", status_code=200 if self.pool.any_routable() else 503)
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.pool.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def _replica_doc(self, r: int) -> dict[str, object]:
+        m = self.membership
+        return {"replica": r, "url": self.pool.urls[r], "version": m.version_name(r), "healthy": m.healthy[r],
+                "active": m.active[r], "routable": m.routable(r), "in_flight": self.pool.outstanding[r]}
+
     async def replicas(self, request: Request) -> Response:
-        pool = self.pool
-        return json_response({
-            "replicas": [
-                {"replica": r, "url": u, "version": self.cfg.model.versions[r % len(self.cfg.model.versions)],
-                 "healthy": pool.healthy[r], "in_flight": pool.outstanding[r]}
-                for r, u in enumerate(pool.urls)
-            ]
-        })
+        return json_response({"replicas": [self._replica_doc(r) for r in range(len(self.membership))]})
+
+    async def state(self, request: Request) -> Response:
+        """What a controller reads at each tick: the View, over the last window_s."""
+        now = perf_counter()
+        windows = dict(enumerate(self.windows.windows(now)))
+        view = view_of(self.router, now - self.started, windows)
+        return json_response(control.state_doc(view, self.membership, self.windows.window_s))
+
+    def _apply(self, action: Action) -> None:
+        """Through the policy's `apply`, the twin's own; Eject/Restore reach the health policy
+        too. A change the deployment refuses is the caller's error (409), never a 500."""
+        try:
+            apply(action, self.router, self.pool.health)
+        except ValueError as exc:
+            raise control.BadControl(str(exc), 409) from None
 
     async def get_weights(self, request: Request) -> Response:
-        return json_response({"versions": self.cfg.model.versions, "weights": self.weights, "sticky": self.cfg.gateway.sticky})
+        return json_response({"versions": self.membership.versions, "weights": self.router.version_weights,
+                              "sticky": self.router.sticky})
 
     async def set_weights(self, request: Request) -> Response:
         """`{"weights": [w0, w1, ...]}`, one per model version, >= 0 with a positive sum."""
         try:
-            body = orjson.loads(await read_body(request, 65536))
-        except (orjson.JSONDecodeError, BodyTooLarge):
-            return oip_error(400, 'body must be JSON like {"weights": [0.9, 0.1]}')
-        weights = body.get("weights") if isinstance(body, dict) else None
-        n = len(self.cfg.model.versions)
-        if (
-            not isinstance(weights, list) or len(weights) != n
-            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights)
-            or sum(weights) <= 0
-        ):
-            return oip_error(400, f"weights must be a list of {n} numbers >= 0 with a positive sum")
-        self.pool.router.set_version_weights([float(w) for w in weights])
-        self.weights = [float(w) for w in weights]
+            self._apply(control.set_weights(await read_control_body(request), len(self.membership.versions)))
+        except control.BadControl as exc:
+            return oip_error(exc.status, str(exc))
         return await self.get_weights(request)
+
+    async def replica_action(self, request: Request) -> Response:
+        """`{"action": "drain"}` etc. on replica {replica}: its state after the change."""
+        r = int(request.path_params["replica"])
+        try:
+            action = control.replica_action(r, await read_control_body(request), self.membership)
+            self._apply(action)
+        except control.BadControl as exc:
+            return oip_error(exc.status, str(exc))
+        return json_response(self._replica_doc(r))
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response({"name": "servelab-gateway", "version": "0.1.0", "extensions": []})
 
 
-def create_app(
-    cfg: ScenarioConfig,
-    upstreams: Sequence[str],
-    *,
-    token: str | None = None,
-    options: PoolOptions | None = None,
-) -> Starlette:
+def create_app(cfg: ScenarioConfig, upstreams: Sequence[str], *, token: str | None = None) -> Starlette:
     """The gateway for `cfg` in front of `upstreams` (index = replica index).
 
     `token` guards the control endpoints (default: $SERVELAB_TOKEN, then cfg.server.token;
-    none = control closed). The upstream timeout defaults to the scenario's client deadline.
+    none = control closed). Pool and health settings come from cfg.gateway and cfg.health.
     """
     if len(upstreams) != cfg.replicas:
         raise ValueError(f"{len(upstreams)} upstreams for replicas={cfg.replicas}: give one URL per replica")
-    if options is None:
-        options = PoolOptions(upstream_timeout_s=cfg.timeout_s if cfg.timeout_s > 0 else 60.0)
     if token is None:
         token = os.environ.get("SERVELAB_TOKEN") or cfg.server.token
-    router = Router(
-        cfg.replicas, len(cfg.model.versions), cfg.lb.policy, cfg.lb.weights,
-        cfg.gateway.version_weights, cfg.gateway.sticky,
-    )
-    pool = ReplicaPool(upstreams, router, cfg.seed, options)
+    pool = ReplicaPool(cfg, upstreams, Router.from_config(cfg))
     gw = Gateway(cfg, pool)
 
     @asynccontextmanager
@@ -279,15 +332,17 @@ def create_app(
         Route("/v2/models/{model}/ready", gw.metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}", gw.metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", gw.metadata, methods=["GET"]),
-        Route("/v2/gateway/replicas", gw.replicas, methods=["GET"]),
-        Route(CONTROL_PREFIX, gw.get_weights, methods=["GET"]),
-        Route(CONTROL_PREFIX, gw.set_weights, methods=["POST"]),
+        Route(REPLICAS_PATH, gw.replicas, methods=["GET"]),
+        Route(REPLICAS_PATH + "/{replica:int}", gw.replica_action, methods=["POST"]),
+        Route(STATE_PATH, gw.state, methods=["GET"]),
+        Route(WEIGHTS_PATH, gw.get_weights, methods=["GET"]),
+        Route(WEIGHTS_PATH, gw.set_weights, methods=["POST"]),
         Route("/metrics", gw.metrics, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(BearerAuth, token=token, prefixes=[CONTROL_PREFIX]),
+            Middleware(BearerAuth, token=token, prefixes=CONTROL_PREFIXES),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unexpected},
         lifespan=lifespan,

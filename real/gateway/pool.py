@@ -1,74 +1,93 @@
-"""The replicas as the gateway sees them: where they are, how busy, whether alive.
+"""The replicas as the gateway sees them: where they are, how busy, whether in rotation.
 
 One `aiohttp.ClientSession` with a sized keep-alive connector carries all infer traffic, so a
 request normally reuses a warm connection (a fresh TCP handshake per request would double the
 gateway's overhead). Health probes use a second, tiny session: a pool saturated by slow infers
 must not make a healthy replica look dead.
 
-Ejection is passive (a refused connection takes the replica out at once) and active (a
-probe of `/v2/health/ready` every `interval_s`); only a passing probe brings a replica back.
+Every decision is a shared policy object, driven here from asyncio as the twin drives it from
+SimPy: the `Router` (over the run-time `Membership`) picks, with the twin's own routing stream
+(`make_streams(seed).routing`), so the same seed routes the same way in both worlds; the
+`HealthPolicy` turns probe results (every `health.probe_interval_s`) and failed upstream calls
+into ejections and restorations, which `Membership` carries; the `RetryPolicy` says whether a
+failed attempt is tried again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from dataclasses import dataclass
 from typing import Sequence
 
 import aiohttp
 from yarl import URL
 
 from real.gateway.metrics import GatewayMetrics
+from sim.config import ScenarioConfig
+from sim.policy.health import Change, HealthPolicy, Outcome, RetryPolicy
 from sim.policy.split import Router
+from sim.rng import make_streams
 
 log = logging.getLogger("servelab.gateway")
 
 READY_PATH = "/v2/health/ready"
+NO_DEADLINE_TIMEOUT_S = 60.0  # the upstream timeout when neither it nor the client deadline is set
 
 
-@dataclass
-class PoolOptions:
-    health_interval_s: float = 0.5
-    health_timeout_s: float = 1.0
-    # a probe that times out may only mean a busy replica: eject after this many in a row
-    timeouts_to_eject: int = 2
-    connections_per_replica: int = 256
-    upstream_timeout_s: float = 60.0
+def upstream_timeout_s(cfg: ScenarioConfig) -> float:
+    """gateway.upstream_timeout_s, else the client deadline (an answer after it is useless to the
+    client), else a minute."""
+    return cfg.gateway.upstream_timeout_s or cfg.timeout_s or NO_DEADLINE_TIMEOUT_S
+
+
+def request_outcome(exc: BaseException) -> Outcome:
+    """What a failed upstream call says about the replica, for the health and retry policies."""
+    if isinstance(exc, TimeoutError):
+        return Outcome.TIMEOUT
+    if isinstance(exc, aiohttp.ClientConnectorError):  # before ClientOSError: it is one
+        return Outcome.REFUSED
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+        return Outcome.DISCONNECTED
+    return Outcome.FAILED  # an answer that was not HTTP
 
 
 class ReplicaPool:
-    def __init__(self, urls: Sequence[str], router: Router, seed: int, options: PoolOptions) -> None:
+    def __init__(self, cfg: ScenarioConfig, urls: Sequence[str], router: Router) -> None:
+        if len(urls) != len(router.membership):
+            raise ValueError(f"{len(urls)} upstream URLs for {len(router.membership)} replicas")
         self.urls = [u.rstrip("/") for u in urls]
         self.router = router
-        self.options = options
-        n = len(self.urls)
-        # plain lists, not objects: the router reads them on every request
-        self.outstanding: list[int] = [0] * n
-        self.healthy: list[bool] = [True] * n
-        self.all_healthy = True
-        self.rng = random.Random(seed)
-        self._timeouts = [0] * n
-        self.metrics = GatewayMetrics(n, self.outstanding, self.healthy)
+        self.membership = router.membership
+        h = cfg.health
+        self.health = HealthPolicy(len(self.urls), h.failure_threshold, h.success_threshold)
+        self.retry = RetryPolicy(h.retries)
+        self.probe_interval_s = h.probe_interval_s
+        self.probe_timeout_s = h.probe_timeout_s
+        self.connections_per_replica = cfg.gateway.connections_per_replica
+        self.upstream_timeout_s = upstream_timeout_s(cfg)
+        # the twin's routing stream: the same seed draws the same routing decisions
+        self.rng = make_streams(cfg.seed).routing
+        # a plain list, not objects: the router reads it on every request
+        self.outstanding: list[int] = [0] * len(self.urls)
+        self.metrics = GatewayMetrics(len(self.urls), self.outstanding, self.membership)
         self.session: aiohttp.ClientSession | None = None
         self._probe_session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        self.timeout = aiohttp.ClientTimeout(total=options.upstream_timeout_s)
+        self.timeout = aiohttp.ClientTimeout(total=self.upstream_timeout_s)
         self._url_cache: dict[tuple[int, str], URL] = {}
 
     async def start(self) -> None:
         n = len(self.urls)
         connector = aiohttp.TCPConnector(
-            limit=self.options.connections_per_replica * n,
-            limit_per_host=self.options.connections_per_replica,
+            limit=self.connections_per_replica * n,
+            limit_per_host=self.connections_per_replica,
             keepalive_timeout=30.0,
             ttl_dns_cache=None,
         )
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
         self._probe_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=2 * n, keepalive_timeout=30.0),
-            timeout=aiohttp.ClientTimeout(total=self.options.health_timeout_s),
+            timeout=aiohttp.ClientTimeout(total=self.probe_timeout_s),
         )
         await self.probe_all()
         self._task = asyncio.create_task(self._probe_loop(), name="gateway-health")
@@ -87,13 +106,8 @@ class ReplicaPool:
     # -- routing ---------------------------------------------------------------------------
 
     def pick(self, user_id: int | None, version: int | None, now: float, exclude: int = -1) -> int:
-        """The Router's choice among healthy replicas; raises NoReplica when none is left."""
-        if self.all_healthy and exclude < 0:
-            return self.router.route(user_id, self.outstanding, now, self.rng, version=version)
-        mask = list(self.healthy)
-        if exclude >= 0:
-            mask[exclude] = False
-        return self.router.route(user_id, self.outstanding, now, self.rng, healthy=mask, version=version)
+        """The Router's choice among routable replicas; raises NoReplica when none is left."""
+        return self.router.route(user_id, self.outstanding, now, self.rng, version=version, exclude=exclude)
 
     def url(self, r: int, path: str) -> URL:
         """The upstream URL, parsed once per (replica, path): yarl parsing is per-request cost otherwise."""
@@ -105,50 +119,46 @@ class ReplicaPool:
             url = self._url_cache[key] = URL(self.urls[r] + path)
         return url
 
-    def any_healthy(self) -> bool:
-        return any(self.healthy)
+    def any_routable(self) -> bool:
+        m = self.membership
+        return any(m.routable(r) for r in range(len(m)))
 
     # -- health ----------------------------------------------------------------------------
 
-    def mark_down(self, r: int, reason: str) -> None:
-        if self.healthy[r]:
-            self.healthy[r] = False
-            self.all_healthy = False
-            self.metrics.ejections[r].inc()
-            log.warning("replica %d (%s) ejected: %s", r, self.urls[r], reason)
+    def on_request(self, r: int, outcome: Outcome) -> None:
+        """A proxied call's transport outcome (passive health checking)."""
+        self._carry_out(self.health.on_request(r, outcome))
 
-    def mark_up(self, r: int) -> None:
-        self._timeouts[r] = 0
-        if not self.healthy[r]:
-            self.healthy[r] = True
-            self.all_healthy = all(self.healthy)
-            log.warning("replica %d (%s) back in rotation", r, self.urls[r])
+    def _carry_out(self, change: Change | None) -> None:
+        """The health policy's verdict into Membership, which the router reads at every request."""
+        if change is None:
+            return
+        self.membership.set_healthy(change.replica, change.healthy)
+        if change.healthy:
+            log.warning("replica %d (%s) back in rotation: %s", change.replica, self.urls[change.replica], change.reason)
+        else:
+            self.metrics.ejections[change.replica].inc()
+            log.warning("replica %d (%s) ejected: %s", change.replica, self.urls[change.replica], change.reason)
 
     async def probe(self, r: int) -> None:
+        self._carry_out(self.health.on_probe(r, await self._probe_outcome(r)))
+
+    async def _probe_outcome(self, r: int) -> Outcome:
         assert self._probe_session is not None
         try:
             async with self._probe_session.get(self.urls[r] + READY_PATH) as resp:
                 await resp.read()
-                ok = resp.status == 200
-                reason = f"{READY_PATH} answered {resp.status}"
-        except TimeoutError:
-            self._timeouts[r] += 1
-            if self._timeouts[r] >= self.options.timeouts_to_eject:
-                self.mark_down(r, f"{self._timeouts[r]} health probes timed out")
-            return
-        except (aiohttp.ClientError, OSError) as exc:
-            ok, reason = False, f"health probe failed: {exc.__class__.__name__}: {exc}"
-        if ok:
-            self.mark_up(r)
-        else:
-            self.mark_down(r, reason)
+                return Outcome.OK if resp.status == 200 else Outcome.FAILED
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return request_outcome(exc)
 
     async def probe_all(self) -> None:
-        await asyncio.gather(*(self.probe(r) for r in range(len(self.urls))))
+        m = self.membership
+        await asyncio.gather(*(self.probe(r) for r in range(len(m)) if not m.removed[r]))
 
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.options.health_interval_s)
+            await asyncio.sleep(self.probe_interval_s)
             try:
                 await self.probe_all()
             except Exception:  # a probe bug must not stop health checking for good

@@ -48,6 +48,8 @@ from real.loadgen.plan import (
     write_json_file,
 )
 from real.loadgen.recordfile import CLIENT_TIMEOUT, CONNECTION_ERROR, CUT_SHORT, RECORD_FIELDS
+from sim.policy.users import ThinkTime
+from sim.rng import make_streams
 
 T0_MESSAGE = "servelab_t0"
 clock = time.perf_counter
@@ -78,6 +80,8 @@ class Driver:
         self.rows: list[tuple[Any, ...]] = []
         self.in_flight: dict[int, tuple[int, int, float, float]] = {}
         self.group = gevent.pool.Group()
+        # the twin's closed users draw from the very same per-user streams
+        self.think = ThinkTime(plan.think_s, make_streams(plan.seed).think) if plan.closed else None
         self.t0 = 0.0
         self.flushed = False
         self._next_key = 0
@@ -176,14 +180,15 @@ class Driver:
             self.group.spawn(self._closed_user, user)
 
     def _closed_user(self, user: int) -> None:
-        """The twin's closed user: think (exponential), send, wait for the answer or the deadline."""
+        """The twin's closed user: think, send, wait for the answer or the deadline. User u's
+        think times are the twin's user u's (sim.policy.users.ThinkTime), on whichever worker."""
         plan = self.plan
-        rng = np.random.default_rng([plan.seed, user])
+        think = self.think
+        assert think is not None
         t0 = self.t0
         next_s = 0.0
         while True:
-            if plan.think_s > 0:
-                next_s += float(rng.exponential(plan.think_s))
+            next_s += think.draw(user)
             if next_s >= plan.duration_s:
                 return
             delay = t0 + next_s - clock()
@@ -203,7 +208,7 @@ class Driver:
                 self.run_closed()
             else:
                 self.run_open()
-            drain = (self.plan.timeout_s + 2.0) if self.plan.timeout_s > 0 else self.plan.drain_s
+            drain = self.plan.drain_after_s
             if self.plan.closed:
                 drain += self.plan.duration_s
             self.group.join(timeout=drain)
@@ -263,7 +268,7 @@ def _on_spawned(user_count: int, **_: Any) -> None:
     env = _environment()
     if env is None:
         return
-    t0_wall = time.time() + _plan().lead_s
+    t0_wall = time.time() + _plan().start_lead_s
     if isinstance(env.runner, MasterRunner):
         env.runner.send_message(T0_MESSAGE, t0_wall)
     elif isinstance(env.runner, LocalRunner) and not _t0_wall.ready():

@@ -21,11 +21,15 @@ import numpy as np
 
 PLAN_ENV = "SERVELAB_LOADGEN_PLAN"
 WORKER_ENV = "SERVELAB_LOADGEN_WORKER"
+DEADLINE_SLACK_S = 2.0  # past the client deadline, a request's record is on its way: not a setting
 
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """One run of the load generator; every worker reads the same plan."""
+    """One run of the load generator; every worker reads the same plan.
+
+    Built from the scenario by `real.loadgen.runner.make_plan`: every setting here is a config
+    key (`loadgen.*`, `arrival.*`, ...) and its default lives in the schema, not here."""
 
     url: str  # the gateway (or any OIP endpoint), e.g. http://127.0.0.1:8000
     infer_path: str  # /v2/models/<name>/infer
@@ -35,13 +39,19 @@ class LoadPlan:
     workers: int
     duration_s: float
     timeout_s: float  # client deadline from the intended send time; 0 = none
-    users: int = 1  # closed loop: concurrent users (user u runs on worker u % workers)
-    think_s: float = 0.0  # closed loop: mean exponential think time
-    seed: int = 0
-    dispatch: str = "dispatcher"
-    lead_s: float = 0.5  # t0 = when the master says go + lead_s, so every worker hears it in time
-    max_connections: int = 2000  # per worker; in-flight requests never wait for a pool slot below this
-    drain_s: float = 30.0  # without a client deadline: how long to wait for the last answers
+    users: int  # closed loop: concurrent users (user u runs on worker u % workers)
+    think_s: float  # closed loop: mean exponential think time (sim.policy.users.ThinkTime)
+    seed: int  # the run's seed: closed-loop think times come from its think stream
+    dispatch: str  # loadgen.dispatch
+    start_lead_s: float  # loadgen.start_lead_s: t0 = when the master says go + this
+    max_connections: int  # loadgen.max_connections, per worker
+    drain_s: float  # loadgen.drain_s: without a client deadline, how long to wait for the last answers
+
+    @property
+    def drain_after_s(self) -> float:
+        """How long after its last send a worker waits for answers: the client deadline and a
+        little slack, or loadgen.drain_s when there is none."""
+        return self.timeout_s + DEADLINE_SLACK_S if self.timeout_s > 0 else self.drain_s
 
     def write(self, path: Path) -> None:
         _atomic_bytes(path, json.dumps(asdict(self), indent=2).encode())

@@ -33,21 +33,20 @@ from real.loadgen.plan import (
     write_schedule,
 )
 from sim.arrivals import make_schedule
-from sim.config import ScenarioConfig, validate
+from sim.config import LoadgenConfig, ScenarioConfig, validate
 from sim.rng import make_streams
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 60.0  # Locust imports, workers connect, the master says go
-REMOTE_START_TIMEOUT_S = 600.0  # someone starts the remote workers by hand
-STOP_GRACE_S = 10.0  # a stopped worker writes its records before it exits
-POLL_S = 0.1
+# Timeouts, the connection pool, the start lead and the priority are config keys (loadgen.*).
+POLL_S = 0.1  # how often the parent looks for the workers' records
+FINISH_SLACK_S = 15.0  # past the last send and the drain: workers write their records, Locust exits
 PR_SET_PDEATHSIG = 1
 # The generator shares 2 cores with the stack it measures. When it wakes for a send while the
 # gateway and replicas hold both cores, CFS may run it milliseconds later: send lag. A higher
-# priority (lower nice) lets it preempt them for the few microseconds a send takes; its total CPU
-# is small, so the server loses little. Best effort: without the privilege it stays at 0.
-NICE = int(os.environ.get("SERVELAB_LOADGEN_NICE", "-10"))
+# priority (lower nice, loadgen.nice) lets it preempt them for the few microseconds a send takes;
+# its total CPU is small, so the server loses little. Best effort: without the privilege it stays 0.
+DEFAULT_NICE = LoadgenConfig().nice
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 Progress = Callable[[float, float], None]  # (elapsed since t0, total) -> None
@@ -91,10 +90,12 @@ def make_plan(cfg: ScenarioConfig, url: str, out_dir: Path, *, path: str | None 
         s = make_schedule(cfg.arrival, cfg.duration_s, streams.arrivals, streams.users)
         schedule = str(out_dir / "schedule.npz")
         write_schedule(Path(schedule), s.times_s, s.user_ids)
+    lg = cfg.loadgen
     return LoadPlan(
         url=url, infer_path=path or infer_path(cfg), closed=closed, schedule=schedule, out_dir=str(out_dir),
-        workers=cfg.loadgen.workers, duration_s=cfg.duration_s, timeout_s=cfg.timeout_s,
-        users=cfg.arrival.users, think_s=cfg.arrival.think_s, seed=cfg.seed, dispatch=cfg.loadgen.dispatch,
+        workers=lg.workers, duration_s=cfg.duration_s, timeout_s=cfg.timeout_s,
+        users=cfg.arrival.users, think_s=cfg.arrival.think_s, seed=cfg.seed, dispatch=lg.dispatch,
+        start_lead_s=lg.start_lead_s, max_connections=lg.max_connections, drain_s=lg.drain_s,
     )
 
 
@@ -115,29 +116,29 @@ def locust_commands(plan: LoadPlan, plan_path: Path, locustfile: Path, *, remote
     return procs
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
+def _child_setup(parent_pid: int, nice: int) -> Callable[[], None]:
     def setup() -> None:  # between fork and exec: die with the parent, even by SIGKILL
         if _LIBC is not None:
             _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent_pid:
             os._exit(1)
-        if NICE:
+        if nice:
             try:
-                os.setpriority(os.PRIO_PROCESS, 0, NICE)
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
             except OSError:
                 pass
 
     return setup
 
 
-def spawn(name: str, argv: list[str], env: dict[str, str], log: Path) -> _Proc:
+def spawn(name: str, argv: list[str], env: dict[str, str], log: Path, *, nice: int = DEFAULT_NICE) -> _Proc:
     # libev's select backend sleeps with microsecond timeouts; epoll rounds every wait up to the
     # next millisecond, which alone puts ~0.5 ms of send lag on every request (measured)
     full_env = {"GEVENT_BACKEND": "select", **os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                 "PYTHONUNBUFFERED": "1", **env}
     with open(log, "ab") as out:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                 env=full_env, start_new_session=True, preexec_fn=_child_setup(os.getpid()))
+                                 env=full_env, start_new_session=True, preexec_fn=_child_setup(os.getpid(), nice))
     return _Proc(name, popen, log)
 
 
@@ -173,17 +174,18 @@ def run_load(
     plan_path = out_dir / "plan.json"
     plan.write(plan_path)
     workers = plan.workers
+    lg = cfg.loadgen
     notes: list[str] = []
     procs: list[_Proc] = []
     t0_wall: float | None = None
     complete = False
     try:
-        for name, argv, env in locust_commands(plan, plan_path, locustfile, remote_workers=cfg.loadgen.remote_workers,
-                                               bind_host=cfg.loadgen.master_bind_host):
-            procs.append(spawn(name, argv, env, out_dir / f"{name}.log"))
-        start_timeout = REMOTE_START_TIMEOUT_S if cfg.loadgen.remote_workers else START_TIMEOUT_S
+        for name, argv, env in locust_commands(plan, plan_path, locustfile, remote_workers=lg.remote_workers,
+                                               bind_host=lg.master_bind_host):
+            procs.append(spawn(name, argv, env, out_dir / f"{name}.log", nice=lg.nice))
+        start_timeout = lg.remote_start_timeout_s if lg.remote_workers else lg.start_timeout_s
         start_deadline = time.monotonic() + start_timeout
-        drain = (plan.timeout_s + 2.0) if plan.timeout_s > 0 else plan.drain_s
+        drain = plan.drain_after_s
         end_deadline: float | None = None
         while True:
             if all(records_path(out_dir, i).exists() for i in range(workers)):
@@ -198,9 +200,10 @@ def run_load(
             if t0_wall is None:
                 t0_wall = _t0(out_dir, workers)
                 if t0_wall is not None:
-                    end_deadline = now + (t0_wall - time.time()) + plan.duration_s + drain + 15.0
+                    end_deadline = now + (t0_wall - time.time()) + plan.duration_s + drain + FINISH_SLACK_S
                 elif now > start_deadline:
-                    notes.append(f"the load generator did not start within {start_timeout:.0f} s")
+                    notes.append(f"the load generator did not start within {start_timeout:g} s "
+                                 f"(loadgen.{'remote_' if lg.remote_workers else ''}start_timeout_s)")
                     break
             if end_deadline is not None:
                 if progress is not None and t0_wall is not None:
@@ -211,7 +214,7 @@ def run_load(
                     break
             time.sleep(POLL_S)
     finally:
-        stop_all([p.popen for p in procs], STOP_GRACE_S)
+        stop_all([p.popen for p in procs], lg.stop_grace_s)
     files = [records_path(out_dir, i) for i in range(workers) if records_path(out_dir, i).exists()]
     missing = sorted(set(range(workers)) - {int(f.stem.rsplit("-", 1)[1]) for f in files})
     if missing:

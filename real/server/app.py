@@ -1,13 +1,13 @@
 """The replica's ASGI app: Open Inference Protocol REST (KServe v2, Triton's extensions).
 
-One process serves one model version (`cfg.model.versions[replica % len(versions)]`); asking
-for another version is a 404, as a Triton repository that does not hold it would answer.
+One process serves one model version (the one `Membership.initial` gives its replica index);
+asking for another version is a 404, as a Triton repository that does not hold it would answer.
 
 Status codes, all with an OIP error body `{"error": "..."}`:
   400 bad request body      404 unknown model, version or route     405 wrong method
   413 body > server.max_body_bytes                                  415 content type not JSON
   401 control call without the bearer token
-  503 queue full (shed, with Retry-After) or model unloaded
+  503 queue full (shed, with Retry-After), model unloaded, or the replica is down (a fault drill)
   504 the request's `parameters.timeout` (microseconds) ran out while it was queued: it was
       dropped at dispatch and never ran (gRPC's DEADLINE_EXCEEDED maps to 504 as well)
   500 only if the model itself raised
@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,14 +40,46 @@ from real.server.backends import Backend, make_backend
 from real.server.batcher import AsyncBatcher, BackendFailed, DeadlineExceeded, QueueFull, clock
 from real.server.metrics import CONTENT_TYPE, ServerMetrics
 from real.server.protocol import INPUT_SPEC, ProtocolError, error_body, infer_response, parse_infer
-from sim.config import ScenarioConfig
+from sim.config import ScenarioConfig, version_names
 from sim.policy.batching import DynamicBatcher
+from sim.policy.membership import Membership
 
 SERVER_NAME = "servelab"
 SERVER_VERSION = "0.1.0"
 JSON = "application/json"
 JSON_BYTES = JSON.encode()
 TOKEN_ENV = "SERVELAB_TOKEN"
+
+
+@dataclass
+class FaultState:
+    """A fault drill's effect on this replica (`POST /v2/fault`, a controller's `Fault`): while
+    `down`, readiness fails and every infer answers 503; the emulated device time is
+    multiplied by `slowdown`. The defaults are a healthy replica."""
+
+    down: bool = False
+    slowdown: float = 1.0
+
+
+class FaultableBackend:
+    """The replica's backend, with the device time it plans stretched by the fault's slowdown
+    (the numpy backend plans none: its speed is the CPU's)."""
+
+    def __init__(self, inner: Backend, fault: FaultState) -> None:
+        self.inner = inner
+        self.fault = fault
+        self.platform = inner.platform
+        self.outputs = inner.outputs
+        self.inline = bool(getattr(inner, "inline", False))  # the batcher runs an inline backend on the loop
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def plan(self, batch_size: int) -> float:
+        return self.inner.plan(batch_size) * self.fault.slowdown
+
+    def run(self, x: np.ndarray, planned: float) -> dict[str, np.ndarray]:
+        return self.inner.run(x, planned)
 
 
 @dataclass
@@ -63,10 +96,16 @@ class Replica:
     token_configured: bool
     loaded: bool = False
     output_names: frozenset[str] = field(default_factory=frozenset)
+    fault: FaultState = field(default_factory=FaultState)
 
     @property
     def model(self) -> str:
         return self.cfg.model.name
+
+    @property
+    def serving(self) -> bool:
+        """Ready for infers: the model is loaded and no fault holds the replica down."""
+        return self.loaded and not self.fault.down
 
 
 def resolve_token(cfg: ScenarioConfig) -> tuple[str, bool]:
@@ -126,7 +165,7 @@ async def live(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     rep = _rep(request)
-    return _json({"ready": rep.loaded}, 200 if rep.loaded else 503)
+    return _json({"ready": rep.serving}, 200 if rep.serving else 503)
 
 
 async def server_metadata(request: Request) -> Response:
@@ -153,7 +192,7 @@ async def model_ready(request: Request) -> Response:
     rep = _rep(request)
     if (bad := _check_model(rep, request)) is not None:
         return bad
-    return _json({"name": rep.model, "ready": rep.loaded}, 200 if rep.loaded else 503)
+    return _json({"name": rep.model, "ready": rep.serving}, 200 if rep.serving else 503)
 
 
 async def model_stats(request: Request) -> Response:
@@ -210,6 +249,8 @@ async def answer_infer(
         return 404, error_body(problem), None
     m.in_flight.inc()
     try:
+        if rep.fault.down:
+            raise ProtocolError(503, f"replica {rep.index} is down (a fault drill: POST /v2/fault)")
         check_content_type(content_type)
         body = await read_body()
         req = parse_infer(body, rep.cfg.batching.max_batch_size, rep.output_names)
@@ -320,6 +361,39 @@ async def load_model(request: Request) -> Response:
     return await _control(request, True)
 
 
+def parse_fault(doc: object) -> FaultState:
+    """`{"down": bool, "slowdown": number > 0}`; a missing key takes the healthy default, so
+    `{}` clears a fault (as the controller's `Fault(replica)` does)."""
+    if not isinstance(doc, dict) or set(doc) - {"down", "slowdown"}:
+        raise ProtocolError(400, 'body must be JSON like {"down": false, "slowdown": 2.0}')
+    down = doc.get("down", False)
+    slowdown = doc.get("slowdown", 1.0)
+    if not isinstance(down, bool):
+        raise ProtocolError(400, f"down must be true or false, got {down!r}")
+    if isinstance(slowdown, bool) or not isinstance(slowdown, (int, float)) or not 0 < slowdown < float("inf"):
+        raise ProtocolError(400, f"slowdown must be a finite number > 0, got {slowdown!r}")
+    return FaultState(down, float(slowdown))
+
+
+async def set_fault(request: Request) -> Response:
+    """Token-guarded fault drill: a replica that is down, or slow, from now on."""
+    rep = _rep(request)
+    if not _authorised(rep, request):
+        return _error(401, "control endpoints need 'Authorization: Bearer <token>' (env SERVELAB_TOKEN)", {"WWW-Authenticate": "Bearer"})
+    try:
+        body = await request.body()
+        if len(body) > 65536:
+            raise ProtocolError(413, "fault body larger than 65536 bytes")
+        try:
+            fault = parse_fault(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            raise ProtocolError(400, "body must be JSON") from None
+    except ProtocolError as exc:
+        return _error(exc.status, exc.message)
+    rep.fault.down, rep.fault.slowdown = fault.down, fault.slowdown
+    return _json({"replica": rep.index, "down": fault.down, "slowdown": fault.slowdown})
+
+
 async def unload_model(request: Request) -> Response:
     return await _control(request, False)
 
@@ -341,13 +415,14 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def served_version(cfg: ScenarioConfig, replica: int) -> str:
-    return cfg.model.versions[replica % len(cfg.model.versions)]
+    return Membership.initial(version_names(cfg.model), cfg.replicas).version_name(replica)
 
 
 def create_app(cfg: ScenarioConfig, replica: int) -> Starlette:
     """The replica's app; the model loads (and the batcher starts) in the lifespan startup."""
     version = served_version(cfg, replica)
-    backend = make_backend(cfg, replica, version)
+    fault = FaultState()
+    backend = FaultableBackend(make_backend(cfg, replica, version), fault)
     server_metrics = ServerMetrics()
     batcher = AsyncBatcher(
         DynamicBatcher(cfg.batching.max_batch_size, cfg.batching.max_queue_delay_s),
@@ -367,6 +442,7 @@ def create_app(cfg: ScenarioConfig, replica: int) -> Starlette:
         token=token,
         token_configured=configured,
         output_names=frozenset(backend.outputs),
+        fault=fault,
     )
 
     @contextlib.asynccontextmanager
@@ -397,6 +473,7 @@ def create_app(cfg: ScenarioConfig, replica: int) -> Starlette:
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", load_model, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", unload_model, methods=["POST"]),
+        Route("/v2/fault", set_fault, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(

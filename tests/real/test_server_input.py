@@ -105,7 +105,7 @@ near_valid = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=json_values | near_valid)
 def test_fuzz_json_bodies_never_5xx(client: AsgiClient, doc: Any) -> None:
     r = client.request("POST", INFER, json.dumps(doc).encode(), JSON)  # stdlib: big ints too
@@ -114,7 +114,7 @@ def test_fuzz_json_bodies_never_5xx(client: AsgiClient, doc: Any) -> None:
         assert isinstance(r.json()["error"], str)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(junk=st.binary(max_size=300), path=st.sampled_from([INFER, "/v2/models/digits/versions/1/infer", "/v2/models/x/infer"]),
        ctype=st.sampled_from(["application/json", "application/octet-stream", "", "application/json; charset=utf-8"]))
 def test_fuzz_junk_bytes_never_5xx(client: AsgiClient, junk: bytes, path: str, ctype: str) -> None:
