@@ -18,29 +18,36 @@ from typing import Any, Mapping, Sequence
 
 from reports.compare import HEADER, Run, comparison_rows, comparison_verdict, format_comparison_table
 from reports.figures import LoadPoint, write_compare_figures, write_run_figures
+from sim.config import KeyHelp, ScenarioConfig, schema_help
 from sim.files import write_text
 
 FIGURES_DIR = "figures"
 HTML_NAME, MD_NAME = "report.html", "report.md"
 
-# The keys that decide what a run means, in the order a reader looks for them.
-KEY_CONFIG: tuple[str, ...] = (
-    "seed", "duration_s", "warmup_s", "replicas", "concurrency", "timeout_s",
-    "arrival.kind", "arrival.rate", "arrival.users", "arrival.high_rate", "arrival.low_rate",
-    "arrival.path", "arrival.think_s",
-    "service.kind", "service.base_s", "service.per_item_s", "service.cv", "service.profile",
-    "lb.policy", "lb.weights",
-    "batching.max_batch_size", "batching.max_queue_delay_s", "batching.max_queue_size",
-    "model.name", "model.backend", "model.versions", "gateway.hop_s", "loadgen.workers",
-)
-# Keys on which a calibrated twin differs from the real run by design: it replays the profile.
-CALIBRATION_KEYS = frozenset({"service.kind", "service.profile"})
-# Only shown for the arrival kinds they belong to, so the table is not half irrelevant keys.
-ARRIVAL_KEYS = {
-    "arrival.rate": ("poisson", "constant", "diurnal"),
-    "arrival.high_rate": ("bursty",), "arrival.low_rate": ("bursty",),
-    "arrival.path": ("trace",), "arrival.think_s": ("closed",), "arrival.users": ("closed",),
+# The scenario table's keys come from the schema (sim.config), in its order, by one rule:
+# - every key of the groups that define the workload and the system under test (CORE_GROUPS;
+#   "" = the top-level keys: seed, duration_s, replicas, ...) is shown;
+# - any other scenario key (overhead, gateway, health, server, loadgen, and groups added later)
+#   is shown when a run set it away from its schema default;
+# - where processes listen, and secrets, never are (NOT_SHOWN): they change nothing measured;
+# - a key that only one choice reads is shown only with that choice (READ_ONLY_WITH).
+SCENARIO_KEYS: tuple[KeyHelp, ...] = tuple(schema_help(ScenarioConfig))
+CORE_GROUPS = frozenset({"", "arrival", "service", "lb", "batching", "model"})
+NOT_SHOWN = frozenset({"gateway.host", "gateway.port", "server.host", "server.token", "loadgen.master_bind_host"})
+_BURSTY, _DIURNAL, _TRACE = ("bursty",), ("diurnal",), ("trace",)
+READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
+    "arrival.rate": ("arrival.kind", ("poisson", "constant", "diurnal")),
+    "arrival.high_rate": ("arrival.kind", _BURSTY), "arrival.low_rate": ("arrival.kind", _BURSTY),
+    "arrival.high_dwell_s": ("arrival.kind", _BURSTY), "arrival.low_dwell_s": ("arrival.kind", _BURSTY),
+    "arrival.amplitude": ("arrival.kind", _DIURNAL), "arrival.period_s": ("arrival.kind", _DIURNAL),
+    "arrival.path": ("arrival.kind", _TRACE), "arrival.time_scale": ("arrival.kind", _TRACE),
+    "arrival.think_s": ("arrival.kind", ("closed",)),
+    "service.cv": ("service.kind", ("lognormal",)),
+    "service.profile": ("service.kind", ("empirical",)),
+    "lb.weights": ("lb.policy", ("weighted",)),
 }
+# Keys on which a calibrated twin differs from the real run by design: it replays the profile.
+CALIBRATION_KEYS = frozenset({"service.kind", "service.profile", "overhead.profile"})
 
 FIGURE_CAPTIONS = {
     "latency_cdf": "Latency CDF and tail of answered requests after warm-up; dashed p50, dotted p99.",
@@ -72,24 +79,35 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _group(key: str) -> str:
+    return key.rpartition(".")[0]
+
+
+def shown_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The scenario keys the table shows for these runs' configs (the rule above SCENARIO_KEYS)."""
+    keys = []
+    for k in SCENARIO_KEYS:
+        if k.key in NOT_SHOWN:
+            continue
+        if k.key in READ_ONLY_WITH:
+            selector, choices = READ_ONLY_WITH[k.key]
+            if all(_get(c, selector) not in choices for c in configs):
+                continue
+        values = [_get(c, k.key) for c in configs]
+        if all(v is None for v in values):  # a config written before the key existed
+            continue
+        if _group(k.key) in CORE_GROUPS or any(v is not None and _fmt(v) != _fmt(k.default) for v in values):
+            keys.append(k.key)
+    return keys
+
+
 def config_rows(configs: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str], bool]]:
-    """(key, value per run, differs) for the scenario's key settings; `differs` marks a compare
-    whose two sides did not run the same scenario, which voids the error figures."""
-    kinds = {_get(c, "arrival.kind") for c in configs}
+    """(key, value per run, differs) for the scenario's settings (`shown_keys`); `differs` marks
+    a compare whose two sides did not run the same scenario, which voids the error figures."""
     rows = []
-    for key in KEY_CONFIG:
-        if key in ARRIVAL_KEYS and not kinds & set(ARRIVAL_KEYS[key]):
-            continue
-        if key == "service.cv" and all(_get(c, "service.kind") != "lognormal" for c in configs):
-            continue
-        if key == "service.profile" and all(_get(c, "service.kind") != "empirical" for c in configs):
-            continue
-        if key == "lb.weights" and all(not _get(c, "lb.weights") for c in configs):
-            continue
-        values = [_get(c, key) for c in configs]
-        if all(v is None for v in values):
-            continue
-        rows.append((key, [_fmt(v) for v in values], len({_fmt(v) for v in values}) > 1))
+    for key in shown_keys(configs):
+        values = [_fmt(_get(c, key)) for c in configs]
+        rows.append((key, values, len(set(values)) > 1))
     return rows
 
 

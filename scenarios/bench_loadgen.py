@@ -216,7 +216,7 @@ def main() -> None:
     started = time.perf_counter()
     others = busy_elsewhere()
     load1 = os.getloadavg()[0]
-    print(f"machine: {os.cpu_count()} cores, load average {load1:.2f}; generator nice {os.environ.get('SERVELAB_LOADGEN_NICE', '-10')}")
+    print(f"machine: {os.cpu_count()} cores, load average {load1:.2f}; generator nice {LoadgenConfig().nice} (loadgen.nice)")
     for line in others:
         print(f"  WARNING: another servelab/Locust process is running, figures will include its contention: {line}")
 

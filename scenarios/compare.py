@@ -1,7 +1,9 @@
 """mode=compare: what the twin predicted, what the real stack measured, how far apart.
 
 1. Calibrate: a profile of this machine's stack (device time per batch size, per-hop
-   overheads), measured on its own stack launch, or the one named by `overhead.profile`.
+   overheads), measured on its own stack launch (as the compare.profile_* keys ask), or the one
+   named by `overhead.profile`, reused as it is: no profiling (a profile written by
+   mode=profile or by an earlier compare, its profile.json).
 2. Measure: the real stack under the scenario's load (the load generator replays the schedule
    the seed gives) into out_dir/real/.
 3. Predict: the twin on the same config and seed, replaying the profile, into out_dir/sim/.
@@ -25,7 +27,7 @@ from reports.figures import LoadPoint
 from reports.report import write_report
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, write_json, write_run
-from scenarios.profile import format_profile, measure_profile, overhead_rates, profile_warnings
+from scenarios.profile import format_profile, measure_profile, profile_warnings
 from scenarios.run_sim import simulate
 from sim.config import ScenarioConfig
 from sim.profile import load_profile
@@ -88,8 +90,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
         _log(f"calibration: {profile_path}")
     else:
         _log(f"calibrating: profiling the {cfg.model.backend} stack on this machine ...")
-        profile = measure_profile(cfg, out_dir / "stack" / "profile", samples=cfg.compare.profile_samples,
-                                  load_rates=overhead_rates(cfg, cfg.compare.overhead_fractions))
+        profile = measure_profile(cfg, out_dir / "stack" / "profile", cfg.compare)
         profile_path = out_dir / "profile.json"
         write_json(profile_path, profile.to_json())
         print(format_profile(profile))

@@ -29,6 +29,11 @@ class CompareConfig:
     point_duration_s: float = setting(8.0, "measured seconds per extra load point (after warmup_s)")
     profile_samples: int = setting(40, "device-time samples per batch size when profiling (>= 5)")
     overhead_fractions: list[float] = setting([0.15, 0.45, 0.75, 0.95], "where profiling measures the stack's overhead under load, fractions of capacity")
+    profile_device_warmup: int = setting(3, "profiling: requests sent and discarded before the device-time samples (first calls pay for lazy initialisation)")
+    profile_idle_samples: int = setting(300, "profiling: per-hop overhead samples at batch 1 through the idle gateway (>= 5)")
+    profile_idle_warmup: int = setting(20, "profiling: requests sent and discarded before the idle overhead samples")
+    profile_point_warmup_s: float = setting(3.0, "profiling: seconds discarded at the start of each overhead-under-load point (a fresh stack runs slower), s")
+    profile_point_duration_s: float = setting(5.0, "profiling: measured seconds per overhead-under-load point (its samples: rate x this)")
 
 
 @dataclass
@@ -70,8 +75,14 @@ def validate_servelab(cfg: ServelabConfig) -> None:
     if not (math.isfinite(c.point_duration_s) and c.point_duration_s > 0):
         raise ConfigError("compare.point_duration_s", f"must be a finite number > 0, got {c.point_duration_s}")
     _fractions(c.overhead_fractions, "compare.overhead_fractions")
-    if c.profile_samples < 5:
-        raise ConfigError("compare.profile_samples", f"must be >= 5, got {c.profile_samples}")
+    for key, value, low in (("profile_samples", c.profile_samples, 5), ("profile_idle_samples", c.profile_idle_samples, 5),
+                            ("profile_device_warmup", c.profile_device_warmup, 0), ("profile_idle_warmup", c.profile_idle_warmup, 0)):
+        if value < low:
+            raise ConfigError(f"compare.{key}", f"must be >= {low}, got {value}")
+    if not (math.isfinite(c.profile_point_warmup_s) and c.profile_point_warmup_s >= 0):
+        raise ConfigError("compare.profile_point_warmup_s", f"must be a finite number >= 0, got {c.profile_point_warmup_s}")
+    if not (math.isfinite(c.profile_point_duration_s) and c.profile_point_duration_s > 0):
+        raise ConfigError("compare.profile_point_duration_s", f"must be a finite number > 0, got {c.profile_point_duration_s}")
 
 
 def register() -> None:

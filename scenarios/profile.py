@@ -28,14 +28,15 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
-from scenarios.config import ServelabConfig
+from scenarios.config import CompareConfig, ServelabConfig
 from sim.config import BatchingConfig, ScenarioConfig
 from sim.files import write_json
 from sim.profile import Profile
 from sim.service import capacity_rps
 
 FEATURES = 64  # the digits models' input width; the emulated backend takes the same tensors
-POINT_WARMUP_S = 3.0
+# How much is measured (samples, warm-up, seconds per point) are config keys: compare.profile_*
+# and compare.overhead_fractions (mode=profile is also mode=compare's calibration).
 
 
 def machine_info() -> dict[str, Any]:
@@ -121,7 +122,8 @@ def _profiling_config(cfg: ScenarioConfig, replicas: int) -> ScenarioConfig:
     )
 
 
-def measure_device_times(cfg: ScenarioConfig, run_dir: Path, samples: int) -> dict[int, list[float]]:
+def measure_device_times(cfg: ScenarioConfig, run_dir: Path, samples: int, warmup: int) -> dict[int, list[float]]:
+    """`samples` device times per batch size, after `warmup` discarded requests (sizes in turn)."""
     from real.launcher import launch
 
     rng = np.random.default_rng(cfg.seed)
@@ -131,7 +133,8 @@ def measure_device_times(cfg: ScenarioConfig, run_dir: Path, samples: int) -> di
     with launch(_profiling_config(cfg, 1), run_dir=run_dir / "device") as stack:
         client = _Client(stack.replica_urls[0])
         try:
-            for b in sizes[:3]:  # warm-up: first calls pay for lazy initialisation
+            for k in range(warmup):  # first calls pay for lazy initialisation
+                b = sizes[k % len(sizes)]
                 client.infer(path, rng.uniform(0, 16, (b, FEATURES)).astype(np.float32))
             for _ in range(samples):
                 for b in sizes:
@@ -145,8 +148,9 @@ def measure_device_times(cfg: ScenarioConfig, run_dir: Path, samples: int) -> di
     return times
 
 
-def measure_overheads(cfg: ScenarioConfig, run_dir: Path, samples: int) -> dict[str, list[float]]:
-    """Per-request time outside queue and model at batch 1, by hop, through the gateway."""
+def measure_overheads(cfg: ScenarioConfig, run_dir: Path, samples: int, warmup: int) -> dict[str, list[float]]:
+    """Per-request time outside queue and model at batch 1, by hop, through the gateway: `samples`
+    of each hop after `warmup` discarded requests."""
     from real.launcher import launch
 
     rng = np.random.default_rng(cfg.seed + 1)
@@ -155,10 +159,10 @@ def measure_overheads(cfg: ScenarioConfig, run_dir: Path, samples: int) -> dict[
     with launch(_profiling_config(cfg, 1), run_dir=run_dir / "overhead") as stack:
         client = _Client(stack.gateway_url)
         try:
-            for k in range(samples + 20):
+            for k in range(samples + warmup):
                 elapsed, doc, headers = client.infer(path, rng.uniform(0, 16, (1, FEATURES)).astype(np.float32))
-                if k < 20:
-                    continue  # warm-up
+                if k < warmup:
+                    continue
                 p = doc["parameters"]
                 gateway = float(p.get("gateway_s", headers.get("x-gateway-s", 0.0)))
                 server = float(p["server_s"]) - float(p["queue_s"]) - float(p["service_s"])
@@ -174,7 +178,8 @@ def measure_overheads(cfg: ScenarioConfig, run_dir: Path, samples: int) -> dict[
     return hops
 
 
-def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[float], point_s: float) -> list[dict[str, Any]]:
+def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[float], point_s: float,
+                                warmup_s: float) -> list[dict[str, Any]]:
     """The stack's per-request overhead (latency less queue and model time) at each rate, driven
     by the same load generator as a measurement, on seeds of its own (never the schedule a
     comparison will replay). On a shared host the overhead grows with the rate: this is the
@@ -186,7 +191,7 @@ def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[
         # a fresh stack runs ~1.5x slower for its first seconds (connection pools filling,
         # the interpreter specialising): those seconds are warm-up, not the steady state
         point_cfg = dataclasses.replace(
-            cfg, seed=cfg.seed + 1000 + k, warmup_s=POINT_WARMUP_S, duration_s=POINT_WARMUP_S + point_s,
+            cfg, seed=cfg.seed + 1000 + k, warmup_s=warmup_s, duration_s=warmup_s + point_s,
             arrival=dataclasses.replace(cfg.arrival, kind="poisson", rate=rate),
         )
         frame, summary, _ = measure(point_cfg, run_dir / f"load-{rate:.0f}")
@@ -199,11 +204,14 @@ def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[
     return points
 
 
-def measure_profile(cfg: ScenarioConfig, run_dir: Path, samples: int = 40, overhead_samples: int = 300,
-                    load_rates: list[float] | None = None, point_s: float = 5.0) -> Profile:
-    times = measure_device_times(cfg, run_dir, samples)
-    overheads = measure_overheads(cfg, run_dir, overhead_samples)
-    by_rate = measure_overhead_under_load(cfg, run_dir, load_rates or [], point_s)
+def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig | None = None) -> Profile:
+    """The whole profile, measured as `settings` (the compare.* keys; default their defaults) ask:
+    device times, idle overheads, and overheads under load at compare.overhead_fractions."""
+    s = settings if settings is not None else CompareConfig()
+    times = measure_device_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
+    overheads = measure_overheads(cfg, run_dir, s.profile_idle_samples, s.profile_idle_warmup)
+    by_rate = measure_overhead_under_load(cfg, run_dir, overhead_rates(cfg, s.overhead_fractions),
+                                          s.profile_point_duration_s, s.profile_point_warmup_s)
     meta = profile_meta(cfg) | {"replicas": cfg.replicas}
     return Profile(times_s=times, overheads_s=overheads, meta=meta, overhead_by_rate=by_rate)
 
@@ -236,8 +244,7 @@ def overhead_rates(cfg: ScenarioConfig, fractions: list[float]) -> list[float]:
 def run(cfg: ServelabConfig, out_dir: Path) -> int:
     print(f"profiling the {cfg.model.backend} backend ({cfg.model.name} v{cfg.model.versions[0]}), "
           f"batch sizes 1..{cfg.batching.max_batch_size} ...", flush=True)
-    profile = measure_profile(cfg, out_dir / "stack", samples=cfg.compare.profile_samples,
-                              load_rates=overhead_rates(cfg, cfg.compare.overhead_fractions))
+    profile = measure_profile(cfg, out_dir / "stack", cfg.compare)
     path = out_dir / "profile.json"
     write_json(path, profile.to_json())
     print(format_profile(profile))

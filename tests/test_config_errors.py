@@ -168,6 +168,14 @@ def test_out_dir_in_a_read_only_directory_is_refused(read_only_dir: Path) -> Non
         (["duration_s=inf"], "duration_s", "must be a finite number > 0, got inf"),
         (["overhead.before_s=inf"], "overhead.before_s", "must be a finite number >= 0, got inf"),
         (["compare.point_duration_s=inf"], "compare.point_duration_s", "must be a finite number > 0, got inf"),
+        (["loadgen.max_connections=0"], "loadgen.max_connections", "must be >= 1, got 0"),
+        (["loadgen.drain_s=0"], "loadgen.drain_s", "must be > 0, got 0"),
+        (["loadgen.start_timeout_s=inf"], "loadgen.start_timeout_s", "must be a finite number > 0, got inf"),
+        (["loadgen.nice=-21"], "loadgen.nice", "must be in [-20, 19], got -21"),
+        (["compare.profile_idle_samples=2"], "compare.profile_idle_samples", "must be >= 5, got 2"),
+        (["compare.profile_device_warmup=-1"], "compare.profile_device_warmup", "must be >= 0, got -1"),
+        (["compare.profile_point_warmup_s=nan"], "compare.profile_point_warmup_s", "must be a finite number >= 0"),
+        (["compare.profile_point_duration_s=0"], "compare.profile_point_duration_s", "must be a finite number > 0"),
     ],
 )
 def test_value_that_cannot_run_is_refused(overrides: list[str], key: str, fragment: str) -> None:

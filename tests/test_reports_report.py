@@ -82,3 +82,62 @@ def test_mode_sim_ends_with_a_report(tmp_path: Path, capsys: pytest.CaptureFixtu
     html = (tmp_path / "run" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "throughput" in html
     assert {p.name for p in (tmp_path / "run" / "figures").iterdir()} == {"latency_cdf.png", "timeseries.png"}
+
+
+# ---------------------------------------------------------------- which scenario keys are shown
+
+
+def _config(**changes: object) -> dict[str, object]:
+    """A run's config.yaml as the report reads it: the schema's defaults, some keys changed."""
+    from sim.config import ScenarioConfig, to_plain
+
+    config = to_plain(ScenarioConfig())
+    for dotted, value in changes.items():
+        *groups, last = dotted.split("__")
+        node = config
+        for g in groups:
+            node = node[g]
+        node[last] = value
+    return config
+
+
+def test_scenario_keys_come_from_the_schema() -> None:
+    """Every key of the core groups; any other key once a run changes it; never an address or
+    the token; a key one choice reads only with that choice."""
+    from reports.report import CORE_GROUPS, NOT_SHOWN, READ_ONLY_WITH, SCENARIO_KEYS, config_rows, shown_keys
+    from sim.config import ScenarioConfig, schema_help
+
+    assert [k.key for k in SCENARIO_KEYS] == [k.key for k in schema_help(ScenarioConfig)]
+    defaults = shown_keys([_config()])
+    core = [k.key for k in SCENARIO_KEYS if k.key.rpartition(".")[0] in CORE_GROUPS
+            and k.key not in READ_ONLY_WITH]
+    assert [k for k in defaults if k not in READ_ONLY_WITH] == core
+    assert "arrival.rate" in defaults and "service.cv" in defaults  # poisson, lognormal by default
+    assert not {"arrival.high_rate", "arrival.think_s", "service.profile", "lb.weights"} & set(defaults)
+    assert not {"gateway.hop_s", "loadgen.workers", "overhead.before_s"} & set(defaults)  # at their defaults
+
+    changed = _config(gateway__hop_s=0.0002, loadgen__workers=2, server__token="s3cret", gateway__port=8000)
+    rows = {key: (values, differs) for key, values, differs in config_rows([_config(), changed])}
+    assert rows["gateway.hop_s"] == (["0", "0.0002"], True) and rows["loadgen.workers"] == (["1", "2"], True)
+    assert not NOT_SHOWN & set(rows)  # the token never reaches a report
+
+    bursty = shown_keys([_config(arrival__kind="bursty")])
+    assert {"arrival.high_rate", "arrival.low_dwell_s"} <= set(bursty) and "arrival.rate" not in bursty
+
+
+def test_every_schema_key_changed_is_shown_unless_named_hidden() -> None:
+    """A key a later change adds to the schema reaches the report with no list to update."""
+    from reports.report import NOT_SHOWN, READ_ONLY_WITH, SCENARIO_KEYS, shown_keys
+
+    def other(value: object) -> object:
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, (int, float)):
+            return value + 1
+        if isinstance(value, str):
+            return value + "x"
+        return [*value, 1]
+
+    everything = _config(**{k.key.replace(".", "__"): other(k.default) for k in SCENARIO_KEYS})
+    expected = {k.key for k in SCENARIO_KEYS} - NOT_SHOWN - set(READ_ONLY_WITH)
+    assert set(shown_keys([everything])) == expected

@@ -3,6 +3,10 @@ every request exactly once, closed loop, distributed workers, and the merge's bo
 
 The stub (Starlette on uvicorn, in a subprocess) answers after a fixed delay; Locust only ever
 runs in subprocesses started by `real.loadgen.runner`, never in this process.
+
+The machine is 2 shared cores: time bounds here are loose enough to hold while other tests run
+(they tell a generator that sends on time from one that waits for answers); how fast the
+generator is belongs to `python -m scenarios.bench_loadgen`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from real.loadgen.recordfile import CLIENT_TIMEOUT, CONNECTION_ERROR, CUT_SHORT,
 from real.loadgen.runner import LoadResult, run_load
 from sim.arrivals import make_schedule
 from sim.config import ArrivalConfig, LoadgenConfig, ScenarioConfig
+from sim.policy.users import ThinkTime
 from sim.records import COLUMNS
 from sim.rng import make_streams
 
@@ -145,7 +150,7 @@ def test_open_loop_sends_the_twins_schedule_once_each_and_measures_from_intended
     # what reached the server: every request once, with the schedule's user in x-user-id
     assert sorted(received) == sorted((f"w0-{i}", str(u)) for i, u in enumerate(users))
     lat = frame["latency_s"].to_numpy()
-    assert (lat >= 0.004).all() and np.median(lat) < 0.05  # uvloop's ms timers may end a 5 ms sleep early
+    assert (lat >= 0.004).all() and np.median(lat) < 0.25  # uvloop's ms timers may end a 5 ms sleep early
     sends = result.merged.sends
     assert np.isfinite(sends["send_s"]).all()
     np.testing.assert_allclose(frame["finish_s"] - frame["arrival_s"], lat)
@@ -153,8 +158,8 @@ def test_open_loop_sends_the_twins_schedule_once_each_and_measures_from_intended
     ok = frame[frame["status"] == "ok"]
     assert ((ok["start_s"] >= sends.loc[ok.index, "send_s"] - 1e-9) & (ok["start_s"] <= ok["finish_s"])).all()
     lag = send_lag_summary(sends, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s)
-    assert lag["send_lag_s"]["p50"] < 0.01
-    assert lag["achieved_send_rate"] == pytest.approx(len(times[(times >= 0.5)]) / 1.5, rel=0.05)
+    assert 0 <= lag["send_lag_s"]["p50"] < 0.1  # on a busy box: tens of ms at worst, never a wait for answers
+    assert lag["achieved_send_rate"] == pytest.approx(len(times[(times >= 0.5)]) / 1.5, rel=0.2)
 
 
 @pytest.mark.real
@@ -170,23 +175,34 @@ def test_a_stalled_server_shows_its_stall_in_latency(tmp_path: Path) -> None:
     # ~0.4 s x 200 req/s were due during the stall: a generator that waited would show one slow request
     assert (lat > 0.1).sum() >= 40
     slow = sends[frame["latency_s"] > 0.1]
-    assert slow["send_lag_s"].quantile(0.9) < 0.05  # they left on time, then waited for the server
+    # they left on time, then waited for the server: a generator that waited for answers would
+    # send them late by the stall (0.4 s); half of it holds on a busy machine
+    assert slow["send_lag_s"].quantile(0.9) < 0.2
 
 
 @pytest.mark.real
 def test_closed_loop_users_wait_for_answers_and_think(tmp_path: Path) -> None:
+    """User u thinks the twin's think times (sim.policy.users.ThinkTime on the seed's think
+    stream): its first request is due at its first think time exactly, each next one at least
+    its next think time after the previous answer. Asserted on the schedule, not on the speed."""
     cfg = load_cfg(arrival=ArrivalConfig(kind="closed", users=4, think_s=0.05))
     result, received = drive(cfg, tmp_path, delay_s=0.01)
     frame = result.merged.requests
-    # each cycle ~ think 50 ms + answer ~12 ms: 4 users x 2 s / 62 ms ~ 130 requests
-    assert 80 <= len(frame) <= 190
     assert len(received) == len(frame)
     assert frame["request_id"].tolist() == list(range(len(frame)))
     assert set(frame["user_id"]) == {0, 1, 2, 3}
     assert (frame["status"] == "ok").all()
-    for _, user in frame.groupby("user_id"):  # a user never has two requests out at once
+    think = ThinkTime(cfg.arrival.think_s, make_streams(cfg.seed).think)
+    for user_id, user in frame.groupby("user_id"):
         u = user.sort_values("arrival_s")
-        assert (u["arrival_s"].to_numpy()[1:] >= u["finish_s"].to_numpy()[:-1] - 1e-9).all()
+        arrival, finish = u["arrival_s"].to_numpy(), u["finish_s"].to_numpy()
+        draws = np.array([think.draw(int(user_id)) for _ in range(len(u) + 1)])
+        assert len(u) >= 2 and arrival[0] == draws[0]
+        # a user never has two requests out at once, and thinks between an answer and its next
+        assert (arrival[1:] >= finish[:-1] + draws[1:-1] - 1e-9).all()
+        # it stops once its next think would end past duration_s: no more requests than its
+        # think times alone allow (a slow server only means fewer)
+        assert len(u) <= int(np.searchsorted(np.cumsum(draws), cfg.duration_s))
     assert frame["arrival_s"].max() < cfg.duration_s
 
 

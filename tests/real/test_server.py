@@ -41,8 +41,10 @@ def test_infer_reports_timings_and_echoes_id(serve) -> None:
     assert doc["id"] == "req-7" and doc["model_version"] == "1"
     p = doc["parameters"]
     assert p["batch_size"] == 3 and p["replica"] == 0 and p["version"] == "1"
-    assert p["service_s"] == pytest.approx(0.002, abs=0.0015)  # deterministic emulated device time
-    assert 0 <= p["queue_s"] <= p["server_s"] and p["service_s"] <= p["server_s"]
+    # the deterministic emulated device sleeps 2 ms: never less; how much more is the machine's
+    # load (scheduling), bounded by the request's own time in the server, not by a guess
+    assert 0.0019 <= p["service_s"] <= p["server_s"]
+    assert 0 <= p["queue_s"] <= p["server_s"]
     assert doc["outputs"][0]["shape"] == [3]
 
 
