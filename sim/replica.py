@@ -132,25 +132,29 @@ class SimReplica:
         size = len(batch)
         batch_id = self._batches[0]
         self._batches[0] = batch_id + 1
-        log = self.log
-        start, bsz, bid = log.start, log.batch_size, log.batch_id
-        for j in batch:
-            start[j] = now
-            bsz[j] = size
-            bid[j] = batch_id
         service_s = self.service.draw(size)
         if self.version_factor is not None:
             service_s *= self.version_factor(self.index)
         if self.slowdown != 1.0:
             service_s *= self.slowdown
+        log = self.log
+        start, bsz, bid, svc = log.start, log.batch_size, log.batch_id, log.service_s
         cores = self.cores
         if cores.count:
+            for j in batch:
+                start[j] = now
+                bsz[j] = size
+                bid[j] = batch_id
             if not cores.free:
                 cores.waiting.append((self, batch, service_s, now))
                 return
             cores.free -= 1
-        svc = log.service_s
+            self._run(batch, service_s, now, now)
+            return
         for j in batch:
+            start[j] = now
+            bsz[j] = size
+            bid[j] = batch_id
             svc[j] = service_s
         self.env.timeout(service_s).callbacks.append(partial(self._on_complete, batch, service_s))
 

@@ -189,7 +189,7 @@ class Twin:
         rng = self.streams.routing
         outstanding = self.outstanding
         replica = self.log.replica
-        offers = [rep.queue.offer for rep in self.replicas]
+        offers = [rep.queue.push for rep in self.replicas]
         queues = [rep.queue for rep in self.replicas]
         dispatchers = [rep.dispatch for rep in self.replicas]
         refusers = [rep.refuse for rep in self.replicas]

@@ -203,3 +203,10 @@ def test_a_dispatched_request_is_not_kept_alive_by_its_deadline() -> None:
         q.offer(Request(), k * 0.001, deadline_s=60.0)
         q.dispatch(k * 0.001)
     assert watch() is None
+
+
+def test_push_is_offer_for_one_row_without_deadline() -> None:
+    pushed, offered = queue(max_batch=3, delay_s=0.01, max_queue=2), queue(max_batch=3, delay_s=0.01, max_queue=2)
+    results = [(pushed.push(name, t), offered.offer(name, t)) for name, t in (("a", 0.0), ("b", 0.001), ("c", 0.002))]
+    assert results == [(True, True), (True, True), (False, False)]
+    assert pushed.dispatch(0.01) == offered.dispatch(0.01) == [["a", "b"]]
