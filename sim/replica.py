@@ -193,6 +193,8 @@ class SimReplica:
                     finish[j] = arrival[j] + deadline
                     status[j] = TIMEOUT
         self.on_release(self.index, batch)
-        self.queue.finish()
+        queue = self.queue
+        queue.free += 1  # what queue.finish() does, without its check: this batch was running
         self.busy_s += service_s
-        self.dispatch(now)
+        if queue.waiting or queue.expired:
+            self.dispatch(now)

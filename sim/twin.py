@@ -101,7 +101,12 @@ class Twin:
         batches = [0]
         uniform_speed = all(f == 1.0 for f in factors)
         version_factor = None if uniform_speed else (lambda rep: factors[version_of[rep]])
-        on_release = self._on_answer if self.hop_s == 0 else self._on_release
+        if self.hop_s > 0:
+            on_release: Callable[[int, list[int]], None] = self._on_release
+        elif controller is None and cfg.arrival.kind != "closed":  # nobody else waits on answers
+            on_release = self._release_count
+        else:
+            on_release = self._on_answer
         constant_after = None if self.overhead.active else self.hop_s
         self.replicas = [
             SimReplica(r, self.env, self.log, batcher, cfg.concurrency, cfg.batching.max_queue_size, service, cores,
@@ -140,6 +145,10 @@ class Twin:
     def _on_release(self, r: int, requests: list[int]) -> None:
         """Answers that left replica r: the gateway sees them one hop later."""
         self.env.timeout(self.hop_s).callbacks.append(partial(self._on_answer, r, requests))
+
+    def _release_count(self, r: int, requests: list[int]) -> None:
+        """`_on_answer` when no controller reads windows and no closed-loop user waits."""
+        self.outstanding[r] -= len(requests)
 
     def _on_answer(self, r: int, requests: list[int], _event: simpy.Event | None = None) -> None:
         self.outstanding[r] -= len(requests)
