@@ -1,0 +1,80 @@
+"""The canary controller: steps, pauses, analysis against stable, abort and promote."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sim.config import GatewayConfig, ModelConfig
+from sim.policy.controller import SetWeights, VersionWindow, View
+from sim.policy.rollout import Analysis, CanaryController, canary
+from sim.records import requests_frame
+from sim.twin import Twin
+from tests.conftest import scenario
+
+
+def view(now: float, canary_window: VersionWindow | None = None, stable_p99: float = 0.01) -> View:
+    windows = {0: VersionWindow(requests=100, ok=100, latency_p99_s=stable_p99)}
+    if canary_window is not None:
+        windows[1] = canary_window
+    return View(now, (1.0, 0.0), (0, 1), (True, True), windows)
+
+
+def healthy(n: int = 50) -> VersionWindow:
+    return VersionWindow(requests=n, ok=n, latency_p99_s=0.011)
+
+
+def test_steps_pause_then_promote() -> None:
+    c = CanaryController(canary([("set_weight", 20), ("pause_s", 2.0), ("set_weight", 50)], interval_s=1.0))
+    assert c.on_tick(0.0, view(0.0)) == [SetWeights((0.8, 0.2))]
+    assert c.on_tick(1.0, view(1.0, healthy())) == [] and c.state == "paused"
+    assert c.on_tick(2.0, view(2.0, healthy())) == [SetWeights((0.5, 0.5)), SetWeights((0.0, 1.0))]
+    assert c.state == "promoted" and c.on_tick(3.0, view(3.0, healthy())) == []
+
+
+def test_too_many_failed_measurements_abort_to_stable() -> None:
+    spec = canary([("set_weight", 20), ("pause_s", math.inf)], analysis=Analysis(max_p99_ratio=1.5, failure_limit=1))
+    c = CanaryController(spec)
+    c.on_tick(0.0, view(0.0))
+    slow = VersionWindow(requests=50, ok=50, latency_p99_s=0.03)
+    assert c.on_tick(1.0, view(1.0, slow)) == []  # one failure is within the limit
+    assert c.on_tick(2.0, view(2.0, slow)) == [SetWeights((1.0, 0.0))]
+    assert c.state == "aborted" and [d.kind for d in c.decisions][-1] == "aborted"
+
+
+def test_errors_fail_and_a_thin_window_is_inconclusive() -> None:
+    c = CanaryController(canary([("set_weight", 10), ("pause_s", math.inf)], analysis=Analysis(min_requests=20)))
+    c.on_tick(0.0, view(0.0))
+    assert c.on_tick(1.0, view(1.0, VersionWindow(requests=5, ok=0, errors=5))) == [] and c.failures == 0
+    assert c.on_tick(2.0, view(2.0, VersionWindow(requests=40, ok=38, errors=2, latency_p99_s=0.01))) == [SetWeights((1.0, 0.0))]
+
+
+def test_an_indefinite_pause_waits_for_a_manual_promote() -> None:
+    c = CanaryController(canary([("set_weight", 30), ("pause_s", math.inf)]))
+    c.on_tick(0.0, view(0.0))
+    assert c.on_tick(100.0, view(100.0, healthy())) == []
+    c.promote()
+    assert c.on_tick(101.0, view(101.0, healthy())) == [SetWeights((0.0, 1.0))]
+
+
+@pytest.mark.parametrize("bad", [[], [("set_weight", 120)], [("pause_s", -1)]])
+def test_a_spec_that_cannot_work_is_refused(bad: list[tuple[str, float]]) -> None:
+    with pytest.raises(ValueError):
+        canary(bad)
+
+
+@pytest.mark.parametrize("factor, outcome", [(1.0, "promoted"), (4.0, "aborted")])
+def test_the_twin_rehearses_a_canary_of_a_good_and_a_slow_version(factor: float, outcome: str) -> None:
+    cfg = scenario(duration_s=12.0, replicas=4, arrival=dict(rate=300.0),
+                   service=dict(kind="lognormal", base_s=0.004, per_item_s=0.0005, cv=0.2),
+                   model=ModelConfig(versions=["1", {"name": "2", "service_factor": factor}]),
+                   gateway=GatewayConfig(version_weights=[1.0, 0.0]))
+    controller = CanaryController(canary([("set_weight", 25), ("pause_s", 3.0), ("set_weight", 50), ("pause_s", 3.0)],
+                                         analysis=Analysis(max_p99_ratio=2.0, failure_limit=1), interval_s=1.0))
+    result = Twin(cfg, controller=controller).run()
+    assert controller.state == outcome
+    frame = requests_frame(result.columns)
+    decided = controller.decisions[-1].time_s
+    after = frame[frame["arrival_s"] >= decided]
+    assert set(after["version"]) == ({"2"} if outcome == "promoted" else {"1"})
