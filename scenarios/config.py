@@ -70,6 +70,8 @@ def validate_servelab(cfg: ServelabConfig) -> None:
     if cfg.mode not in MODES:
         raise ConfigError("mode", f"{cfg.mode!r} is not allowed; use one of {', '.join(MODES)}")
     validate(cfg)
+    if cfg.rollout.strategy != "none" and cfg.mode != "sim":
+        raise ConfigError("rollout.strategy", f"only mode=sim runs rollouts so far (mode={cfg.mode}); the real stack's controller driver is not wired to a mode yet")
     c = cfg.compare
     _fractions(c.load_fractions, "compare.load_fractions")
     if not (math.isfinite(c.point_duration_s) and c.point_duration_s > 0):

@@ -159,6 +159,19 @@ class HealthConfig:
 
 
 @dataclass
+class RolloutConfig:
+    strategy: str = setting("none", "none | canary (Argo Rollouts-style steps with analysis against stable; mode=sim)")
+    steps: list[Any] = setting([], "canary: steps in order, each {set_weight: PERCENT} or {pause_s: S} (pause_s: inf = until promoted)")
+    stable: str = setting("", "the version traffic returns to on abort (empty: the first of model.versions)")
+    canary: str = setting("", "the version rolled out (empty: the second of model.versions)")
+    interval_s: float = setting(1.0, "analysis and step interval; each analysis reads the last window_s, s")
+    max_error_rate: float = setting(0.01, "analysis: a canary window with a larger error fraction fails")
+    max_p99_ratio: float = setting(1.5, "analysis: a canary window whose p99 exceeds stable's p99 times this fails")
+    failure_limit: int = setting(0, "analysis: failed windows tolerated; one more aborts the rollout")
+    min_requests: int = setting(20, "analysis: a canary window with fewer answers is inconclusive (neither passes nor fails)")
+
+
+@dataclass
 class ServerConfig:
     host: str = setting("127.0.0.1", "where the real model servers listen")
     token: str = setting("", "bearer token for the control endpoints (empty: generated per run)")
@@ -200,6 +213,7 @@ class ScenarioConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     loadgen: LoadgenConfig = field(default_factory=LoadgenConfig)
 
@@ -358,6 +372,36 @@ def _validate_loadgen_timing(lg: LoadgenConfig) -> None:
     _require(-20 <= lg.nice <= 19, "loadgen.nice", f"must be in [-20, 19], got {lg.nice}")
 
 
+ROLLOUT_STRATEGIES = ("none", "canary")
+
+
+def _validate_rollout(cfg: ScenarioConfig) -> None:
+    r = cfg.rollout
+    _choice(r.strategy, "rollout.strategy", ROLLOUT_STRATEGIES)
+    if r.strategy == "none":
+        return
+    names = version_names(cfg.model)
+    _require(len(names) >= 2, "model.versions", f"rollout.strategy={r.strategy} needs two versions (stable and canary), got {names}")
+    for key, value in (("rollout.stable", r.stable), ("rollout.canary", r.canary)):
+        _require(not value or value in names, key, f"{value!r} is not one of model.versions {names}")
+    _require((r.stable or names[0]) != (r.canary or names[1]), "rollout.canary", "must differ from rollout.stable")
+    _require(bool(r.steps), "rollout.steps", "a canary needs steps, e.g. [{set_weight:20},{pause_s:5},{set_weight:50},{pause_s:5}]")
+    for i, step in enumerate(r.steps):
+        _require(isinstance(step, dict) and len(step) == 1 and next(iter(step)) in ("set_weight", "pause_s"), "rollout.steps",
+                 f"step {i} must be {{set_weight: PERCENT}} or {{pause_s: S}}, got {step!r}")
+        (name, value), = step.items()
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), "rollout.steps", f"step {i}: {name} must be a number, got {value!r}")
+        if name == "set_weight":
+            _require(0 <= value <= 100, "rollout.steps", f"step {i}: set_weight is a percent in [0, 100], got {value}")
+        else:
+            _require(value >= 0 and not math.isnan(value), "rollout.steps", f"step {i}: pause_s must be >= 0 (inf: until promoted), got {value}")
+    _positive(r.interval_s, "rollout.interval_s")
+    _require(0 <= r.max_error_rate <= 1, "rollout.max_error_rate", f"must be in [0, 1], got {r.max_error_rate}")
+    _positive(r.max_p99_ratio, "rollout.max_p99_ratio")
+    _require(r.failure_limit >= 0, "rollout.failure_limit", f"must be >= 0, got {r.failure_limit}")
+    _require(r.min_requests >= 1, "rollout.min_requests", f"must be >= 1, got {r.min_requests}")
+
+
 def validate(cfg: ScenarioConfig) -> None:
     """Raise ConfigError for the first value that cannot run. Called before anything starts.
 
@@ -373,6 +417,7 @@ def validate(cfg: ScenarioConfig) -> None:
     _validate_arrival(cfg.arrival)
     _validate_service(cfg)
     _validate_routing(cfg)
+    _validate_rollout(cfg)
 
     b = cfg.batching
     _require(b.max_batch_size >= 1, "batching.max_batch_size", f"must be >= 1, got {b.max_batch_size}")

@@ -197,3 +197,31 @@ def timeseries(frame: pd.DataFrame, window_s: float, end_s: float | None = None)
             "in_flight": arrived - finished,
         }
     )
+
+
+def version_windows(frame: pd.DataFrame, window_s: float, weights: Sequence[tuple[float, Sequence[float]]] = (),
+                    versions: Sequence[str] = ()) -> pd.DataFrame:
+    """rollout.parquet: per window (by send time) and version, requests, answered, errors
+    (anything not answered), latency p50/p99 of the answered, and the version's traffic weight
+    at the window's start (`weights`: (time, weights) changes in order). O(requests)."""
+    routed = frame[frame["version"].astype(str) != ""]
+    window = (routed["arrival_s"].to_numpy(dtype=float) // window_s).astype(np.int64)
+    ok = routed["status"].to_numpy(dtype=object) == "ok"
+    latency = np.where(ok, routed["latency_s"].to_numpy(dtype=float), np.nan)
+    table = pd.DataFrame({"window": window, "version": routed["version"].astype(str).to_numpy(), "ok": ok, "latency_s": latency})
+    grouped = table.groupby(["window", "version"], sort=True)
+    out = grouped.agg(requests=("ok", "size"), ok=("ok", "sum"),
+                      latency_p50_s=("latency_s", lambda x: x.quantile(0.5)),
+                      latency_p99_s=("latency_s", lambda x: x.quantile(0.99))).reset_index()
+    out["errors"] = out["requests"] - out["ok"]
+    out["window_start_s"] = out["window"] * window_s
+    weight = np.full(len(out), np.nan)
+    if weights and versions:
+        times = np.array([t for t, _ in weights])
+        index = {name: i for i, name in enumerate(versions)}
+        at = np.searchsorted(times, out["window_start_s"].to_numpy(), side="right") - 1
+        for row, (k, name) in enumerate(zip(at, out["version"])):
+            if k >= 0:
+                weight[row] = weights[k][1][index[name]]
+    out["weight"] = weight
+    return out[["window_start_s", "version", "weight", "requests", "ok", "errors", "latency_p50_s", "latency_p99_s"]]

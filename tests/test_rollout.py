@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import pandas as pd
 import pytest
 
-from sim.config import GatewayConfig, ModelConfig
+from scenarios.cli import preflight
+from scenarios.run_sim import run
+from sim.config import ConfigError, GatewayConfig, ModelConfig
 from sim.policy.controller import SetWeights, VersionWindow, View
 from sim.policy.rollout import Analysis, CanaryController, canary
 from sim.records import requests_frame
@@ -78,3 +82,35 @@ def test_the_twin_rehearses_a_canary_of_a_good_and_a_slow_version(factor: float,
     decided = controller.decisions[-1].time_s
     after = frame[frame["arrival_s"] >= decided]
     assert set(after["version"]) == ({"2"} if outcome == "promoted" else {"1"})
+
+
+SLOW_CANARY = ["rollout.strategy=canary", "model.versions=[1,{name:2,service_factor:4}]", "replicas=4",
+               "arrival.rate=300", "duration_s=8", "rollout.failure_limit=1", "rollout.max_p99_ratio=2",
+               "rollout.steps=[{pause_s:1},{set_weight:25},{pause_s:3},{set_weight:50},{pause_s:3}]"]
+
+
+def test_mode_sim_runs_a_configured_canary_and_writes_its_decisions(tmp_path, capsys) -> None:
+    cfg = preflight([*SLOW_CANARY, f"out_dir={tmp_path}"])
+    assert run(cfg, tmp_path) == 0
+    assert "rollout   canary aborted" in capsys.readouterr().out
+    events = json.loads((tmp_path / "events.json").read_text())
+    assert [d["kind"] for d in events["decisions"]][-1] == "aborted"
+    windows = pd.read_parquet(tmp_path / "rollout.parquet")
+    first = windows[windows["window_start_s"] == 0.0]
+    assert set(first["version"]) == {"1"} and first["weight"].iloc[0] == 1.0  # the first pause: all on stable
+    assert windows.loc[windows["version"] == "2", "weight"].max() == 0.25
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["rollout.strategy=canary", "rollout.steps=[{set_weight:10}]"], "model.versions"),
+    (["rollout.strategy=canary", "model.versions=[1,2]"], "rollout.steps"),
+    (["rollout.strategy=canary", "model.versions=[1,2]", "rollout.steps=[{set_weight:10,pause_s:1}]"], "rollout.steps"),
+    (["rollout.strategy=canary", "model.versions=[1,2]", "rollout.steps=[{pause_s:-1}]"], "rollout.steps"),
+    (["rollout.strategy=canary", "model.versions=[1,2]", "rollout.steps=[{set_weight:10}]", "rollout.canary=3"], "rollout.canary"),
+    (["rollout.strategy=canary", "model.versions=[1,2]", "rollout.steps=[{set_weight:10}]", "mode=compare"], "rollout.strategy"),
+    (["rollout.strategy=blue"], "rollout.strategy"),
+])
+def test_a_rollout_that_cannot_work_is_refused_before_anything_runs(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        preflight(overrides)
+    assert caught.value.key == key or str(caught.value).startswith(key)

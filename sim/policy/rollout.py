@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from sim.config import ScenarioConfig, version_names
 from sim.policy.controller import Action, SetWeights, View, VersionWindow
 
 
@@ -105,6 +106,8 @@ class CanaryController:
 
     def _advance(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        if not self.decisions and self.spec.steps[0].set_weight is None:
+            actions.append(self._weights(0.0))  # a rollout starts with all traffic on stable
         while self._step < len(self.spec.steps):
             step = self.spec.steps[self._step]
             if step.set_weight is not None:
@@ -159,3 +162,19 @@ def canary(steps: Sequence[tuple[str, float]], **spec: object) -> CanarySpec:
     """A spec from `[("set_weight", 20), ("pause_s", 5), ...]`: the shape a config file takes."""
     built = tuple(CanaryStep(**{name: value}) for name, value in steps)  # type: ignore[arg-type]
     return CanarySpec(built, **spec)  # type: ignore[arg-type]
+
+
+def controller_from_config(cfg: ScenarioConfig) -> CanaryController | None:
+    """The rollout controller `rollout.*` describes (validated by sim.config), or None."""
+    r = cfg.rollout
+    if r.strategy == "none":
+        return None
+    names = version_names(cfg.model)
+    spec = CanarySpec(
+        tuple(CanaryStep(**{str(k): float(v) for k, v in step.items()}) for step in r.steps),
+        Analysis(r.max_error_rate, r.max_p99_ratio, r.failure_limit, r.min_requests),
+        r.interval_s,
+        stable=names.index(r.stable or names[0]),
+        canary=names.index(r.canary or names[1]),
+    )
+    return CanaryController(spec, len(names))
