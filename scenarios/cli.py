@@ -45,6 +45,7 @@ MODE_RUNNERS: dict[str, str] = {
     "compare": "scenarios.compare:run",
     "serve": "scenarios.serve:run",
     "profile": "scenarios.profile:run",
+    "rehearse": "scenarios.rehearse:run",
 }
 
 

@@ -24,6 +24,12 @@ from sim.service import capacity_rps
 
 
 @dataclass
+class RehearseConfig:
+    runs: int = setting(100, "mode=rehearse: rollouts per scenario (bad as configured, good = canary like stable), seeds seed, seed+1, ...")
+    workers: int = setting(2, "mode=rehearse: processes running the twin in parallel")
+
+
+@dataclass
 class CompareConfig:
     load_fractions: list[float] = setting([0.3, 0.6, 0.85], "extra load points for the latency-versus-load curve, fractions of capacity ([] = none)")
     point_duration_s: float = setting(8.0, "measured seconds per extra load point (after warmup_s)")
@@ -42,6 +48,7 @@ class ServelabConfig(ScenarioConfig):
     out_dir: str = setting("", "where the run's files go (empty: Hydra's run dir, runs/DATE/TIME); relative to where servelab starts")
     progress: bool = setting(True, "a progress bar when stderr is a terminal")
     compare: CompareConfig = field(default_factory=CompareConfig)
+    rehearse: RehearseConfig = field(default_factory=RehearseConfig)
 
 
 KEYS: list[KeyHelp] = schema_help(ServelabConfig)
@@ -70,8 +77,14 @@ def validate_servelab(cfg: ServelabConfig) -> None:
     if cfg.mode not in MODES:
         raise ConfigError("mode", f"{cfg.mode!r} is not allowed; use one of {', '.join(MODES)}")
     validate(cfg)
-    if cfg.rollout.strategy != "none" and cfg.mode != "sim":
-        raise ConfigError("rollout.strategy", f"only mode=sim runs rollouts so far (mode={cfg.mode}); the real stack's controller driver is not wired to a mode yet")
+    if cfg.rollout.strategy != "none" and cfg.mode not in ("sim", "rehearse"):
+        raise ConfigError("rollout.strategy", f"only mode=sim and mode=rehearse run rollouts so far (mode={cfg.mode}); the real stack's controller driver is not wired to a mode yet")
+    if cfg.mode == "rehearse" and cfg.rollout.strategy == "none":
+        raise ConfigError("rollout.strategy", "mode=rehearse rehearses a rollout: set rollout.strategy (canary) and rollout.steps")
+    if cfg.rehearse.runs < 1:
+        raise ConfigError("rehearse.runs", f"must be >= 1, got {cfg.rehearse.runs}")
+    if not 1 <= cfg.rehearse.workers <= 64:
+        raise ConfigError("rehearse.workers", f"must be in [1, 64], got {cfg.rehearse.workers}")
     c = cfg.compare
     _fractions(c.load_fractions, "compare.load_fractions")
     if not (math.isfinite(c.point_duration_s) and c.point_duration_s > 0):

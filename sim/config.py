@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 ARRIVAL_KINDS = ("poisson", "constant", "bursty", "diurnal", "trace", "closed")
 SERVICE_KINDS = ("deterministic", "exponential", "lognormal", "empirical")
 BACKENDS = ("numpy", "emulated")
-MODES = ("sim", "real", "compare", "serve", "profile")
+MODES = ("sim", "real", "compare", "serve", "profile", "rehearse")
 LOADGEN_DISPATCH = ("dispatcher", "timers")
 # a version is a URL path segment (/v2/models/NAME/versions/VERSION/infer): no '/', '?', '%', ...
 VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import simpy
@@ -88,10 +88,16 @@ def probe_rounds(env: simpy.Environment, interval_s: float, end_s: float, health
 
 
 def controller_ticks(env: simpy.Environment, controller: Controller, end_s: float, router: Router, health: HealthPolicy,
-                     replicas: list[SimReplica], windows: WindowStats, events: list[Event]) -> Any:
+                     replicas: list[SimReplica], windows: WindowStats, events: list[Event],
+                     on_done: Callable[[float], None] | None = None) -> Any:
+    """Ticks until the arrivals end, or until the controller is done (a rollout promoted or
+    aborted), when `on_done` hears of it."""
     while env.now < end_s:
         now = env.now
         actions = controller.on_tick(now, view_of(router, now, windows.take(now)))
         for action in actions:
             apply_action(action, router, health, replicas, now, events)
+        if on_done is not None and getattr(controller, "done", False):
+            on_done(now)
+            return
         yield env.timeout(controller.tick_s)

@@ -70,6 +70,10 @@ class RequestLog:
         self.batch_size = [0] * n
         self.status = [PENDING] * n
 
+    def truncate(self, n: int) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name)[:n])
+
     def columns(self, status: list[int], version_names: Sequence[str]) -> dict[str, Any]:
         arrival = np.asarray(self.arrival, dtype=float)
         start = np.asarray(self.start, dtype=float)

@@ -73,6 +73,7 @@ class Twin:
         progress: Progress | None = None,
         overhead_samples: dict[str, list[float]] | None = None,
         controller: Controller | None = None,
+        stop_when_done: bool = False,
     ) -> None:
         self.cfg = cfg
         self.streams: Streams = make_streams(cfg.seed)
@@ -87,6 +88,10 @@ class Twin:
         self.timeout_s = cfg.timeout_s if cfg.timeout_s > 0 else math.inf
         self.health = HealthPolicy(cfg.replicas, cfg.health.failure_threshold, cfg.health.success_threshold)
         self.controller = controller
+        # a rehearsal needs a rollout's decision, not the traffic after it: stop sending then
+        self.stop_when_done = stop_when_done
+        self.cut_s = math.inf  # no request is sent at or after this
+        self.sent = -1  # requests sent, when a cut stopped the schedule early
         self.events: list[Event] = []
         self.windows = WindowStats(cfg.window_s)
         self._waiters: dict[int, simpy.Event] = {}
@@ -217,6 +222,9 @@ class Twin:
                 elif queues[r].free:
                     dispatchers[r](t)
             else:
+                if t >= self.cut_s:
+                    self.sent = i
+                    break
                 admit(i, t)
             if progress is not None and not (i + 1) & (tick - 1):
                 progress(tick)
@@ -248,8 +256,12 @@ class Twin:
         end = self.cfg.duration_s
         self.env.process(probe_rounds(self.env, self.cfg.health.probe_interval_s, end, self.health, self.router,
                                       self.replicas, self.events))
+        on_done = self._cut if self.stop_when_done else None
         self.env.process(controller_ticks(self.env, self.controller, end, self.router, self.health, self.replicas,
-                                          self.windows, self.events))
+                                          self.windows, self.events, on_done))
+
+    def _cut(self, now: float) -> None:
+        self.cut_s = now
 
     def run(self) -> TwinResult:
         self._start_control()
@@ -259,6 +271,8 @@ class Twin:
         else:
             self._run_open()
         self.env.run()  # drain: every admitted request is answered, shed or timed out
+        if self.sent >= 0:
+            self.log.truncate(self.sent)  # the requests never sent are not part of this run
         status = self.log.status
         if PENDING in status:  # a bug, but never a lost request: account for it as an error
             status = [ERROR if s == PENDING else s for s in status]

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from scenarios.cli import preflight
+from scenarios.rehearse import run as rehearse
 from scenarios.run_sim import run
 from sim.config import ConfigError, GatewayConfig, ModelConfig
 from sim.policy.controller import SetWeights, VersionWindow, View
-from sim.policy.rollout import Analysis, CanaryController, canary
+from sim.policy.rollout import Analysis, CanaryController, canary, controller_from_config
 from sim.records import requests_frame
 from sim.twin import Twin
 from tests.conftest import scenario
@@ -114,3 +115,33 @@ def test_a_rollout_that_cannot_work_is_refused_before_anything_runs(overrides: l
     with pytest.raises(ConfigError) as caught:
         preflight(overrides)
     assert caught.value.key == key or str(caught.value).startswith(key)
+
+
+def test_a_rehearsal_stops_sending_at_the_decision_and_loses_nothing_sent() -> None:
+    cfg = preflight([*SLOW_CANARY, "duration_s=20"])
+    controller = controller_from_config(cfg)
+    result = Twin(cfg, controller=controller, stop_when_done=True).run()
+    frame = requests_frame(result.columns)
+    decided = controller.decisions[-1].time_s
+    assert controller.done and frame["arrival_s"].max() < decided < 20.0
+    assert (frame["status"] != "error").all() and frame["request_id"].is_unique
+
+
+def test_mode_rehearse_reports_power_and_false_rollbacks(tmp_path, capsys) -> None:
+    cfg = preflight(["mode=rehearse", "rehearse.runs=8", "rehearse.workers=2", *SLOW_CANARY, f"out_dir={tmp_path}"])
+    assert rehearse(cfg, tmp_path) == 0
+    assert "report:" in capsys.readouterr().out
+    oc = json.loads((tmp_path / "experiment.json").read_text())["operating_characteristics"]
+    bad, good = oc["bad (as configured)"], oc["good (canary like stable)"]
+    assert bad["runs"] == good["runs"] == 8
+    assert bad["rollback_probability"] == 1.0 and good["rollback_probability"] == 0.0
+    low, high = bad["rollback_probability_ci95"]
+    assert low < 1.0 <= high  # a Wilson interval from 8 runs is wide, and says so
+    runs = pd.read_parquet(tmp_path / "rehearsal.parquet")
+    assert len(runs) == 16 and sorted(runs["seed"].unique()) == list(range(8))
+    assert (tmp_path / "rehearsal.png").stat().st_size > 0
+
+
+def test_mode_rehearse_needs_a_rollout() -> None:
+    with pytest.raises(ConfigError):
+        preflight(["mode=rehearse"])

@@ -77,6 +77,10 @@ class CanaryController:
         self._pause_until: float | None = None
         self._promote_requested = False
 
+    @property
+    def done(self) -> bool:
+        return self.state in ("promoted", "aborted")
+
     # -- manual control (the gateway's token-guarded API calls these) ----------------------
 
     def promote(self) -> None:
