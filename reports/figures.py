@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from reports.compare import Run
+from reports.rollout import plot_rollout
 from sim.files import atomic_write
 
 DPI = 110
@@ -378,7 +379,11 @@ def write_run_figures(out_dir: str | Path, run: Run, *, label: str | None = None
     """The figure set of a single run (mode=sim or mode=real alone)."""
     out = Path(out_dir)
     runs = {label or run.label: run}
-    return {
+    figures = {
         "latency_cdf": plot_latency_cdf(out / CDF_PNG, runs),
         "timeseries": plot_timeseries(out / TIMESERIES_PNG, runs),
     }
+    rollout = plot_rollout(out, run.path)
+    if rollout is not None:
+        figures["rollout"] = rollout
+    return figures

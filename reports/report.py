@@ -52,6 +52,7 @@ CALIBRATION_KEYS = frozenset({"service.kind", "service.profile", "overhead.profi
 FIGURE_CAPTIONS = {
     "latency_cdf": "Latency CDF and tail of answered requests after warm-up; dashed p50, dotted p99.",
     "timeseries": "Per-window throughput (completions) against offered load, latency and queue; warm-up and drain shaded.",
+    "rollout": "Rollout timeline: traffic weight, p99 and error rate per version and window; the decision dashed (green promoted, red aborted).",
     "load_curve": "p50 and p99 against offered rate, and throughput against offered rate: the knee where it "
                   "flattens at capacity (dash-dot) is saturation.",
 }

@@ -213,6 +213,10 @@ def version_windows(frame: pd.DataFrame, window_s: float, weights: Sequence[tupl
     out = grouped.agg(requests=("ok", "size"), ok=("ok", "sum"),
                       latency_p50_s=("latency_s", lambda x: x.quantile(0.5)),
                       latency_p99_s=("latency_s", lambda x: x.quantile(0.99))).reset_index()
+    if versions and len(out):  # a version that got nothing in a window is a row of zeros, not a gap
+        full = pd.MultiIndex.from_product([range(int(out["window"].max()) + 1), list(versions)], names=["window", "version"])
+        out = out.set_index(["window", "version"]).reindex(full).reset_index()
+        out[["requests", "ok"]] = out[["requests", "ok"]].fillna(0).astype(np.int64)
     out["errors"] = out["requests"] - out["ok"]
     out["window_start_s"] = out["window"] * window_s
     weight = np.full(len(out), np.nan)

@@ -98,8 +98,13 @@ def test_mode_sim_runs_a_configured_canary_and_writes_its_decisions(tmp_path, ca
     assert [d["kind"] for d in events["decisions"]][-1] == "aborted"
     windows = pd.read_parquet(tmp_path / "rollout.parquet")
     first = windows[windows["window_start_s"] == 0.0]
-    assert set(first["version"]) == {"1"} and first["weight"].iloc[0] == 1.0  # the first pause: all on stable
+    by_version = first.set_index("version")
+    assert by_version.loc["1", "weight"] == 1.0 and by_version.loc["2", "requests"] == 0  # the first pause: all on stable
     assert windows.loc[windows["version"] == "2", "weight"].max() == 0.25
+    after_abort = windows[(windows["version"] == "2") & (windows["window_start_s"] >= events["decisions"][-1]["time_s"])]
+    assert len(after_abort) > 0 and (after_abort["weight"] == 0).all() and (after_abort["requests"] == 0).all()
+    assert (tmp_path / "figures" / "rollout.png").stat().st_size > 0
+    assert "figures/rollout.png" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("overrides, key", [
