@@ -9,16 +9,15 @@ drain. Every change is logged with its time, for events.json and for tests.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 import simpy
 
-from sim.policy.controller import Action, Controller, Fault, VersionWindow, apply, view_of
+from sim.policy.controller import Action, Controller, Fault, apply, view_of
 from sim.policy.health import HealthPolicy, Outcome
 from sim.policy.split import Router
+from sim.policy.windows import VersionWindows
 
 if TYPE_CHECKING:
     from sim.replica import SimReplica
@@ -29,37 +28,6 @@ class Event:
     time_s: float
     kind: str  # action | eject | restore
     detail: dict[str, Any]
-
-
-class WindowStats:
-    """Per-version answers over the last `window_s`, as the gateway's sliding window reports
-    them to a controller (`GET /v2/gateway/state`): ok = answered, errors = everything else."""
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._answers: deque[tuple[float, int, bool, float]] = deque()  # (time, version, ok, latency)
-
-    def add(self, now: float, version: int, ok: bool, latency_s: float) -> None:
-        self._answers.append((now, version, ok, latency_s))
-
-    def take(self, now: float) -> dict[int, VersionWindow]:
-        answers = self._answers
-        while answers and answers[0][0] <= now - self.window_s:
-            answers.popleft()
-        by_version: dict[int, tuple[list[float], list[int]]] = {}
-        for _, version, ok, latency in answers:
-            latencies, counts = by_version.setdefault(version, ([], [0, 0]))
-            counts[0] += 1
-            if ok:
-                latencies.append(latency)
-            else:
-                counts[1] += 1
-        out: dict[int, VersionWindow] = {}
-        for version, (latencies, (requests, errors)) in by_version.items():
-            p50, p99 = (float(x) for x in np.percentile(latencies, [50, 99])) if latencies else (None, None)
-            out[version] = VersionWindow(requests=requests, ok=len(latencies), errors=errors,
-                                         latency_p50_s=p50, latency_p99_s=p99)
-        return out
 
 
 def apply_action(action: Action, router: Router, health: HealthPolicy, replicas: list[SimReplica], now: float,
@@ -88,13 +56,13 @@ def probe_rounds(env: simpy.Environment, interval_s: float, end_s: float, health
 
 
 def controller_ticks(env: simpy.Environment, controller: Controller, end_s: float, router: Router, health: HealthPolicy,
-                     replicas: list[SimReplica], windows: WindowStats, events: list[Event],
+                     replicas: list[SimReplica], windows: VersionWindows, events: list[Event],
                      on_done: Callable[[float], None] | None = None) -> Any:
     """Ticks until the arrivals end, or until the controller is done (a rollout promoted or
     aborted), when `on_done` hears of it."""
     while env.now < end_s:
         now = env.now
-        actions = controller.on_tick(now, view_of(router, now, windows.take(now)))
+        actions = controller.on_tick(now, view_of(router, now, windows.windows(now)))
         for action in actions:
             apply_action(action, router, health, replicas, now, events)
         if on_done is not None and getattr(controller, "done", False):

@@ -29,14 +29,15 @@ import simpy
 
 from sim.arrivals import ArrivalSchedule, make_schedule
 from sim.config import ScenarioConfig, version_specs
-from sim.control import Event, WindowStats, controller_ticks, probe_rounds
+from sim.control import Event, controller_ticks, probe_rounds
 from sim.policy.batching import DynamicBatcher
 from sim.policy.controller import Controller
 from sim.policy.health import HealthPolicy
 from sim.policy.split import NoReplica, Router
 from sim.policy.users import ThinkTime
+from sim.policy.windows import VersionWindows
 from sim.profile import Profile
-from sim.records import ERROR, OK, SHED
+from sim.records import ERROR, OK, SHED, TIMEOUT
 from sim.replica import CpuCores, SimReplica
 from sim.requests import PENDING, RequestLog
 from sim.rng import Streams, make_streams
@@ -93,7 +94,7 @@ class Twin:
         self.cut_s = math.inf  # no request is sent at or after this
         self.sent = -1  # requests sent, when a cut stopped the schedule early
         self.events: list[Event] = []
-        self.windows = WindowStats(cfg.window_s)
+        self.windows = VersionWindows(len(self.versions), cfg.window_s)
         self._waiters: dict[int, simpy.Event] = {}
         self._schedule = schedule
         self._think = ThinkTime(cfg.arrival.think_s, self.streams.think)  # the load generator's users draw the same
@@ -159,11 +160,24 @@ class Twin:
         self.outstanding[r] -= len(requests)
         if self.controller is not None:
             log = self.log
+            now = self.env._now
             for j in requests:
-                self.windows.add(self.env._now, log.version[j], log.status[j] == OK, log.finish[j] - log.arrival[j])
+                self._window_answer(j, now)
         if self._waiters:
             for j in requests:
                 self._notify(j, self.log.finish[j])
+
+    def _window_answer(self, j: int, now: float) -> None:
+        """An answer as the gateway's window counts it: served (2xx, even if too late for its
+        client), or an error (5xx: shed, expired in the queue, failed)."""
+        log = self.log
+        status, served = log.status[j], log.batch_id[j] >= 0
+        if status == OK:
+            self.windows.add(log.version[j], now, log.finish[j] - log.arrival[j], ok=True, error=False)
+        elif served and status == TIMEOUT:
+            self.windows.add(log.version[j], now, now - log.arrival[j], ok=True, error=False)
+        else:
+            self.windows.add(log.version[j], now, math.nan, ok=False, error=True)
 
     def _notify(self, i: int, finish_s: float) -> None:
         waiter = self._waiters.get(i)

@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from typing import Sequence
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from sim.policy.health import HealthPolicy, Outcome, RetryPolicy
 from sim.policy.lb import LeastOutstandingLB, PowerOfTwoLB, RandomLB, RoundRobinLB, WeightedLB, make_lb
 from sim.policy.membership import Membership
 from sim.policy.split import Router, VersionSplit, user_hash_unit
+from sim.policy.windows import VersionWindows
 
 loads = st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=12)
 
@@ -190,3 +192,15 @@ def test_retry_only_when_nothing_came_back_and_reuse_only_after_a_drop() -> None
     assert not retry.should_retry(1, Outcome.REFUSED)
     assert not any(retry.should_retry(0, o) for o in (Outcome.TIMEOUT, Outcome.FAILED, Outcome.OK))
     assert retry.may_reuse(Outcome.DISCONNECTED) and not retry.may_reuse(Outcome.REFUSED)
+
+
+def test_version_windows_slide_and_count_latency_over_ok_answers_only() -> None:
+    w = VersionWindows(2, window_s=1.0)
+    w.add(0, 0.0, 0.5, ok=True, error=False)  # leaves the window at t > 1.0
+    w.add(0, 0.9, 0.010, ok=True, error=False)
+    w.add(0, 1.0, 0.001, ok=False, error=True)  # a fast failure must not make the version look fast
+    w.add(0, 1.2, 0.020, ok=True, error=False)
+    now = w.windows(1.5)
+    assert set(now) == {0}  # version 1 answered nothing: not in a controller's view
+    assert (now[0].requests, now[0].ok, now[0].errors) == (3, 2, 1)
+    assert now[0].latency_p50_s == pytest.approx(0.015)

@@ -34,11 +34,11 @@ from real.gateway import control
 from real.gateway.auth import BearerAuth
 from real.gateway.errors import JSON, http_exception, json_response, oip_error, unexpected
 from real.gateway.fastpath import InferFastPath
-from real.gateway.metrics import VersionWindows
 from real.gateway.pool import ReplicaPool, request_outcome
 from sim.config import ScenarioConfig
 from sim.policy.controller import Action, apply, view_of
 from sim.policy.health import Outcome
+from sim.policy.windows import VersionWindows
 from sim.policy.split import NoReplica, Router
 
 WEIGHTS_PATH = "/v2/gateway/weights"
@@ -236,7 +236,7 @@ class Gateway:
         m.gateway_seconds.observe(own)
         m.count(reply.status)
         if version >= 0:
-            self.windows.add(version, reply.status, total, now)
+            self.windows.add(version, now, total, ok=200 <= reply.status < 300, error=reply.status >= 500)
         return reply
 
     # -- the gateway's own endpoints -------------------------------------------------------
@@ -262,8 +262,7 @@ class Gateway:
     async def state(self, request: Request) -> Response:
         """What a controller reads at each tick: the View, over the last window_s."""
         now = perf_counter()
-        windows = dict(enumerate(self.windows.windows(now)))
-        view = view_of(self.router, now - self.started, windows)
+        view = view_of(self.router, now - self.started, self.windows.windows(now))
         return json_response(control.state_doc(view, self.membership, self.windows.window_s))
 
     def _apply(self, action: Action) -> None:

@@ -1,4 +1,5 @@
-"""The gateway's metrics: Prometheus series, and the per-version window a controller reads.
+"""The gateway's metrics: Prometheus series (the per-version window a controller reads is
+`sim.policy.windows.VersionWindows`, shared with the twin).
 
 A registry per app (not the global default) lets tests build many gateways in one process.
 Per-replica series are bound once at start: `.labels()` on the hot path costs a dict lookup
@@ -8,15 +9,12 @@ path pays nothing for them.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Iterator
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sim.policy.controller import VersionWindow
 from sim.policy.membership import Membership
 
 # sub-millisecond buckets: the gateway's own overhead lives there
@@ -70,45 +68,3 @@ class GatewayMetrics:
         if child is None:
             child = self._by_code[status] = self._responses.labels(str(status))
         child.inc()
-
-
-
-
-class VersionWindows:
-    """Each version's answers over the last `window_s` seconds: what a controller's metrics
-    query returns (Flagger asks Prometheus the same over its analysis interval).
-
-    A sliding window, kept exact and cheap: each infer appends one tuple, and records older
-    than the window are dropped as new ones arrive, so memory is the window's requests at most
-    and a read sorts only those. As in the twin, `ok` is a 2xx answer, `errors` a 5xx (4xx are
-    the client's), and the latency percentiles are over the ok answers (a version that fails
-    fast must not look fast).
-    """
-
-    def __init__(self, n_versions: int, window_s: float) -> None:
-        self.window_s = window_s
-        self._records: list[deque[tuple[float, float, int]]] = [deque() for _ in range(n_versions)]
-
-    def add(self, version: int, status: int, latency_s: float, now: float) -> None:
-        records = self._records[version]
-        records.append((now, latency_s, status))
-        self._forget(records, now)
-
-    def window(self, version: int, now: float) -> VersionWindow:
-        records = self._records[version]
-        self._forget(records, now)
-        latencies = [lat for _, lat, status in records if 200 <= status < 300]
-        errors = sum(1 for _, _, status in records if status >= 500)
-        p50: float | None = None
-        p99: float | None = None
-        if latencies:
-            p50, p99 = (float(x) for x in np.percentile(latencies, [50, 99]))
-        return VersionWindow(requests=len(records), ok=len(latencies), errors=errors, latency_p50_s=p50, latency_p99_s=p99)
-
-    def windows(self, now: float) -> list[VersionWindow]:
-        return [self.window(v, now) for v in range(len(self._records))]
-
-    def _forget(self, records: deque[tuple[float, float, int]], now: float) -> None:
-        horizon = now - self.window_s
-        while records and records[0][0] < horizon:
-            records.popleft()
