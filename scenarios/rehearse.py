@@ -23,7 +23,7 @@ from scipy.stats import binomtest
 
 from reports.rehearse import plot_rehearsal
 from scenarios.config import ServelabConfig
-from sim.config import ScenarioConfig, VersionConfig, version_names, version_specs
+from sim.config import ScenarioConfig, VersionConfig, rollout_versions, version_specs
 from sim.files import write_json, write_parquet, write_text
 from sim.policy.rollout import controller_from_config
 from sim.twin import Twin
@@ -31,8 +31,7 @@ from sim.twin import Twin
 
 def good_version_of(cfg: ScenarioConfig) -> ScenarioConfig:
     """The same scenario with the canary made like stable: what a rollout of a good version sees."""
-    names = version_names(cfg.model)
-    canary = cfg.rollout.canary or names[1]
+    canary = rollout_versions(cfg)[1]
     versions = [VersionConfig(v.name) if v.name == canary else v for v in version_specs(cfg.model)]
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, versions=[dataclasses.asdict(v) for v in versions]))
 
@@ -43,8 +42,7 @@ def rehearse_once(cfg: ScenarioConfig, scenario: str, seed: int) -> dict[str, An
     controller = controller_from_config(run_cfg)
     assert controller is not None
     columns = Twin(run_cfg, controller=controller, stop_when_done=True).run().columns
-    names = version_names(cfg.model)
-    canary = cfg.rollout.canary or names[1]
+    canary = rollout_versions(cfg)[1]
     last = controller.decisions[-1] if controller.decisions else None
     decided_s = last.time_s if last is not None and last.kind in ("promoted", "aborted") else math.nan
     on_canary = columns["version"] == canary

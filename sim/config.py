@@ -138,6 +138,12 @@ def version_names(model: ModelConfig) -> list[str]:
     return [v.name for v in version_specs(model)]
 
 
+def rollout_versions(cfg: ScenarioConfig) -> tuple[str, str]:
+    """(stable, canary) of a rollout: as configured, else the first and second version."""
+    names = version_names(cfg.model)
+    return cfg.rollout.stable or names[0], cfg.rollout.canary or names[1]
+
+
 @dataclass
 class GatewayConfig:
     host: str = setting("127.0.0.1", "where the real gateway listens")
@@ -384,22 +390,25 @@ def _validate_rollout(cfg: ScenarioConfig) -> None:
     _require(len(names) >= 2, "model.versions", f"rollout.strategy={r.strategy} needs two versions (stable and canary), got {names}")
     for key, value in (("rollout.stable", r.stable), ("rollout.canary", r.canary)):
         _require(not value or value in names, key, f"{value!r} is not one of model.versions {names}")
-    _require((r.stable or names[0]) != (r.canary or names[1]), "rollout.canary", "must differ from rollout.stable")
+    stable, canary = rollout_versions(cfg)
+    _require(stable != canary, "rollout.canary", "must differ from rollout.stable")
     _require(bool(r.steps), "rollout.steps", "a canary needs steps, e.g. [{set_weight:20},{pause_s:5},{set_weight:50},{pause_s:5}]")
     for i, step in enumerate(r.steps):
         _require(isinstance(step, dict) and len(step) == 1 and next(iter(step)) in ("set_weight", "pause_s"), "rollout.steps",
                  f"step {i} must be {{set_weight: PERCENT}} or {{pause_s: S}}, got {step!r}")
         (name, value), = step.items()
         _require(isinstance(value, (int, float)) and not isinstance(value, bool), "rollout.steps", f"step {i}: {name} must be a number, got {value!r}")
-        if name == "set_weight":
-            _require(0 <= value <= 100, "rollout.steps", f"step {i}: set_weight is a percent in [0, 100], got {value}")
-        else:
-            _require(value >= 0 and not math.isnan(value), "rollout.steps", f"step {i}: pause_s must be >= 0 (inf: until promoted), got {value}")
     _positive(r.interval_s, "rollout.interval_s")
     _require(0 <= r.max_error_rate <= 1, "rollout.max_error_rate", f"must be in [0, 1], got {r.max_error_rate}")
     _positive(r.max_p99_ratio, "rollout.max_p99_ratio")
     _require(r.failure_limit >= 0, "rollout.failure_limit", f"must be >= 0, got {r.failure_limit}")
     _require(r.min_requests >= 1, "rollout.min_requests", f"must be >= 1, got {r.min_requests}")
+    from sim.policy.rollout import controller_from_config  # the spec checks its steps' ranges itself
+
+    try:
+        controller_from_config(cfg)
+    except ValueError as exc:
+        raise ConfigError("rollout.steps", str(exc)) from exc
 
 
 def validate(cfg: ScenarioConfig) -> None:

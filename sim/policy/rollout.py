@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from sim.config import ScenarioConfig, version_names
+from sim.config import ScenarioConfig, rollout_versions, version_names
 from sim.policy.controller import Action, SetWeights, View, VersionWindow
 
 
@@ -51,7 +51,7 @@ class CanarySpec:
             if step.set_weight is not None and not 0 <= step.set_weight <= 100:
                 raise ValueError(f"step {i}: set_weight must be in [0, 100], got {step.set_weight}")
             if step.pause_s is not None and not step.pause_s >= 0:
-                raise ValueError(f"step {i}: pause_s must be >= 0, got {step.pause_s}")
+                raise ValueError(f"step {i}: pause_s must be >= 0 (inf: until promoted), got {step.pause_s}")
         if not self.interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
 
@@ -174,11 +174,12 @@ def controller_from_config(cfg: ScenarioConfig) -> CanaryController | None:
     if r.strategy == "none":
         return None
     names = version_names(cfg.model)
+    stable, canary = rollout_versions(cfg)
     spec = CanarySpec(
         tuple(CanaryStep(**{str(k): float(v) for k, v in step.items()}) for step in r.steps),
         Analysis(r.max_error_rate, r.max_p99_ratio, r.failure_limit, r.min_requests),
         r.interval_s,
-        stable=names.index(r.stable or names[0]),
-        canary=names.index(r.canary or names[1]),
+        stable=names.index(stable),
+        canary=names.index(canary),
     )
     return CanaryController(spec, len(names))
