@@ -88,19 +88,21 @@ def rollout_summary(controller: CanaryController, events: list[Event]) -> dict[s
 
 
 def write_rollout(out_dir: Path, cfg: ServelabConfig, frame: pd.DataFrame, summary: dict[str, Any]) -> None:
-    """events.json and rollout.parquet, for runs with a rollout."""
+    """events.json and rollout.parquet, for runs with a rollout. The decision and event lists
+    move out of the summary into events.json: summary.json and the report keep the outcome."""
     rollout = summary.get("rollout")
     if rollout is None:
         return
-    write_json(out_dir / "events.json", {"decisions": rollout["decisions"], "events": rollout["events"]})
-    weights = [(e["time_s"], e["detail"]["weights"]) for e in rollout["events"] if e["detail"].get("action") == "SetWeights"]
+    log = {"decisions": rollout.pop("decisions"), "events": rollout.pop("events")}
+    write_json(out_dir / "events.json", log)
+    weights = [(e["time_s"], e["detail"]["weights"]) for e in log["events"] if e["detail"].get("action") == "SetWeights"]
     write_parquet(out_dir / "rollout.parquet", version_windows(frame, cfg.window_s, weights, version_names(cfg.model)))
 
 
 def run(cfg: ServelabConfig, out_dir: Path) -> int:
     frame, summary, series = simulate(cfg, progress=cfg.progress)
-    write_run(out_dir, cfg, frame, summary, series)
     write_rollout(out_dir, cfg, frame, summary)
+    write_run(out_dir, cfg, frame, summary, series)
     print(format_summary(summary, title="twin (mode=sim)"))
     if "rollout" in summary:
         r = summary["rollout"]

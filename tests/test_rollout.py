@@ -95,6 +95,8 @@ def test_mode_sim_runs_a_configured_canary_and_writes_its_decisions(tmp_path, ca
     assert run(cfg, tmp_path) == 0
     assert "rollout   canary aborted" in capsys.readouterr().out
     events = json.loads((tmp_path / "events.json").read_text())
+    outcome = json.loads((tmp_path / "summary.json").read_text())["rollout"]
+    assert outcome["outcome"] == "aborted" and "events" not in outcome  # the log lives in events.json only
     assert [d["kind"] for d in events["decisions"]][-1] == "aborted"
     windows = pd.read_parquet(tmp_path / "rollout.parquet")
     first = windows[windows["window_start_s"] == 0.0]
