@@ -30,24 +30,45 @@ COLUMNS: dict[str, str] = {
     "batch_id": "int64",  # one id per dispatched batch, unique in the run; -1: not served
     "batch_size": "int64",  # 0: not served
     "status": "string",
+    "correct": "boolean",  # was the answer right (a labelled request)? <NA>: unknown or not answered
+    "shadow": "bool",  # a mirrored copy: measured, never returned, never offered load
 }
+# columns a producer may leave out, and what they then hold for every row
+DEFAULTS: dict[str, Any] = {"correct": pd.NA, "shadow": False}
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p99.9": 99.9}
 
 
 def requests_frame(columns: Mapping[str, Sequence[Any] | np.ndarray]) -> pd.DataFrame:
-    """One DataFrame in the schema's column order and types; `status` may be codes or names."""
-    missing = set(COLUMNS) - set(columns)
+    """One DataFrame in the schema's column order and types; `status` may be codes or names,
+    `correct` booleans, or codes 1 (right), 0 (wrong), -1 (unknown)."""
+    missing = set(COLUMNS) - set(columns) - set(DEFAULTS)
     if missing:
         raise ValueError(f"request records miss columns: {sorted(missing)}")
+    n = len(columns["request_id"])
     data: dict[str, Any] = {}
     for name, dtype in COLUMNS.items():
+        if name not in columns:
+            data[name] = pd.array([DEFAULTS[name]] * n, dtype=dtype)
+            continue
         values = columns[name]
+        if name == "correct":
+            codes = np.asarray(values)
+            if codes.dtype.kind in "iu":
+                data[name] = pd.array(codes == 1, dtype=dtype)
+                data[name][codes < 0] = pd.NA
+                continue
         if name == "status" and len(values) and not isinstance(values[0], str):
             values = np.asarray(STATUSES, dtype=object)[np.asarray(values, dtype=np.int64)]
         data[name] = pd.array(np.asarray(values) if dtype != "string" else list(values), dtype=dtype)
     frame = pd.DataFrame(data)
     return frame.sort_values("request_id", kind="stable").reset_index(drop=True)
+
+
+def primary(frame: pd.DataFrame) -> pd.DataFrame:
+    """The offered requests: every row but the shadow copies (which a client never sent)."""
+    shadow = frame["shadow"].to_numpy(dtype=bool)
+    return frame[~shadow] if shadow.any() else frame
 
 
 def _latency_stats(latency: np.ndarray) -> dict[str, float | None]:
@@ -113,6 +134,7 @@ def summarize(
     knows it (sim.service.capacity_rps), adds itself and the offered load as a fraction of it.
     """
     window = duration_s - warmup_s
+    frame = primary(frame)
     arrival = frame["arrival_s"].to_numpy(dtype=float)
     status_all = frame["status"].to_numpy(dtype=object)
     ok_all = status_all == "ok"
@@ -163,7 +185,9 @@ def timeseries(frame: pd.DataFrame, window_s: float, end_s: float | None = None)
     it waits until it is served or gets its outcome, whichever comes first (a client may give
     up before the server starts it). A request with no outcome (cut short, never sent) stays
     in flight, and waiting if never started, to the end: it was owed an answer. With
-    arrival <= left queue <= finish per request, 0 <= queue_len <= in_flight in every window."""
+    arrival <= left queue <= finish per request, 0 <= queue_len <= in_flight in every window.
+    Shadow copies are not offered load: they are left out here, as in `summarize`."""
+    frame = primary(frame)
     arrival = frame["arrival_s"].to_numpy(dtype=float)
     finish = frame["finish_s"].to_numpy(dtype=float)
     start = frame["start_s"].to_numpy(dtype=float)

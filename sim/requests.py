@@ -17,7 +17,7 @@ PENDING = -1
 
 class RequestLog:
     __slots__ = ("user", "arrival", "enqueued", "after_s", "start", "finish", "service_s", "replica",
-                 "version", "batch_id", "batch_size", "status")
+                 "version", "batch_id", "batch_size", "status", "correct", "shadow")
 
     def __init__(self) -> None:
         self.user: list[int] = []
@@ -32,12 +32,14 @@ class RequestLog:
         self.batch_id: list[int] = []
         self.batch_size: list[int] = []
         self.status: list[int] = []
+        self.correct: list[int] = []  # 1 right, 0 wrong, -1 unknown (unlabelled, or not answered)
+        self.shadow: list[bool] = []  # a mirrored copy (sim.records: never offered load)
 
     def __len__(self) -> int:
         return len(self.arrival)
 
-    def append(self, user_id: int, arrival_s: float, after_s: float) -> int:
-        """A request sent at `arrival_s` (closed loop: one at a time); its id."""
+    def append(self, user_id: int, arrival_s: float, after_s: float, shadow: bool = False) -> int:
+        """A request sent at `arrival_s` (closed loop: one at a time, or a shadow copy); its id."""
         i = len(self.arrival)
         self.user.append(user_id)
         self.arrival.append(arrival_s)
@@ -51,6 +53,8 @@ class RequestLog:
         self.batch_id.append(-1)
         self.batch_size.append(0)
         self.status.append(PENDING)
+        self.correct.append(-1)
+        self.shadow.append(shadow)
         return i
 
     def fill(self, users: list[int], times: list[float], after_s: float) -> None:
@@ -69,6 +73,8 @@ class RequestLog:
         self.batch_id = [-1] * n
         self.batch_size = [0] * n
         self.status = [PENDING] * n
+        self.correct = [-1] * n
+        self.shadow = [False] * n
 
     def truncate(self, n: int) -> None:
         for name in self.__slots__:
@@ -93,4 +99,6 @@ class RequestLog:
             "batch_id": np.asarray(self.batch_id, dtype=np.int64),
             "batch_size": np.asarray(self.batch_size, dtype=np.int64),
             "status": np.asarray(status, dtype=np.int64),
+            "correct": np.asarray(self.correct, dtype=np.int64),
+            "shadow": np.asarray(self.shadow, dtype=bool),
         }

@@ -259,7 +259,7 @@ def hand_frame(*rows: dict) -> pd.DataFrame:
     blank = {"user_id": 0, "start_s": math.nan, "finish_s": math.nan, "latency_s": math.nan, "queue_s": math.nan,
              "service_s": math.nan, "replica": -1, "version": "", "batch_id": -1, "batch_size": 0, "status": "ok"}
     full = [{**blank, "request_id": i, **row} for i, row in enumerate(rows)]
-    return requests_frame({c: [r[c] for r in full] for c in COLUMNS})
+    return requests_frame({c: [r[c] for r in full] for c in COLUMNS if c in full[0]})
 
 
 def served(arrival: float, start: float, service: float, batch_id: int, size: int) -> dict:

@@ -79,6 +79,7 @@ def state_doc(view: View, membership: Membership, window_s: float) -> dict[str, 
         "routable": list(view.routable),
         "healthy": list(membership.healthy),
         "active": list(membership.active),
+        "removed": list(view.removed),
         "window_s": window_s,
         "windows": [asdict(view.windows.get(v, VersionWindow())) for v in range(len(membership.versions))],
     }
@@ -96,4 +97,4 @@ def view_from_doc(doc: Mapping[str, Any], now: float) -> View:
         if window.requests:
             windows[v] = window
     return View(now, tuple(float(w) for w in doc["version_weights"]), tuple(int(v) for v in doc["replica_versions"]),
-                tuple(bool(r) for r in doc["routable"]), windows)
+                tuple(bool(r) for r in doc["routable"]), windows, tuple(bool(r) for r in doc.get("removed", ())))

@@ -67,7 +67,25 @@ class Fault:
     slowdown: float = 1.0
 
 
-Action = Union[SetWeights, SetVersion, Activate, Drain, Eject, Restore, Fault]
+@dataclass(frozen=True)
+class AddReplica:
+    """Start a new replica of `version` (scale out, a blue-green set, a rolling update's surge).
+    It joins the membership at once but not ready (unhealthy): the health probes bring it into
+    rotation when it answers ready, after its start time, as a Kubernetes readiness probe does.
+    Its index is the next one (`len(membership)`), known to the controller in advance."""
+
+    version: int
+
+
+@dataclass(frozen=True)
+class RemoveReplica:
+    """Stop a replica without losing a request: no new requests from now on (it leaves the
+    membership), those already queued or running finish, then the process stops."""
+
+    replica: int
+
+
+Action = Union[SetWeights, SetVersion, Activate, Drain, Eject, Restore, Fault, AddReplica, RemoveReplica]
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,12 @@ class VersionWindow:
     errors: int = 0
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
+    judged: int = 0  # ok answers whose correctness is known (a labelled request)
+    correct: int = 0  # of those, the right ones
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.judged if self.judged else None
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,7 @@ class View:
     replica_versions: tuple[int, ...]
     routable: tuple[bool, ...]
     windows: Mapping[int, VersionWindow] = field(default_factory=dict)
+    removed: tuple[bool, ...] = ()  # per replica: gone (stopped, or stopping once drained)
 
 
 class Controller(Protocol):
@@ -101,12 +126,14 @@ class Controller(Protocol):
 def view_of(router: Router, now: float, windows: Mapping[int, VersionWindow] | None = None) -> View:
     m = router.membership
     return View(now, tuple(router.version_weights), tuple(m.version_of),
-                tuple(m.routable(r) for r in range(len(m))), dict(windows or {}))
+                tuple(m.routable(r) for r in range(len(m))), dict(windows or {}), tuple(m.removed))
 
 
 def apply(action: Action, router: Router, health: HealthPolicy | None = None) -> None:
     """Carry out a routing or membership action. `Fault` is about the replica itself, not
-    routing: the caller (twin or launcher) applies it to the replica.
+    routing: the caller (twin or launcher) applies it to the replica. `AddReplica` and
+    `RemoveReplica` change the membership here; starting and stopping the replica itself (and
+    waiting for its in-flight requests first) is the caller's.
 
     Pass the `health` policy that probes these replicas: Eject and Restore are then its verdicts
     too (`HealthPolicy.override`), else it would go on from a stale one (a replica restored
@@ -125,6 +152,13 @@ def apply(action: Action, router: Router, health: HealthPolicy | None = None) ->
         m.set_healthy(action.replica, healthy)
         if health is not None:
             health.override(action.replica, healthy)
+    elif isinstance(action, AddReplica):
+        r = m.add_replica(action.version)
+        m.set_healthy(r, False)  # not ready until its probes pass
+        if health is not None:
+            health.add_replica(healthy=False)
+    elif isinstance(action, RemoveReplica):
+        m.remove(action.replica)
     elif not isinstance(action, Fault):
         raise TypeError(f"unknown action {action!r}")
 

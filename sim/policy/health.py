@@ -48,8 +48,9 @@ class HealthPolicy:
         self._failures = [0] * n_replicas
         self._successes = [0] * n_replicas
 
-    def add_replica(self) -> int:
-        self.healthy.append(True)
+    def add_replica(self, healthy: bool = True) -> int:
+        """A new replica; a starting one is not healthy until `success_threshold` probes pass."""
+        self.healthy.append(healthy)
         self._failures.append(0)
         self._successes.append(0)
         return len(self.healthy) - 1
