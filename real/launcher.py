@@ -11,6 +11,12 @@ return, exception, Ctrl-C or SIGTERM, every process is gone. Three layers make "
 While the stack is up in the main thread, a default SIGTERM disposition is replaced by one that
 raises SystemExit, so `finally` blocks (ours and the caller's) run.
 
+Replicas can come and go while traffic flows (`RunningStack.add_replica` / `stop_replica`, what a
+rollout's AddReplica and RemoveReplica need). A replica added at run time is forked by a thread
+the stack owns for its whole life (the spawner), whatever thread asks for it: PR_SET_PDEATHSIG
+fires when the forking *thread* ends, and a controller's thread may end long before the stack.
+A replica is stopped only once the gateway counts no request in flight to it.
+
 Children start in the repository root (so `python -m real.server` imports this checkout, never a
 same-named folder in the caller's directory), so every path they are given is absolute: a
 relative one would name another file than the caller meant, or a stale one left in the root.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -33,6 +40,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -44,6 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 READY_PATH = "/v2/health/ready"
 START_TIMEOUT_S = 60.0
 GRACE_S = 5.0
+DRAIN_TIMEOUT_S = 30.0  # stop_replica waits this long at most for a removed replica's in-flight requests
+GATEWAY_REPLICAS_PATH = "/v2/gateway/replicas"
 LOG_TAIL_LINES = 40
 PR_SET_PDEATHSIG = 1
 
@@ -65,17 +75,100 @@ class PortInUse(LaunchError, ConfigError):
 
 
 @dataclass
+class _ReplicaStarter:
+    """What starting one more replica needs: the run's files, environment and deadlines, and
+    the spawner thread (see the module docstring) that forks it."""
+
+    config_path: Path
+    stack_dir: Path
+    host: str
+    env: dict[str, str]
+    command: ReplicaCommand
+    start_timeout_s: float
+    grace_s: float
+    spawner: ThreadPoolExecutor
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
 class RunningStack:
     gateway_url: str
-    replica_urls: list[str]
+    replica_urls: list[str]  # by replica index, the ones added at run time included
     token: str
-    processes: list[subprocess.Popen[bytes]]  # replicas in index order, then the gateway
+    processes: list[subprocess.Popen[bytes]]  # in start order: the first replicas, the gateway, replicas added later
     run_dir: Path | None = None
     logs: list[Path] = field(default_factory=list)  # one per process, same order
+    replicas: list[subprocess.Popen[bytes]] = field(default_factory=list)  # by replica index
+    replica_logs: list[Path] = field(default_factory=list)  # by replica index
+    _starter: _ReplicaStarter | None = field(default=None, repr=False)
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
+
+    # -- replicas at run time ----------------------------------------------------------------
+
+    def start_replica(self, version: str) -> tuple[int, str]:
+        """Start a replica of `version` (a model.versions name) on a free port, without waiting
+        for it: (its index, the next one, and its URL). Its process dies with the stack."""
+        starter = self._starter
+        if starter is None:
+            raise LaunchError("this stack cannot start replicas at run time")
+        with starter.lock:  # one index per replica, whoever asks
+            index = len(self.replica_urls)
+            port = free_ports(starter.host, 1)[0]
+            argv = starter.command(starter.config_path, index, port, starter.host) + ["--version", version]
+            log = starter.stack_dir / f"replica-{index}.log"
+            proc = starter.spawner.submit(_spawn, argv, log, starter.env).result()
+            self.processes.append(proc)
+            self.logs.append(log)
+            self.replicas.append(proc)
+            self.replica_logs.append(log)
+            self.replica_urls.append(f"http://{url_host(starter.host)}:{port}")
+        return index, self.replica_urls[index]
+
+    def wait_replica(self, index: int, timeout_s: float | None = None) -> None:
+        """Until replica `index` answers ready; LaunchError with its log's tail if it exits first
+        or is not ready within `timeout_s` (default: the stack's start deadline)."""
+        starter = self._starter
+        limit = timeout_s if timeout_s is not None else (starter.start_timeout_s if starter else START_TIMEOUT_S)
+        wait_ready([f"replica {index}"], [self.replica_urls[index]], [self.replicas[index]], [self.replica_logs[index]],
+                   time.monotonic() + limit)
+
+    def add_replica(self, version: str) -> tuple[int, str]:
+        """`start_replica`, then `wait_replica`: (index, URL) of a replica that answers ready."""
+        index, url = self.start_replica(version)
+        self.wait_replica(index)
+        return index, url
+
+    def in_flight(self, index: int) -> int | None:
+        """Requests the gateway has sent to replica `index` and not yet had answered (None: the
+        gateway did not say); raises ValueError while the gateway still routes to it."""
+        try:
+            with _NO_PROXY.open(self.gateway_url + GATEWAY_REPLICAS_PATH, timeout=5.0) as resp:
+                listing = json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        doc = next((r for r in listing.get("replicas", []) if r.get("replica") == index), None)
+        if doc is None:
+            return None
+        if doc.get("routable"):
+            raise ValueError(f"replica {index} still takes requests: remove it from the gateway first "
+                             f'(POST {GATEWAY_REPLICAS_PATH}/{index} {{"action": "remove"}})')
+        return int(doc.get("in_flight", 0))
+
+    def stop_replica(self, index: int, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> int:
+        """Stop replica `index` without losing a request: once the gateway (which must no longer
+        route to it) counts none in flight to it, or after `drain_timeout_s`, SIGTERM (the server
+        finishes what it still holds), SIGKILL after the grace period; reaped. Its exit status."""
+        proc = self.replicas[index]
+        deadline = time.monotonic() + drain_timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            if self.in_flight(index) in (0, None):  # None: no gateway routes to it any more
+                break
+            time.sleep(0.02)
+        stop_all([proc], self._starter.grace_s if self._starter else GRACE_S)
+        return int(proc.returncode)
 
 
 def absolute(path: str | Path) -> Path:
@@ -271,13 +364,15 @@ def launch_with(
     grace_s: float = GRACE_S,
     gateway_args: Sequence[str] = (),
 ) -> Iterator[RunningStack]:
-    """`launch` with the knobs tests need: another replica program, shorter deadlines."""
+    """`launch` with the knobs tests need: another replica program (a replica added at run time
+    gets `--version NAME` after its command line), shorter deadlines."""
     temp = run_dir is None
     base = Path(tempfile.mkdtemp(prefix="servelab-stack-")) if run_dir is None else absolute(run_dir)
     stack_dir = base / "stack"
     stack_dir.mkdir(parents=True, exist_ok=True)
     token = token or cfg.server.token or secrets.token_urlsafe(24)
     procs: list[subprocess.Popen[bytes]] = []
+    spawner = ThreadPoolExecutor(1, thread_name_prefix="servelab-spawner")
     try:
         with _sigterm_raises():
             replica_host = cfg.server.host
@@ -305,17 +400,22 @@ def launch_with(
             gateway_url = f"http://{url_host(gateway_host)}:{gateway_port}"
             logs = [stack_dir / f"replica-{r}.log" for r in range(cfg.replicas)] + [stack_dir / "gateway.log"]
             names = [f"replica {r}" for r in range(cfg.replicas)] + ["gateway"]
-            stack = RunningStack(gateway_url, replica_urls, token, procs, run_dir=None if temp else base, logs=logs)
+            starter = _ReplicaStarter(config_path, stack_dir, replica_host, env, replica_command, start_timeout_s,
+                                      grace_s, spawner)
+            stack = RunningStack(gateway_url, replica_urls, token, procs, run_dir=None if temp else base, logs=logs,
+                                 replica_logs=logs[:-1], _starter=starter)
 
             deadline = time.monotonic() + start_timeout_s
             for r, port in enumerate(replica_ports):
                 procs.append(_spawn(replica_command(config_path, r, port, replica_host), logs[r], env))
+            stack.replicas.extend(procs)
             wait_ready(names[:-1], replica_urls, procs, logs[:-1], deadline)
             gw_argv = gateway_command(config_path, gateway_port, gateway_host, replica_urls) + list(gateway_args)
             procs.append(_spawn(gw_argv, logs[-1], env))
             wait_ready(names[-1:], [gateway_url], procs[-1:], logs[-1:], deadline)
             yield stack
     finally:
-        stop_all(procs, grace_s)
+        stop_all(procs, grace_s)  # replicas added at run time included: they are in procs too
+        spawner.shutdown(wait=True)  # only now: the children it forked die with their forking thread
         if temp:
             shutil.rmtree(base, ignore_errors=True)

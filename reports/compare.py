@@ -4,6 +4,11 @@ A comparison is a plain dict (JSON as written) so CI, notebooks and the HTML rep
 very same object; nothing here knows whether the twin or the real stack produced a summary.
 The error convention is the one the fidelity targets use: relative to the *measured* value,
 signed so that a positive error means the twin over-predicts.
+
+A run with a rollout adds three rows with targets of their own kind (`target_kind`): the same
+decision on both sides (`same`), the decision's time within one analysis interval (`abs`, in
+seconds), and the requests the candidate version served before it within 20% (`rel`, as the
+others). They count in the verdict like every other target.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ METRIC_BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
 
 # The fidelity targets of issue 4: |relative error| at most this, per metric.
 DEFAULT_TARGETS: dict[str, float] = {"latency_p50": 0.05, "latency_p99": 0.10, "throughput": 0.02}
+# Issue 10's target for a rollout's exposure: the candidate's requests before the decision, relative.
+ROLLOUT_EXPOSURE_TARGET = 0.20
 
 
 def _number(value: Any) -> float | None:
@@ -97,6 +104,57 @@ def compare_metric(predicted: Any, measured: Any, target: float | None = None) -
         if not ok and err is not None:
             entry["missed_by"] = abs(err) - target
     return entry
+
+
+def _entry(label: str, unit: str, predicted: Any, measured: Any, target: Any, kind: str, within: bool | None,
+           missed_by: float | None = None, abs_error: float | None = None) -> dict[str, Any]:
+    return {"label": label, "unit": unit, "predicted": predicted, "measured": measured, "abs_error": abs_error,
+            "rel_error": None, "rel_error_undefined": False, "target": target, "target_kind": kind,
+            "within_target": within, "missed_by": missed_by}
+
+
+def compare_rollouts(predicted: Summary, measured: Summary, interval_s: float,
+                     exposure_target: float = ROLLOUT_EXPOSURE_TARGET) -> dict[str, dict[str, Any]]:
+    """The rollout rows of a comparison, from the two summaries' `rollout` (outcome, decided_s,
+    candidate_requests): the same decision; its time within `interval_s` (one analysis
+    interval: both sides tick on it, so one tick apart is the finest disagreement there is);
+    the candidate's requests before the decision within `exposure_target`, relative. A
+    decision only one side made misses the time target; none on either side has no time to compare."""
+    p_out, m_out = predicted.get("outcome"), measured.get("outcome")
+    rows = {"rollout_decision": _entry("rollout decision", "decision", p_out, m_out, "same", "same",
+                                       None if p_out is None or m_out is None else p_out == m_out)}
+    x, y = _number(predicted.get("decided_s")), _number(measured.get("decided_s"))
+    time_row = _entry("rollout decision time", "time", x, y, interval_s, "abs", None)
+    if x is not None and y is not None:
+        diff = x - y
+        ok = abs(diff) <= interval_s + _TOLERANCE
+        time_row.update(abs_error=diff, within_target=ok, missed_by=None if ok else abs(diff) - interval_s)
+    elif (x is None) != (y is None):
+        time_row["within_target"] = False  # one side decided, the other did not
+    rows["rollout_decision_time"] = time_row
+    exposure = compare_metric(predicted.get("candidate_requests"), measured.get("candidate_requests"), exposure_target)
+    rows["rollout_candidate_requests"] = {"label": "candidate requests before the decision", "unit": "count",
+                                          **exposure, "target_kind": "rel"}
+    return rows
+
+
+def add_rollout_comparison(comparison: dict[str, Any], predicted: Summary, measured: Summary, interval_s: float,
+                           exposure_target: float = ROLLOUT_EXPOSURE_TARGET) -> dict[str, Any]:
+    """`comparison` (from compare_summaries) with the rollout rows and their targets added, the
+    verdict over all targets; both sides' rollout outcome kept under `rollout`."""
+    rows = compare_rollouts(predicted, measured, interval_s, exposure_target)
+    comparison["metrics"].update(rows)
+    for key, row in rows.items():
+        comparison["targets"][key] = row["target"]
+        comparison["within_target"][key] = row["within_target"]
+        if row["within_target"] is None:
+            comparison["warnings"].append(f"{row['label']}: no value to compare against its target")
+    within = comparison["within_target"]
+    comparison["all_within_target"] = bool(within) and all(ok is True for ok in within.values())
+    keep = ("strategy", "outcome", "decided_s", "reason", "candidate_requests", "candidate_users", "error")
+    comparison["rollout"] = {"interval_s": interval_s,
+                             **{side: {k: s[k] for k in keep if k in s} for side, s in (("predicted", predicted), ("measured", measured))}}
+    return comparison
 
 
 def run_warnings(summary: Summary, who: str = "") -> list[str]:
@@ -146,10 +204,16 @@ def compare_summaries(
 # ---------------------------------------------------------------- tables
 
 
-def format_value(value: float | None, unit: str) -> str:
-    """A metric in the unit people think in: latency in ms, fractions in %."""
+def format_value(value: float | str | None, unit: str) -> str:
+    """A metric in the unit people think in: latency in ms, fractions in %, decision times in s."""
     if value is None:
         return "-"
+    if isinstance(value, str):  # a decision: promoted, aborted, ...
+        return value
+    if unit == "time":
+        return f"{value:.2f} s"
+    if unit == "count":
+        return f"{value:.0f}"
     if unit == "s":
         return f"{value * 1e3:.2f} ms"
     if unit == "req/s":
@@ -160,6 +224,13 @@ def format_value(value: float | None, unit: str) -> str:
 
 
 def _error_text(entry: Mapping[str, Any]) -> str:
+    kind = entry.get("target_kind", "rel")
+    if kind == "same":
+        ok = entry.get("within_target")
+        return "-" if ok is None else ("same" if ok else "differs")
+    if kind == "abs":
+        diff = entry.get("abs_error")
+        return "-" if diff is None else f"{diff:+.2f} s"
     if entry.get("rel_error_undefined"):
         return f"n/a (measured 0, diff {format_value(entry['abs_error'], entry['unit'])})"
     err = entry.get("rel_error")
@@ -175,20 +246,32 @@ def _verdict(entry: Mapping[str, Any]) -> str:
     if ok:
         return "met"
     missed = entry.get("missed_by")
-    return "MISSED" if missed is None else f"MISSED by {missed * 100:.1f} pp"
+    if missed is None:
+        return "MISSED"
+    return f"MISSED by {missed:.2f} s" if entry.get("target_kind") == "abs" else f"MISSED by {missed * 100:.1f} pp"
+
+
+def _target_text(entry: Mapping[str, Any]) -> str:
+    target, kind = entry.get("target"), entry.get("target_kind", "rel")
+    if target is None:
+        return ""
+    if kind == "same":
+        return "same"
+    if kind == "abs":
+        return f"<= {target:g} s"
+    return f"<= {target:.0%}"
 
 
 def comparison_rows(comparison: Mapping[str, Any]) -> list[list[str]]:
     """The table's cells, shared by the terminal, Markdown and HTML renderings."""
     rows = []
     for key, e in comparison["metrics"].items():
-        target = e.get("target")
         rows.append([
             e.get("label", key),
             format_value(e["predicted"], e["unit"]),
             format_value(e["measured"], e["unit"]),
             _error_text(e),
-            "" if target is None else f"<= {target:.0%}",
+            _target_text(e),
             _verdict(e),
         ])
     return rows
@@ -224,7 +307,9 @@ def format_comparison_markdown(comparison: Mapping[str, Any]) -> str:
 def comparison_verdict(comparison: Mapping[str, Any]) -> str:
     """One line a CI log or a README can quote."""
     within = comparison.get("within_target", {})
-    missed = [METRIC_BY_KEY[k].label if k in METRIC_BY_KEY else k for k, ok in within.items() if ok is not True]
+    metrics = comparison.get("metrics", {})
+    missed = [metrics.get(k, {}).get("label") or (METRIC_BY_KEY[k].label if k in METRIC_BY_KEY else k)
+              for k, ok in within.items() if ok is not True]
     if not within:
         return "no fidelity targets set"
     if not missed:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from reports.compare import Run
-from reports.rollout import plot_rollout
+from reports.rollout import draw_rollout, plot_rollout, read_rollout, rollout_axes
 from sim.files import atomic_write
 
 DPI = 110
@@ -351,8 +351,34 @@ def plot_load_curve(
                             title=title or "Latency-versus-load curve")
 
 
+def plot_rollout_comparison(path: str | Path, runs: Mapping[str, Path]) -> Path | None:
+    """Rollout timelines side by side, one column per run directory (twin, real), with one time
+    axis and one scale per panel across the columns, so a decision a tick apart shows as such;
+    None unless every run had a rollout."""
+    rollouts = {label: read_rollout(Path(run_dir)) for label, run_dir in runs.items()}
+    if not rollouts or any(r is None for r in rollouts.values()):
+        return None
+    fig = Figure(figsize=(6.5 * len(rollouts), 10), layout="constrained")
+    columns = fig.subfigures(1, len(rollouts), squeeze=False)[0]
+    panels: list[list[Axes]] = []
+    for column, (label, rollout) in zip(columns, rollouts.items()):
+        assert rollout is not None
+        axes = rollout_axes(column)
+        draw_rollout(axes, *rollout, title=label)
+        panels.append(axes)
+    for row in zip(*panels):  # the same panel of every column: one scale
+        xs = [ax.get_xlim() for ax in row]
+        ys = [ax.get_ylim() for ax in row]
+        for ax in row:
+            ax.set_xlim(min(x[0] for x in xs), max(x[1] for x in xs))
+            ax.set_ylim(min(y[0] for y in ys), max(y[1] for y in ys))
+    fig.suptitle("Rollout timeline: " + " against ".join(rollouts))
+    return _save(fig, path)
+
+
 # File names are part of the report's layout (Markdown links them), so they live in one place.
 CDF_PNG, TIMESERIES_PNG, LOAD_CURVE_PNG = "latency_cdf.png", "timeseries.png", "load_curve.png"
+ROLLOUT_COMPARE_PNG = "rollout_compare.png"
 
 
 def write_compare_figures(
@@ -372,6 +398,9 @@ def write_compare_figures(
     }
     if load_curve:
         figs["load_curve"] = plot_load_curve(out / LOAD_CURVE_PNG, load_curve, capacity=capacity)
+    rollout = plot_rollout_comparison(out / ROLLOUT_COMPARE_PNG, {"twin (predicted)": sim.path, "real (measured)": real.path})
+    if rollout is not None:
+        figs["rollout_compare"] = rollout
     return figs
 
 

@@ -52,9 +52,14 @@ CALIBRATION_KEYS = frozenset({"service.kind", "service.profile", "overhead.profi
 FIGURE_CAPTIONS = {
     "latency_cdf": "Latency CDF and tail of answered requests after warm-up; dashed p50, dotted p99.",
     "timeseries": "Per-window throughput (completions) against offered load, latency and queue; warm-up and drain shaded.",
-    "rollout": "Rollout timeline: traffic weight, p99 and error rate per version and window; the decision dashed (green promoted, red aborted).",
+    "rollout": "Rollout timeline: traffic weight, p99, error rate (and accuracy) and replicas ready / live per version and window; "
+               "the decision dashed (green promoted, red rolled back).",
     "load_curve": "p50 and p99 against offered rate, and throughput against offered rate: the knee where it "
                   "flattens at capacity (dash-dot) is saturation.",
+    "rollout_compare": "The rollout in the twin (left) and on the real stack (right), on one time axis and one scale per "
+                       "panel: weights, p99, errors, replicas, and each side's decision dashed.",
+    "rehearsal": "Rehearsals: when each rollout decided (filled: rolled back, outline: promoted), and how many requests "
+                 "the candidate served before the decision, per scenario.",
 }
 
 
@@ -198,6 +203,7 @@ class _Doc:
     config: list[tuple[str, list[str], bool]]
     summaries: list[tuple[str, list[str]]]
     figures: dict[str, Path]
+    tables: Sequence[tuple[str, list[str], list[list[str]]]] = ()  # (heading, header, rows): an experiment's results
 
 
 CSS = """
@@ -253,6 +259,10 @@ def _render_html(doc: _Doc) -> str:
             out.append(f"<tr class=\"{cls}\">{''.join(tds)}</tr>")
         out.append("</tbody></table><p class=\"sub\">error = (predicted - measured) / measured; "
                    "positive: the twin over-predicts.</p>")
+    for heading, header, rows in doc.tables:
+        out.append(f"<h2>{e(heading)}</h2><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
+        out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+        out.append("</tbody></table>")
     if doc.figures:
         out.append("<h2>Figures</h2>")
         for name, path in doc.figures.items():
@@ -260,11 +270,12 @@ def _render_html(doc: _Doc) -> str:
             out.append(f"<figure><img alt=\"{e(name)}\" src=\"data:image/png;base64,{data}\">"
                        f"<figcaption>{e(FIGURE_CAPTIONS.get(name, name))}</figcaption></figure>")
     head = "".join(f"<th>{e(label)}</th>" for label in doc.labels)
-    out.append("<h2>Summaries and scenario</h2><div class=\"cols\">")
-    out.append(f"<table id=\"summaries\"><thead><tr><th>field</th>{head}</tr></thead><tbody>")
-    for label, values in doc.summaries:
-        out.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class=\"num\">{e(v)}</td>" for v in values) + "</tr>")
-    out.append("</tbody></table>")
+    out.append(f"<h2>{'Summaries and scenario' if doc.summaries else 'Scenario'}</h2><div class=\"cols\">")
+    if doc.summaries:
+        out.append(f"<table id=\"summaries\"><thead><tr><th>field</th>{head}</tr></thead><tbody>")
+        for label, values in doc.summaries:
+            out.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class=\"num\">{e(v)}</td>" for v in values) + "</tr>")
+        out.append("</tbody></table>")
     out.append(f"<table id=\"config\"><thead><tr><th>scenario key</th>{head}</tr></thead><tbody>")
     for key, values, differs in doc.config:
         cls = " class=\"differs\"" if differs else ""
@@ -293,12 +304,15 @@ def _render_md(doc: _Doc, md_dir: Path) -> str:
         table = format_comparison_table(doc.comparison, markdown=True)
         out += [table.split("\n\n")[0], "",
                 "error = (predicted - measured) / measured; positive: the twin over-predicts.", ""]
+    for heading, header, rows in doc.tables:
+        out += [f"## {heading}", ""] + md_table(header, rows) + [""]
     if doc.figures:
         out += ["## Figures", ""]
         for name, path in doc.figures.items():
             rel = Path(path).resolve().relative_to(md_dir.resolve()).as_posix()
             out += [f"![{FIGURE_CAPTIONS.get(name, name)}]({rel})", ""]
-    out += ["## Summaries", ""] + md_table(["field", *doc.labels], [[k, *v] for k, v in doc.summaries]) + [""]
+    if doc.summaries:
+        out += ["## Summaries", ""] + md_table(["field", *doc.labels], [[k, *v] for k, v in doc.summaries]) + [""]
     out += ["## Scenario", ""] + md_table(
         ["key", *doc.labels, *(["differs"] if len(doc.labels) > 1 else [])],
         [[f"`{k}`", *v, *(["**yes**" if d else ""] if len(doc.labels) > 1 else [])] for k, v, d in doc.config]) + [""]
@@ -368,3 +382,23 @@ def write_run_report(out_dir: str | Path, run: Run, *, title: str | None = None)
         figures=write_run_figures(out / FIGURES_DIR, run),
     )
     return _write(out, doc)
+
+
+def write_tables_report(out_dir: str | Path, *, title: str, subtitle: str, tables: Sequence[tuple[str, list[str], list[list[str]]]],
+                        figures: Mapping[str, Path], config: Mapping[str, Any], warnings: Sequence[str] = ()) -> tuple[Path, Path]:
+    """An experiment's report (mode=rehearse): its result tables, its figures (already
+    written, under out_dir), and the scenario it ran; the same HTML and Markdown as a run's."""
+    doc = _Doc(
+        title=title,
+        subtitle=subtitle,
+        verdict=None,
+        verdict_ok=True,
+        warnings=list(warnings),
+        comparison=None,
+        labels=["value"],
+        config=config_rows([config]),
+        summaries=[],
+        figures=dict(figures),
+        tables=tuple(tables),
+    )
+    return _write(Path(out_dir), doc)

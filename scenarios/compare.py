@@ -13,6 +13,13 @@
    (PREDICTED_FRACTIONS), so the curve shows where throughput flattens at capacity, the knee,
    even when every measured point stays below it.
 The twin never sees the measurement it is compared against: only the separate profile.
+
+With `rollout.strategy` set, both sides run the rollout (the twin its controller on its clock,
+the real stack the same controller through its driver) and write events.json and
+rollout.parquet; the comparison adds issue 10's rollout targets (the same decision, its time
+within one `rollout.interval_s`, the candidate's requests before it within 20%) and the report
+draws both timelines side by side. An extra load point is the same scenario at another rate,
+its rollout included (compare.load_fractions=[] skips them).
 """
 
 from __future__ import annotations
@@ -22,14 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reports.compare import compare_summaries, format_comparison_table, load_run
+from reports.compare import add_rollout_comparison, compare_summaries, format_comparison_table, load_run
 from reports.figures import LoadPoint
 from reports.report import write_report
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, write_json, write_run
 from scenarios.profile import format_profile, measure_profile, profile_warnings
-from scenarios.run_sim import simulate
-from sim.config import ScenarioConfig
+from scenarios.run_sim import simulate, write_rollout
+from sim.config import ScenarioConfig, rollout_versions
 from sim.profile import load_profile
 from sim.service import capacity_rps
 
@@ -51,14 +58,20 @@ def _measure_real(cfg: ScenarioConfig, out_dir: Path, capacity: float) -> dict[s
     from scenarios.run_real import measure
 
     frame, summary, series = measure(cfg, out_dir, capacity=capacity)
+    write_rollout(out_dir, cfg, frame, summary)
     write_run(out_dir, cfg, frame, summary, series)
     return summary
 
 
 def _predict(cfg: ScenarioConfig, out_dir: Path, warnings: list[str]) -> dict[str, Any]:
+    from scenarios.run_real import candidate_exposure
+
     frame, summary, series = simulate(cfg)
     if warnings:
         summary["warnings"] = list(summary.get("warnings", [])) + warnings
+    if "rollout" in summary:  # what the real side's summary reports of its rollout, predicted
+        summary["rollout"].update(candidate_exposure(frame, rollout_versions(cfg)[1], summary["rollout"].get("decided_s")))
+    write_rollout(out_dir, cfg, frame, summary)
     write_run(out_dir, cfg, frame, summary, series)
     return summary
 
@@ -109,6 +122,8 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     _log("predicting with the twin ...")
     sim = _predict(twin_cfg, out_dir / "sim", warnings)
     comparison = compare_summaries(sim, real)
+    if "rollout" in sim and "rollout" in real:
+        add_rollout_comparison(comparison, sim["rollout"], real["rollout"], cfg.rollout.interval_s)
     comparison["profile"] = str(profile_path)
     comparison["capacity_rps"] = capacity
 

@@ -16,9 +16,9 @@ from typing import Any, Callable
 import numpy as np
 from hydra.core.config_store import ConfigStore
 
-from sim.arrivals import peak_rate, read_trace, trace_in_window
+from sim.arrivals import peak_rate, read_trace, trace_in_window, unknown_trace_versions
 from sim.config import (MODES, ConfigError, KeyHelp, ScenarioConfig, format_value, schema_help, setting,
-                        validate)
+                        validate, version_names)
 from sim.profile import Profile, check_overheads, load_profile
 from sim.service import capacity_rps
 
@@ -56,6 +56,8 @@ KEYS: list[KeyHelp] = schema_help(ServelabConfig)
 PATH_KEYS = ("out_dir", "arrival.path", "service.profile", "overhead.profile")
 # modes that send (or simulate) the arrival schedule, and so hold it in memory
 MODES_WITH_LOAD = ("sim", "real", "compare")
+# modes that run a rollout controller (the twin's, the real stack's driver, or both)
+MODES_WITH_ROLLOUT = ("sim", "rehearse", "real", "compare")
 
 # Memory a run needs, measured once on this project's machine (numpy 2.4, pandas 3.1) as the peak
 # RSS (ru_maxrss) of simulate() + write_run() at two sizes, in fresh processes:
@@ -77,8 +79,8 @@ def validate_servelab(cfg: ServelabConfig) -> None:
     if cfg.mode not in MODES:
         raise ConfigError("mode", f"{cfg.mode!r} is not allowed; use one of {', '.join(MODES)}")
     validate(cfg)
-    if cfg.rollout.strategy != "none" and cfg.mode not in ("sim", "rehearse"):
-        raise ConfigError("rollout.strategy", f"only mode=sim and mode=rehearse run rollouts so far (mode={cfg.mode}); the real stack's controller driver is not wired to a mode yet")
+    if cfg.rollout.strategy != "none" and cfg.mode not in MODES_WITH_ROLLOUT:
+        raise ConfigError("rollout.strategy", f"mode={cfg.mode} runs no rollout; rollouts run in mode={', '.join(MODES_WITH_ROLLOUT)}")
     if cfg.mode == "rehearse" and cfg.rollout.strategy == "none":
         raise ConfigError("rollout.strategy", "mode=rehearse rehearses a rollout: set rollout.strategy (canary) and rollout.steps")
     if cfg.rehearse.runs < 1:
@@ -149,11 +151,12 @@ class InputFiles:
     """Trace and profile files by path, read once across the pre-flight's combinations."""
 
     traces: dict[str, np.ndarray] = field(default_factory=dict)  # unscaled arrival times
+    trace_versions: dict[str, np.ndarray | None] = field(default_factory=dict)  # a trace's version column
     profiles: dict[str, Profile] = field(default_factory=dict)
 
     def trace(self, path: str) -> np.ndarray:
         if path not in self.traces:
-            self.traces[path] = read_trace(path, 1.0)[0]
+            self.traces[path], _, self.trace_versions[path] = read_trace(path, 1.0)
         return self.traces[path]
 
     def profile(self, path: str, key: str) -> Profile:
@@ -174,7 +177,9 @@ def _check_profiles(cfg: ServelabConfig, files: InputFiles) -> Profile | None:
 def _trace_requests(cfg: ServelabConfig, files: InputFiles) -> int:
     """Requests the trace sends in [0, duration_s); refuses a trace with none."""
     a = cfg.arrival
-    return trace_in_window(files.trace(a.path) * a.time_scale, cfg.duration_s, a.path)
+    times = files.trace(a.path)
+    unknown_trace_versions(files.trace_versions[a.path], version_names(cfg.model), a.path)
+    return trace_in_window(times * a.time_scale, cfg.duration_s, a.path)
 
 
 # --- memory -------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from scenarios.config import CompareConfig, ServelabConfig
-from sim.config import BatchingConfig, ScenarioConfig
+from sim.config import BatchingConfig, ScenarioConfig, version_names
 from sim.files import write_json
 from sim.profile import Profile
 from sim.service import capacity_rps
@@ -58,7 +58,7 @@ def profile_meta(cfg: ScenarioConfig) -> dict[str, Any]:
         "machine": machine_info(),
         "backend": cfg.model.backend,
         "model": cfg.model.name,
-        "version": cfg.model.versions[0],
+        "version": version_names(cfg.model)[0],  # a name: versions may be spelt 1 or {name: 1, ...}
         "max_batch_size": cfg.batching.max_batch_size,
         "concurrency": cfg.concurrency,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -117,6 +117,8 @@ def _profiling_config(cfg: ScenarioConfig, replicas: int) -> ScenarioConfig:
         cfg,
         replicas=replicas,
         model=dataclasses.replace(cfg.model, versions=[cfg.model.versions[0]]),
+        # one version: no split, no copies to another one
+        gateway=dataclasses.replace(cfg.gateway, version_weights=[], shadow_version="", shadow_percent=0.0),
         batching=BatchingConfig(max_batch_size=cfg.batching.max_batch_size, max_queue_delay_s=0.0, max_queue_size=0),
         timeout_s=0.0,
     )

@@ -4,28 +4,41 @@ Same outputs and the same end-of-run summary as mode=sim, measured instead of pr
 whose load generator fell behind (send lag p99 over `loadgen.max_lag_p99_s`), or that did not
 send every scheduled request, is written with `valid: false` and a warning, and exits with
 status 3: its latencies include the generator's own delay and must not pass for the server's.
+
+With `rollout.strategy` set, the rollout controller runs beside the stack as Argo Rollouts and
+Flagger do (`real.controller.ControllerDriver` on a thread of its own): its time 0 is the load's
+time 0 (the wall time the load generator's workers announce in `started-<i>.json`), it ticks
+every `rollout.interval_s` until the arrivals end or it decides, and acts through the gateway's
+control API and the launcher. events.json and rollout.parquet are written as in mode=sim; a
+rollout whose control calls failed is recorded and flags the run invalid (exit 3).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
+import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 
-from real.launcher import LaunchError, absolute, launch
+from real.controller import BackgroundDriver, ControllerDriver
+from real.launcher import LaunchError, RunningStack, absolute, launch
 from real.loadgen.merge import send_lag_summary
 from real.loadgen.runner import LoadgenError, LoadResult, check, infer_path, run_load
 from reports.text import format_summary
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, report_run, write_parquet, write_run
-from sim.config import ConfigError, ScenarioConfig
+from scenarios.run_sim import format_rollout_line, rollout_summary, write_rollout
+from sim.config import ConfigError, ScenarioConfig, rollout_versions
+from sim.policy.rollout import controller_from_config
+from sim.policy.strategy import RolloutController
 from sim.profile import load_profile
 from sim.records import summarize, timeseries
 from sim.service import capacity_rps
@@ -116,6 +129,70 @@ def known_capacity(cfg: ScenarioConfig) -> float | None:
     return None
 
 
+def load_time_zero(loadgen_dir: Path, not_before: float) -> Callable[[], float | None]:
+    """A poll for the wall time of the load's time 0: what the first worker to hear it wrote
+    in started-<i>.json (every worker hears the same one), None until then. A file announcing
+    a time before `not_before` is a previous run's, left in a reused directory: ignored."""
+
+    def poll() -> float | None:
+        for path in sorted(loadgen_dir.glob("started-*.json")):  # real.loadgen.plan.started_path
+            try:
+                t0 = float(json.loads(path.read_text())["t0_wall"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # being written, or not ours
+            if t0 >= not_before:
+                return t0
+        return None
+
+    return poll
+
+
+def candidate_exposure(frame: pd.DataFrame, candidate: str, decided_s: float | None) -> dict[str, int]:
+    """What the rollout's candidate version served before the decision (all run long when none
+    was made): requests sent to it and distinct users, primary traffic only. The figure a
+    rehearsal reports as exposure, and compare's third rollout target."""
+    rows = frame[frame["version"].astype(str) == candidate]
+    if "shadow" in rows:
+        rows = rows[~rows["shadow"].astype(bool)]
+    if decided_s is not None:
+        rows = rows[rows["arrival_s"] < decided_s]
+    return {"candidate_requests": int(len(rows)), "candidate_users": int(rows["user_id"].nunique())}
+
+
+@dataclasses.dataclass
+class RealRollout:
+    """A rollout controller running beside the real stack for the length of one load."""
+
+    cfg: ScenarioConfig
+    controller: RolloutController
+    driver: ControllerDriver
+    background: BackgroundDriver
+    error: BaseException | None = None
+
+    @classmethod
+    def start(cls, cfg: ScenarioConfig, controller: RolloutController, stack: RunningStack, loadgen_dir: Path) -> RealRollout:
+        driver = ControllerDriver(controller, stack.gateway_url, stack.token, launcher=stack)
+        background = BackgroundDriver(driver, cfg.duration_s, load_time_zero(loadgen_dir, time.time()))
+        return cls(cfg, controller, driver, background.start())
+
+    def stop(self) -> None:
+        self.error = self.background.stop()
+
+    def summary(self, frame: pd.DataFrame) -> tuple[dict[str, Any], list[str]]:
+        """summary.json's `rollout` (decisions and events inside, for write_rollout to move to
+        events.json) and the warnings the run's summary should carry."""
+        doc = rollout_summary(self.controller, self.driver.events, self.driver.replica_counts, frame)
+        decided = doc.get("decided_s")
+        doc.update(candidate_exposure(frame, rollout_versions(self.cfg)[1], decided))
+        doc["notes"] = list(self.driver.notes)
+        doc["tick_lag_max_s"] = self.driver.tick_lag_max_s
+        warnings = [f"rollout: {note}" for note in self.driver.notes]
+        if self.error is not None:
+            doc["error"] = f"{type(self.error).__name__}: {self.error}"
+            warnings.append(f"the rollout controller stopped on an error, so the rollout did not run as decided: {doc['error']}")
+        return doc, warnings
+
+
 def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None,
             ) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """Launch, warm up, load, collect, tear down: the measured requests table, summary and series.
@@ -123,19 +200,32 @@ def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None
     The stack's files go to out_dir/stack/, the load generator's (plan, schedule, Locust logs,
     raw records, per-request send times in sends.parquet) to out_dir/loadgen/. Writes none of
     the run's four outputs: the caller does (mode=real, mode=compare). `capacity` (req/s) is the
-    summary's capacity_rps; default what the config knows of it (known_capacity)."""
+    summary's capacity_rps; default what the config knows of it (known_capacity). With a rollout,
+    the summary's `rollout` holds its outcome, decisions and events (`write_rollout` writes them)."""
     check(cfg)
     capacity = capacity if capacity is not None else known_capacity(cfg)  # a missing profile fails before launch
     out_dir = absolute(out_dir)  # the stack's and the load generator's children run elsewhere
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = _ProgressLine(bool(getattr(cfg, "progress", False)))
+    controller = controller_from_config(cfg)
+    rollout: RealRollout | None = None
     wall = time.perf_counter()
     path = infer_path(cfg)
     try:
         with launch(cfg, run_dir=out_dir) as stack:
             warm_up(stack.gateway_url, path, requests=max(40, 4 * cfg.replicas * cfg.concurrency),
                     parallel=min(8, max(2, cfg.replicas * cfg.concurrency)))
-            result = run_load(cfg, stack.gateway_url, out_dir / "loadgen", progress=progress, path=path)
+            if controller is not None:
+                # the first tick's window must not hold the warm-up's answers (the twin's has
+                # none): time 0 is start_lead_s or more after run_load starts, so this wait puts
+                # it at least window_s after the warm-up's last answer
+                time.sleep(max(cfg.window_s - cfg.loadgen.start_lead_s, 0.0))
+                rollout = RealRollout.start(cfg, controller, stack, out_dir / "loadgen")
+            try:
+                result = run_load(cfg, stack.gateway_url, out_dir / "loadgen", progress=progress, path=path)
+            finally:
+                if rollout is not None:
+                    rollout.stop()  # inside the stack: starts and stops under way end before it does
     finally:
         progress.close()
     wall = time.perf_counter() - wall
@@ -146,6 +236,10 @@ def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None
                         concurrency=cfg.concurrency, capacity_rps=capacity,
                         extra={"source": "real", "backend": cfg.model.backend, "seed": cfg.seed, **lag})
     valid, warnings = _validity(cfg, summary, result)
+    if rollout is not None:
+        summary["rollout"], rollout_warnings = rollout.summary(frame)
+        warnings += rollout_warnings
+        valid = valid and rollout.error is None
     summary.update({
         "valid": valid,
         "warnings": warnings,
@@ -183,6 +277,16 @@ def format_send_lag(summary: dict[str, Any]) -> str:
             f"  measure   {verdict}")
 
 
+def format_rollout(rollout: dict[str, Any]) -> str:
+    """mode=sim's rollout lines, and what the candidate served before the decision, and a failure."""
+    lines = [format_rollout_line(rollout)]
+    if "candidate_requests" in rollout:
+        lines.append(f"            candidate {rollout['candidate_requests']} requests from {rollout['candidate_users']} users before the decision")
+    if rollout.get("error"):
+        lines.append(f"            FAILED: {rollout['error']}")
+    return "\n".join(lines)
+
+
 def run(cfg: ServelabConfig, out_dir: Path) -> int:
     print(f"real stack: {cfg.replicas} replica(s) x {cfg.concurrency}, {cfg.model.backend} backend, "
           f"{cfg.arrival.kind} load for {cfg.duration_s:g} s, {cfg.loadgen.workers} Locust worker(s)", flush=True)
@@ -193,9 +297,12 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
         return EXIT_INTERRUPTED
     except (ConfigError, LaunchError, LoadgenError) as exc:
         return failed("real", exc)
+    write_rollout(out_dir, cfg, frame, summary)
     write_run(out_dir, cfg, frame, summary, series)
     print(format_summary(summary, title=f"real stack (mode=real, {cfg.model.backend} backend)"))
     print(format_send_lag(summary))
+    if "rollout" in summary:
+        print(format_rollout(summary["rollout"]))
     paths = report_run(out_dir, cfg, frame, summary, series,
                        title=f"servelab real: {cfg.model.backend} backend, {cfg.replicas} replicas, {cfg.lb.policy}")
     print(format_report_paths(out_dir, paths))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,11 +16,13 @@ from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, report_run, write_run
 from scenarios.profile import profile_warnings
 from sim.config import ScenarioConfig, version_names
-from sim.control import Event
+from sim.control import Event, ReplicaCount
 from sim.files import write_json, write_parquet
-from sim.policy.rollout import CanaryController, controller_from_config
+from sim.policy.rollout import controller_from_config
+from sim.policy.split import Router
+from sim.policy.strategy import RolloutController
 from sim.profile import load_profile
-from sim.records import requests_frame, summarize, timeseries, version_windows
+from sim.records import primary, requests_frame, summarize, timeseries, version_windows
 from sim.service import capacity_rps
 from sim.twin import Twin, default_progress
 
@@ -54,7 +57,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
         frame,
         warmup_s=cfg.warmup_s,
         duration_s=cfg.duration_s,
-        replicas=cfg.replicas,
+        replicas=len(result.busy_s),  # with a rollout's replicas: every one that existed
         concurrency=cfg.concurrency,
         capacity_rps=capacity_rps(cfg, profile),
         extra={
@@ -65,38 +68,149 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
             "wall_s": wall,
             "sim_requests_per_wall_s": len(frame) / wall if wall > 0 else float(np.inf),
             "warnings": warnings,
-            **({"rollout": rollout_summary(controller, result.events)} if controller is not None else {}),
+            **({"rollout": rollout_summary(controller, result.events, result.replica_counts, frame)} if controller is not None else {}),
         },
     )
     series = timeseries(frame, cfg.window_s, end_s=max(cfg.duration_s, result.end_s))
     return frame, summary, series
 
 
-def rollout_summary(controller: CanaryController, events: list[Event]) -> dict[str, Any]:
-    """The rollout's outcome, and every decision and change with its time and reason (events.json)."""
-    last = controller.decisions[-1] if controller.decisions else None
-    decided = last if last is not None and last.kind in ("promoted", "aborted") else None
-    return {
-        "strategy": "canary",
+def rollout_summary(controller: RolloutController, events: Sequence[Event | Mapping[str, Any]],
+                    replica_counts: Sequence[ReplicaCount | Mapping[str, Any]] = (),
+                    frame: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The rollout's outcome (strategy, outcome, decided_s, reason, failed measurements), every
+    decision and change with its time and reason, the analysis' measurements, and with the
+    replica counts (`replica_counts`, as `sim.control` logs them) the capacity dip: for
+    events.json, rollout.parquet and summary.json. With the run's records (`frame`), also what
+    was not answered while the rollout ran (`during`): the zero-loss check."""
+    decided = controller.decision
+    doc: dict[str, Any] = {
+        "strategy": controller.strategy,
         "outcome": controller.state,
         "decided_s": decided.time_s if decided else None,
         "reason": decided.reason if decided else None,
         "failed_measurements": controller.failures,
         "decisions": [dataclasses.asdict(d) for d in controller.decisions],
-        "events": [dataclasses.asdict(e) for e in events],
+        "events": [e if isinstance(e, Mapping) else dataclasses.asdict(e) for e in events],
+        "measurements": [dataclasses.asdict(m) for m in controller.analysis.measurements] if controller.analysis else [],
+        "replica_counts": [c if isinstance(c, Mapping) else dataclasses.asdict(c) for c in replica_counts],
     }
+    end = _rollout_end_s(controller, doc["events"])
+    if doc["replica_counts"]:
+        doc["capacity_dip"] = capacity_dip(doc["replica_counts"], end)
+    if frame is not None:
+        doc["during"] = unanswered_during(frame, end)
+    return doc
+
+
+def _rollout_end_s(controller: RolloutController, events: Sequence[Mapping[str, Any]]) -> float:
+    """When the rollout stopped changing the deployment: its last action once it is done (a
+    rolling rollback ends well after its verdict), else never (it was still under way)."""
+    if not controller.done:
+        return math.inf
+    actions = [e["time_s"] for e in events if e["kind"] == "action"]
+    last = max([d.time_s for d in controller.decisions] + actions)
+    return float(last)
+
+
+def capacity_dip(counts: Sequence[Mapping[str, Any]], end_s: float = math.inf) -> dict[str, Any]:
+    """The fewest ready replicas (all versions) from the rollout's start to its end, against the
+    count before it, and how long nothing at all was ready (recreate's downtime). `counts`: the
+    ready and live replicas per version after each change, in time order, the first at time 0."""
+    times = [float(c["time_s"]) for c in counts]
+    ready = [int(sum(c["ready"])) for c in counts]
+    before = ready[0]
+    during = [k for k, t in enumerate(times) if t <= end_s] or [0]
+    low = min(during, key=lambda k: ready[k])
+    downtime = 0.0
+    for k in during:
+        if ready[k] == 0:
+            until = min(times[k + 1] if k + 1 < len(times) else end_s, end_s)
+            downtime += (until - times[k]) if math.isfinite(until) else math.inf
+    return {"ready_before": before, "ready_min": ready[low], "ready_min_at_s": times[low],
+            "ready_min_fraction": ready[low] / before if before else None, "downtime_s": downtime}
+
+
+def unanswered_during(frame: pd.DataFrame, end_s: float) -> dict[str, Any]:
+    """The primary requests sent while the rollout ran (time 0 to its end) and how many of them
+    were not answered, by status: zero for an update that loses nothing."""
+    rows = primary(frame)
+    rows = rows[rows["arrival_s"].to_numpy(dtype=float) < end_s]
+    status = rows["status"].astype(str)
+    return {"requests": int(len(rows)), "not_ok": {str(k): int(v) for k, v in status[status != "ok"].value_counts().items()}}
+
+
+def replica_windows(counts: Sequence[Mapping[str, Any]], window_s: float, n_windows: int,
+                    versions: Sequence[str]) -> pd.DataFrame:
+    """Per window and version: the fewest ready replicas during the window (`replicas_ready`)
+    and the most live ones, ready or not (`replicas_live`: starting and draining count), from
+    the counts logged after each change. O(windows + changes)."""
+    times = np.array([float(c["time_s"]) for c in counts])
+    ready = np.array([list(c["ready"]) for c in counts], dtype=np.int64).reshape(len(counts), len(versions))
+    live = np.array([list(c["live"]) for c in counts], dtype=np.int64).reshape(len(counts), len(versions))
+    starts = np.arange(n_windows) * window_s
+    first = np.maximum(np.searchsorted(times, starts, side="right") - 1, 0)  # in effect at the window's start
+    last = np.maximum(np.searchsorted(times, starts + window_s, side="left") - 1, first)  # the last change inside
+    rows = []
+    for w in range(n_windows):
+        lo, hi = first[w], last[w] + 1
+        for v, name in enumerate(versions):
+            rows.append((starts[w], name, int(ready[lo:hi, v].min()), int(live[lo:hi, v].max())))
+    return pd.DataFrame(rows, columns=["window_start_s", "version", "replicas_ready", "replicas_live"])
+
+
+def analysis_windows(measurements: Sequence[Mapping[str, Any]], window_s: float) -> pd.DataFrame:
+    """Per window: the analysis' verdict on it (failed if any measurement in it failed, else
+    passed if any passed, else inconclusive), and how many measurements failed."""
+    rank = {"inconclusive": 0, "passed": 1, "failed": 2}
+    verdicts: dict[float, tuple[str, int]] = {}
+    for m in measurements:
+        start = math.floor(m["time_s"] / window_s) * window_s
+        worst, failed = verdicts.get(start, ("inconclusive", 0))
+        result = m["result"]
+        verdicts[start] = (result if rank[result] > rank[worst] else worst, failed + (result == "failed"))
+    return pd.DataFrame([(t, r, f) for t, (r, f) in sorted(verdicts.items())],
+                        columns=["window_start_s", "analysis", "analysis_failures"])
 
 
 def write_rollout(out_dir: Path, cfg: ServelabConfig, frame: pd.DataFrame, summary: dict[str, Any]) -> None:
     """events.json and rollout.parquet, for runs with a rollout. The decision and event lists
-    move out of the summary into events.json: summary.json and the report keep the outcome."""
+    move out of the summary into events.json (with the replica counts and the analysis'
+    measurements): summary.json and the report keep the outcome. rollout.parquet: per window
+    and version, the records' figures (`sim.records.version_windows`), the replicas ready and
+    live, and the analysis' verdict on the window."""
     rollout = summary.get("rollout")
     if rollout is None:
         return
-    log = {"decisions": rollout.pop("decisions"), "events": rollout.pop("events")}
+    log = {key: rollout.pop(key, []) for key in ("decisions", "events", "measurements", "replica_counts")}
     write_json(out_dir / "events.json", log)
-    weights = [(e["time_s"], e["detail"]["weights"]) for e in log["events"] if e["detail"].get("action") == "SetWeights"]
-    write_parquet(out_dir / "rollout.parquet", version_windows(frame, cfg.window_s, weights, version_names(cfg.model)))
+    versions = version_names(cfg.model)
+    start = Router.from_config(cfg).version_weights  # the weights before the rollout's first change
+    weights = [(0.0, [w / sum(start) for w in start])]
+    weights += [(e["time_s"], e["detail"]["weights"]) for e in log["events"] if e["detail"].get("action") == "SetWeights"]
+    table = version_windows(frame, cfg.window_s, weights, versions)
+    if log["replica_counts"] and len(table):
+        n_windows = int(round(table["window_start_s"].max() / cfg.window_s)) + 1
+        table = table.merge(replica_windows(log["replica_counts"], cfg.window_s, n_windows, versions),
+                            on=["window_start_s", "version"], how="left")
+    if len(table):
+        table = table.merge(analysis_windows(log["measurements"], cfg.window_s), on="window_start_s", how="left")
+    write_parquet(out_dir / "rollout.parquet", table)
+
+
+def format_rollout_line(r: Mapping[str, Any]) -> str:
+    """The rollout's line on stdout: outcome, when and why, and the capacity dip."""
+    when = f" at {r['decided_s']:.1f} s: {r['reason']}" if r["decided_s"] is not None else " (no decision before the run ended)"
+    line = f"  rollout   {r['strategy']} {r['outcome']}{when}"
+    dip = r.get("capacity_dip")
+    if dip:
+        line += (f"\n            ready replicas {dip['ready_before']} before, {dip['ready_min']} at the fewest "
+                 f"({dip['ready_min_at_s']:.1f} s)" + (f", none ready for {dip['downtime_s']:.2f} s" if dip["downtime_s"] else ""))
+    during = r.get("during")
+    if during:
+        lost = ", ".join(f"{n} {s}" for s, n in during["not_ok"].items()) or "none"
+        line += f"\n            requests sent during the rollout {during['requests']}, not answered: {lost}"
+    return line + "; events.json, rollout.parquet"
 
 
 def run(cfg: ServelabConfig, out_dir: Path) -> int:
@@ -105,9 +219,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     write_run(out_dir, cfg, frame, summary, series)
     print(format_summary(summary, title="twin (mode=sim)"))
     if "rollout" in summary:
-        r = summary["rollout"]
-        when = f" at {r['decided_s']:.1f} s: {r['reason']}" if r["decided_s"] is not None else " (no decision before the run ended)"
-        print(f"  rollout   canary {r['outcome']}{when}; events.json, rollout.parquet")
+        print(format_rollout_line(summary["rollout"]))
     paths = report_run(out_dir, cfg, frame, summary, series,
                        title=f"servelab sim: twin:{cfg.service.kind}, {cfg.replicas} replicas, {cfg.lb.policy}")
     print(format_report_paths(out_dir, paths))

@@ -53,7 +53,7 @@ def banner(stack: Any, cfg: Any) -> str:
     token_file = stack.run_dir / "stack" / "token" if stack.run_dir else None
     model = cfg.model.name
     versions = version_names(cfg.model)
-    membership = Membership.initial(versions, cfg.replicas)
+    membership = Membership.from_config(cfg)
     auth = f"-H \"Authorization: Bearer $(cat {token_file})\""
     n_inputs = 64
     example = (

@@ -8,19 +8,22 @@ depend on answers, and the twin and the load generator run them as users.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sim.config import ArrivalConfig, ConfigError
+from sim.config import VERSION_PATTERN, ArrivalConfig, ConfigError
 
 
 @dataclass(frozen=True)
 class ArrivalSchedule:
     times_s: np.ndarray  # float64, sorted, in [0, duration_s)
     user_ids: np.ndarray  # int64
+    # trace only: the version each request pins (as x-model-version does), "" = the version split
+    versions: np.ndarray | None = None  # str
 
     def __len__(self) -> int:
         return len(self.times_s)
@@ -85,7 +88,8 @@ def _read_frame(path: str) -> pd.DataFrame:
         raise ConfigError("arrival.path", f"trace {path} is empty (0 bytes); it needs a header with arrival_s and one row per request")
     parquet = p.suffix in (".parquet", ".pq")
     try:
-        return pd.read_parquet(p) if parquet else pd.read_csv(p)
+        # a version is a name: "2" must not become the number 2.0
+        return pd.read_parquet(p) if parquet else pd.read_csv(p, dtype={"version": str})
     except Exception as exc:  # a corrupt file: say which and why, do not crash later
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ConfigError("arrival.path", f"cannot read trace {path} as {'Parquet' if parquet else 'CSV'}: {detail}") from exc
@@ -130,14 +134,39 @@ def _check_users(raw: pd.Series, path: str) -> np.ndarray:
     return u.astype(np.int64)
 
 
-def read_trace(path: str, time_scale: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """Arrival times (and user ids when present) from a CSV or Parquet trace, validated."""
+def _check_versions(raw: pd.Series, path: str) -> np.ndarray:
+    """Version names as written (an empty cell: unpinned). Whether each is deployed is the
+    config's business (`unknown_trace_versions`), not the file's."""
+    names = raw.astype(object).where(raw.notna(), "").astype(str).str.strip().to_numpy(dtype=str)
+    invalid = [v for v in np.unique(names) if v and re.fullmatch(VERSION_PATTERN, v) is None]  # few names, many rows
+    bad = np.flatnonzero(np.isin(names, invalid))
+    if len(bad):
+        raise ConfigError("arrival.path", f"trace {path}: version must be a version name ({VERSION_PATTERN}) or empty; "
+                                          f"row {bad[0] + 1} is {_cell(raw, int(bad[0]))}")
+    return names
+
+
+def read_trace(path: str, time_scale: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Arrival times, and user ids and pinned versions when present, from a CSV or Parquet
+    trace, validated."""
     frame = _read_frame(path)
     if "arrival_s" not in frame.columns:
         raise _missing_column(frame, path)
     times = _check_times(frame["arrival_s"], path)
     users = _check_users(frame["user_id"], path) if "user_id" in frame.columns else None
-    return times * time_scale, users
+    versions = _check_versions(frame["version"], path) if "version" in frame.columns else None
+    return times * time_scale, users, versions
+
+
+def unknown_trace_versions(versions: np.ndarray | None, known: list[str], path: str) -> None:
+    """A trace row pinning a version the run does not deploy: refused before the run (the real
+    gateway would answer it 404; a typo in a trace is the user's to fix, not a result)."""
+    if versions is None:
+        return
+    bad = np.flatnonzero((versions != "") & ~np.isin(versions, known))
+    if len(bad):
+        raise ConfigError("arrival.path", f"trace {path}: row {bad[0] + 1} pins version {str(versions[bad[0]])!r}, "
+                                          f"not one of model.versions {known}")
 
 
 def trace_in_window(times: np.ndarray, duration_s: float, path: str) -> int:
@@ -169,6 +198,7 @@ def make_schedule(a: ArrivalConfig, duration_s: float, arrivals_rng: np.random.G
     if a.kind == "closed":
         raise ValueError("closed-loop arrivals have no schedule; they are run as users")
     users: np.ndarray | None = None
+    versions: np.ndarray | None = None
     if a.kind == "poisson":
         times = _poisson_times(a.rate, duration_s, arrivals_rng)
     elif a.kind == "constant":
@@ -178,12 +208,13 @@ def make_schedule(a: ArrivalConfig, duration_s: float, arrivals_rng: np.random.G
     elif a.kind == "diurnal":
         times = _diurnal_times(a, duration_s, arrivals_rng)
     elif a.kind == "trace":
-        times, users = read_trace(a.path, a.time_scale)
+        times, users, versions = read_trace(a.path, a.time_scale)
         n = trace_in_window(times, duration_s, a.path)
         times = times[:n]
         users = users[:n] if users is not None else None
+        versions = versions[:n] if versions is not None and (versions[:n] != "").any() else None
     else:
         raise ConfigError("arrival.kind", f"unknown kind {a.kind!r}")
     if users is None:
         users = users_rng.integers(0, a.users, size=len(times), dtype=np.int64)
-    return ArrivalSchedule(np.ascontiguousarray(times, dtype=np.float64), users)
+    return ArrivalSchedule(np.ascontiguousarray(times, dtype=np.float64), users, versions)

@@ -53,7 +53,7 @@ class ArrivalConfig:
     low_dwell_s: float = setting(2.0, "bursty: mean (exponential) time in the low state, s")
     amplitude: float = setting(0.5, "diurnal: rate * (1 + amplitude * sin(2 pi t / period_s)), in [0, 1]")
     period_s: float = setting(60.0, "diurnal: period of the sine, s")
-    path: str = setting("", "trace: CSV or Parquet file, column arrival_s (seconds, sorted), optional user_id (integers >= 0)")
+    path: str = setting("", "trace: CSV or Parquet file, column arrival_s (seconds, sorted), optional user_id (integers >= 0) and version (pins the request's version as x-model-version does; empty = the split)")
     time_scale: float = setting(1.0, "trace: every arrival_s is multiplied by this (0.5 = twice as fast)")
     think_s: float = setting(0.1, "closed: mean (exponential) think time between an answer and the user's next request, s")
 
@@ -94,10 +94,16 @@ class BatchingConfig:
 @dataclass
 class VersionConfig:
     """One model version and what is particular to it. In model.versions an entry is either
-    its name alone (`1`) or a mapping with these keys (`{name: 2, service_factor: 1.5}`)."""
+    its name alone (`1`) or a mapping with these keys (`{name: 2, service_factor: 1.5}`).
+
+    `accuracy` unset means: the emulated backend's answers are not judged (an emulated device
+    computes nothing that could be right or wrong; `correct` stays unknown), and the numpy
+    backend's are judged by its real model (which is why setting it there is an error)."""
 
     name: str
     service_factor: float = 1.0  # its device time is service.* times this (a slower canary)
+    error_rate: float = 0.0  # probability a request fails after its batch ran (HTTP 500, OIP error body)
+    accuracy: float | None = None  # emulated backend: probability an answer is right; None: not judged
 
 
 @dataclass
@@ -105,7 +111,7 @@ class ModelConfig:
     name: str = setting("digits", "the model served (a digits classifier)")
     backend: str = setting("emulated", "numpy (a real classifier on the CPU) | emulated (an accelerator whose device time follows service.*)")
     # list[Any]: an entry is a name or a VersionConfig mapping; read it through version_specs()
-    versions: list[Any] = setting(["1"], f"versions deployed, initially replica r serves versions[r % len]; an entry is a name ({VERSION_PATTERN}) or {{name: N, service_factor: F}} (its device time x F)")
+    versions: list[Any] = setting(["1"], f"versions deployed, initially replica r serves versions[r % len]; an entry is a name ({VERSION_PATTERN}) or {{name: N, service_factor: F, error_rate: P, accuracy: A}} (device time x F; a request fails (HTTP 500) with probability P; emulated: an answer is right with probability A, unset = not judged)")
 
 
 def version_specs(model: ModelConfig) -> list[VersionConfig]:
@@ -126,11 +132,61 @@ def version_specs(model: ModelConfig) -> list[VersionConfig]:
             raise ConfigError("model.versions", f"entry {i}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}")
         if "name" not in entry:
             raise ConfigError("model.versions", f"entry {i} needs a name")
-        try:
-            factor = float(entry.get("service_factor", 1.0))
-        except (TypeError, ValueError):
-            raise ConfigError("model.versions", f"entry {i}: service_factor must be a number, got {entry['service_factor']!r}") from None
-        specs.append(VersionConfig(str(entry["name"]), factor))
+        name = str(entry["name"])
+        numbers = {key: _number(entry[key], f"model.versions[{name}].{key}")
+                   for key in ("service_factor", "error_rate", "accuracy") if key in entry and entry[key] is not None}
+        specs.append(VersionConfig(name, **numbers))
+    return specs
+
+
+def _number(value: Any, key: str) -> float:
+    """A config number from YAML or the command line (an int, a float, or a numeric string)."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a number, got {value!r}") from None
+
+
+@dataclass
+class FaultConfig:
+    """One entry of `faults`: from `at_s` on (run time), `version` turns bad. Each key left out
+    keeps what the version had until then (its model.versions settings, or an earlier fault's
+    value), so a later entry can also heal it (`slowdown: 1, error_rate: 0, accuracy_drop: 0`)."""
+
+    at_s: float
+    version: str
+    slowdown: float | None = None  # its device time x this (on top of service_factor)
+    error_rate: float | None = None  # its probability of failing a request (HTTP 500) from at_s
+    accuracy_drop: float | None = None  # its accuracy minus this (probability points)
+
+
+FAULT_KEYS = ("at_s", "version", "slowdown", "error_rate", "accuracy_drop")
+
+
+def fault_specs(faults: list[Any]) -> list[FaultConfig]:
+    """The `faults` key as FaultConfig objects, in the order given (errors name that index)."""
+    specs: list[FaultConfig] = []
+    for i, entry in enumerate(faults):
+        key = f"faults[{i}]"
+        if is_dataclass(entry) and isinstance(entry, FaultConfig):
+            specs.append(entry)
+            continue
+        if not isinstance(entry, dict):
+            raise ConfigError(key, f"must be a mapping like {{at_s: 5, version: 2, error_rate: 0.1}}, got {entry!r}")
+        unknown = set(map(str, entry)) - set(FAULT_KEYS)
+        if unknown:
+            raise ConfigError(key, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(FAULT_KEYS)}")
+        for required in ("at_s", "version"):
+            if entry.get(required) is None:
+                raise ConfigError(f"{key}.{required}", "is required (a fault makes a version bad from a time)")
+        version = entry["version"]
+        if isinstance(version, bool) or not isinstance(version, (str, int)):
+            raise ConfigError(f"{key}.version", f"must be a version name, got {version!r}")
+        numbers = {name: _number(entry[name], f"{key}.{name}")
+                   for name in ("slowdown", "error_rate", "accuracy_drop") if entry.get(name) is not None}
+        specs.append(FaultConfig(_number(entry["at_s"], f"{key}.at_s"), str(version), **numbers))
     return specs
 
 
@@ -153,6 +209,9 @@ class GatewayConfig:
     sticky: bool = setting(False, "a user always lands on the same version (A/B assignment by user id)")
     connections_per_replica: int = setting(256, "keep-alive connections the real gateway may hold open to each replica")
     upstream_timeout_s: float = setting(0.0, "the real gateway gives up on a replica's answer after this (HTTP 504), s; 0 = timeout_s, or 60 s when that is 0 too")
+    shadow_version: str = setting("", "mirror traffic to this version: copies measured and recorded (shadow=true), never returned to the client; it must have weight 0 in gateway.version_weights (empty: no shadow)")
+    shadow_percent: float = setting(0.0, "share of primary requests copied to gateway.shadow_version, 0..100 (a request already served by that version is not copied)")
+    shadow_max_in_flight: int = setting(128, "shadow copies in flight at once; a copy beyond it is dropped and counted, so a slow shadow never takes the gateway down")
 
 
 @dataclass
@@ -166,15 +225,28 @@ class HealthConfig:
 
 @dataclass
 class RolloutConfig:
-    strategy: str = setting("none", "none | canary (Argo Rollouts-style steps with analysis against stable; mode=sim)")
-    steps: list[Any] = setting([], "canary: steps in order, each {set_weight: PERCENT} or {pause_s: S} (pause_s: inf = until promoted)")
+    """A rollout of `canary` (the new version) over `stable`. canary and linear move traffic
+    between the replicas that exist; blue_green, rolling and recreate replace replicas, so their
+    runs start with every replica on stable (`sim.policy.membership.initial_versions`)."""
+
+    strategy: str = setting("none", "none | canary (Argo Rollouts steps) | linear (Flagger: step_weight up to max_weight) | blue_green | rolling (Kubernetes RollingUpdate) | recreate (stop all, start all); blue_green, rolling and recreate start with every replica on rollout.stable")
+    steps: list[Any] = setting([], "canary: steps in order, each {set_weight: PERCENT} or {pause_s: S} (pause_s: inf = until promoted); none after a set_weight of 100")
     stable: str = setting("", "the version traffic returns to on abort (empty: the first of model.versions)")
-    canary: str = setting("", "the version rolled out (empty: the second of model.versions)")
-    interval_s: float = setting(1.0, "analysis and step interval; each analysis reads the last window_s, s")
+    canary: str = setting("", "the version rolled out, whatever the strategy (empty: the second of model.versions)")
+    interval_s: float = setting(1.0, "the controller's tick: analysis and step interval; each analysis reads the last window_s, s")
+    analysis: bool = setting(True, "analyse the new version's window against stable's every interval_s (false: canary and linear only step, blue_green/rolling/recreate only check readiness)")
     max_error_rate: float = setting(0.01, "analysis: a canary window with a larger error fraction fails")
     max_p99_ratio: float = setting(1.5, "analysis: a canary window whose p99 exceeds stable's p99 times this fails")
-    failure_limit: int = setting(0, "analysis: failed windows tolerated; one more aborts the rollout")
+    max_accuracy_drop: float = setting(0.05, "analysis: a canary window whose accuracy is below stable's by more than this fails (when both windows hold min_requests judged answers)")
     min_requests: int = setting(20, "analysis: a canary window with fewer answers is inconclusive (neither passes nor fails)")
+    failure_limit: int = setting(0, "canary, blue_green, rolling, recreate: failed windows tolerated; one more rolls back")
+    step_weight: float = setting(10.0, "linear: percent of traffic moved to the canary per passing check")
+    max_weight: float = setting(50.0, "linear: the canary's percent at which a passing check promotes")
+    threshold: int = setting(2, "linear: failed checks that roll back (Flagger's threshold)")
+    scale_down_delay_s: float = setting(30.0, "blue_green: the old (blue) set is kept this long after the switch, so a rollback within it is instant, s")
+    max_surge: int = setting(1, "rolling: replicas allowed above `replicas` while updating (Kubernetes maxSurge)")
+    max_unavailable: int = setting(0, "rolling: ready replicas allowed below `replicas` while updating (Kubernetes maxUnavailable)")
+    replica_start_s: float = setting(0.6, "blue_green, rolling, recreate: the twin's time from starting a replica to its answering ready (a real one took 0.41-0.51 s idle, 0.6 s under load on a 2-core host), s")
 
 
 @dataclass
@@ -217,6 +289,8 @@ class ScenarioConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     overhead: OverheadConfig = field(default_factory=OverheadConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    # list[Any]: each entry a FaultConfig mapping; read it through fault_specs()
+    faults: list[Any] = setting([], "versions turning bad during the run: [{at_s: T, version: V, slowdown: F, error_rate: P, accuracy_drop: D}, ...] (from T on: device time x F, requests fail with probability P, accuracy minus D; keys left out keep their value)")
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -296,14 +370,30 @@ def _weights(values: list[float], key: str, count: int, per: str) -> None:
              f"must be finite numbers >= 0 with a positive sum, got {list(values)}")
 
 
+def _probability(value: float, key: str) -> None:
+    _require(0 <= value <= 1, key, f"must be a probability in [0, 1], got {value}")
+
+
 def _validate_versions(model: ModelConfig, replicas: int) -> None:
     """Versions are URL path segments (/v2/models/NAME/versions/V) and keys of per-version
-    figures: each must be distinct and need no escaping."""
+    figures: each must be distinct and need no escaping. The numpy backend serves real models,
+    whose accuracy is measured, not set, and which exist only under their own names."""
+    from sim.policy.versions import NUMPY_DIGITS_ACCURACY
+
     specs = version_specs(model)
     versions = [v.name for v in specs]
     _require(len(versions) >= 1, "model.versions", "needs at least one version")
     for v in specs:
         _positive(v.service_factor, f"model.versions[{v.name}].service_factor")
+        _probability(v.error_rate, f"model.versions[{v.name}].error_rate")
+        if v.accuracy is not None:
+            _probability(v.accuracy, f"model.versions[{v.name}].accuracy")
+            _require(model.backend != "numpy", f"model.versions[{v.name}].accuracy",
+                     "the numpy backend's accuracy is its real model's, measured on labelled digits; "
+                     "drop accuracy, or use model.backend=emulated")
+        if model.backend == "numpy":
+            _require(v.name in NUMPY_DIGITS_ACCURACY, "model.versions",
+                     f"the numpy backend serves the digits models {', '.join(NUMPY_DIGITS_ACCURACY)}, got {v.name!r}")
     seen: set[str] = set()
     for v in versions:
         _require(re.fullmatch(VERSION_PATTERN, v) is not None, "model.versions",
@@ -312,6 +402,29 @@ def _validate_versions(model: ModelConfig, replicas: int) -> None:
         seen.add(v)
     _require(len(versions) <= replicas, "model.versions",
              f"{len(versions)} versions need at least as many replicas, got replicas={replicas}")
+
+
+def _validate_faults(cfg: ScenarioConfig) -> None:
+    """A fault schedule that could not happen: an unknown version, a time outside the run,
+    a probability outside [0, 1], a slowdown the backend cannot apply, an accuracy to drop
+    that nobody judges."""
+    specs = {v.name: v for v in version_specs(cfg.model)}
+    for i, f in enumerate(fault_specs(cfg.faults)):
+        key = f"faults[{i}]"
+        _non_negative(f.at_s, f"{key}.at_s")
+        _require(f.at_s < cfg.duration_s, f"{key}.at_s", f"{f.at_s:g} is not before the run ends (duration_s={cfg.duration_s:g}): it would never apply")
+        _require(f.version in specs, f"{key}.version", f"{f.version!r} is not one of model.versions {list(specs)}")
+        if f.slowdown is not None:
+            _positive(f.slowdown, f"{key}.slowdown")
+            _require(cfg.model.backend != "numpy" or f.slowdown == 1, f"{key}.slowdown",
+                     "the numpy backend computes at the CPU's own speed; a slowdown needs model.backend=emulated")
+        if f.error_rate is not None:
+            _probability(f.error_rate, f"{key}.error_rate")
+        if f.accuracy_drop is not None:
+            _probability(f.accuracy_drop, f"{key}.accuracy_drop")
+            _require(cfg.model.backend == "numpy" or specs[f.version].accuracy is not None, f"{key}.accuracy_drop",
+                     f"version {f.version} has no accuracy to drop: its emulated answers are not judged; "
+                     f"set model.versions[{f.version}].accuracy")
 
 
 def _validate_arrival(a: ArrivalConfig) -> None:
@@ -349,6 +462,34 @@ def _validate_service(cfg: ScenarioConfig) -> None:
     _non_negative(cfg.overhead.after_s, "overhead.after_s")
 
 
+def _validate_shadow(cfg: ScenarioConfig) -> None:
+    """A shadow version serves copies only: at the start it takes no primary traffic (a controller
+    may give it weight later; a request it then serves is not copied to it again)."""
+    g = cfg.gateway
+    _finite(g.shadow_percent, "gateway.shadow_percent", "in [0, 100]")
+    _require(0 <= g.shadow_percent <= 100, "gateway.shadow_percent", f"must be in [0, 100], got {g.shadow_percent}")
+    _require(g.shadow_max_in_flight >= 1, "gateway.shadow_max_in_flight", f"must be >= 1, got {g.shadow_max_in_flight}")
+    if not g.shadow_version:
+        _require(g.shadow_percent == 0, "gateway.shadow_percent",
+                 f"{g.shadow_percent:g}% of requests mirrored to no version; set gateway.shadow_version too")
+        return
+    names = version_names(cfg.model)
+    _require(g.shadow_version in names, "gateway.shadow_version", f"{g.shadow_version!r} is not one of model.versions {names}")
+    _require(len(names) >= 2, "gateway.shadow_version",
+             f"{g.shadow_version!r} is the only version; a shadow needs another version to serve the primary traffic")
+    v = names.index(g.shadow_version)
+    from sim.policy.membership import Membership
+
+    _require(bool(Membership.initial(names, cfg.replicas).replicas_of(v)), "gateway.shadow_version",
+             f"{g.shadow_version!r} has no replica to take the copies (replicas={cfg.replicas})")
+    example = [0 if k == v else 1 for k in range(len(names))]
+    _require(bool(g.version_weights), "gateway.version_weights",
+             f"empty (traffic by replica count) would send primary traffic to the shadow version {g.shadow_version!r}; "
+             f"give it weight 0, e.g. gateway.version_weights={format_value(example)}")
+    _require(g.version_weights[v] == 0, "gateway.version_weights",
+             f"the shadow version {g.shadow_version!r} must start with weight 0 (it serves copies only), got {list(g.version_weights)}")
+
+
 def _validate_routing(cfg: ScenarioConfig) -> None:
     from sim.policy.lb import LB_POLICIES
 
@@ -363,6 +504,7 @@ def _validate_routing(cfg: ScenarioConfig) -> None:
     if cfg.gateway.version_weights:
         _weights(cfg.gateway.version_weights, "gateway.version_weights", len(cfg.model.versions), "version")
     _non_negative(cfg.gateway.hop_s, "gateway.hop_s")
+    _validate_shadow(cfg)
     h = cfg.health
     _positive(h.probe_interval_s, "health.probe_interval_s")
     _positive(h.probe_timeout_s, "health.probe_timeout_s")
@@ -378,13 +520,30 @@ def _validate_loadgen_timing(lg: LoadgenConfig) -> None:
     _require(-20 <= lg.nice <= 19, "loadgen.nice", f"must be in [-20, 19], got {lg.nice}")
 
 
-ROLLOUT_STRATEGIES = ("none", "canary")
+ROLLOUT_STRATEGIES = ("none", "canary", "linear", "blue_green", "rolling", "recreate")
+# the strategies that replace replicas rather than move traffic between the ones there are:
+# their runs start with every replica on rollout.stable
+REPLICA_STRATEGIES = ("blue_green", "rolling", "recreate")
+# the rollout.* keys only some strategies read (the others read every strategy's, or the analysis')
+ANALYSIS_KEYS = ("max_error_rate", "max_p99_ratio", "max_accuracy_drop", "min_requests")
+STRATEGY_KEYS = {
+    "steps": ("canary",),
+    "failure_limit": ("canary", "blue_green", "rolling", "recreate"),
+    "step_weight": ("linear",),
+    "max_weight": ("linear",),
+    "threshold": ("linear",),
+    "scale_down_delay_s": ("blue_green",),
+    "max_surge": ("rolling",),
+    "max_unavailable": ("rolling",),
+    "replica_start_s": REPLICA_STRATEGIES,
+}
 
 
 def _validate_rollout(cfg: ScenarioConfig) -> None:
     r = cfg.rollout
     _choice(r.strategy, "rollout.strategy", ROLLOUT_STRATEGIES)
     if r.strategy == "none":
+        _require(not r.steps, "rollout.steps", "rollout.strategy=none ignores steps; set rollout.strategy=canary or drop them")
         return
     names = version_names(cfg.model)
     _require(len(names) >= 2, "model.versions", f"rollout.strategy={r.strategy} needs two versions (stable and canary), got {names}")
@@ -392,23 +551,64 @@ def _validate_rollout(cfg: ScenarioConfig) -> None:
         _require(not value or value in names, key, f"{value!r} is not one of model.versions {names}")
     stable, canary = rollout_versions(cfg)
     _require(stable != canary, "rollout.canary", "must differ from rollout.stable")
-    _require(bool(r.steps), "rollout.steps", "a canary needs steps, e.g. [{set_weight:20},{pause_s:5},{set_weight:50},{pause_s:5}]")
-    for i, step in enumerate(r.steps):
-        _require(isinstance(step, dict) and len(step) == 1 and next(iter(step)) in ("set_weight", "pause_s"), "rollout.steps",
-                 f"step {i} must be {{set_weight: PERCENT}} or {{pause_s: S}}, got {step!r}")
-        (name, value), = step.items()
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), "rollout.steps", f"step {i}: {name} must be a number, got {value!r}")
+    if r.strategy == "canary":
+        _require(bool(r.steps), "rollout.steps", "a canary needs steps, e.g. [{set_weight:20},{pause_s:5},{set_weight:50},{pause_s:5}]")
+        for i, step in enumerate(r.steps):
+            _require(isinstance(step, dict) and len(step) == 1 and next(iter(step)) in ("set_weight", "pause_s"), "rollout.steps",
+                     f"step {i} must be {{set_weight: PERCENT}} or {{pause_s: S}}, got {step!r}")
+            (name, value), = step.items()
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool), "rollout.steps", f"step {i}: {name} must be a number, got {value!r}")
+    else:
+        _require(not r.steps, "rollout.steps", f"only rollout.strategy=canary reads steps, got rollout.strategy={r.strategy}; drop rollout.steps")
     _positive(r.interval_s, "rollout.interval_s")
     _require(0 <= r.max_error_rate <= 1, "rollout.max_error_rate", f"must be in [0, 1], got {r.max_error_rate}")
     _positive(r.max_p99_ratio, "rollout.max_p99_ratio")
-    _require(r.failure_limit >= 0, "rollout.failure_limit", f"must be >= 0, got {r.failure_limit}")
+    _require(0 <= r.max_accuracy_drop <= 1, "rollout.max_accuracy_drop", f"must be in [0, 1], got {r.max_accuracy_drop}")
     _require(r.min_requests >= 1, "rollout.min_requests", f"must be >= 1, got {r.min_requests}")
-    from sim.policy.rollout import controller_from_config  # the spec checks its steps' ranges itself
+    _require(r.failure_limit >= 0, "rollout.failure_limit", f"must be >= 0, got {r.failure_limit}")
+    if r.strategy == "linear":
+        _finite(r.max_weight, "rollout.max_weight", "in (0, 100]")
+        _require(0 < r.max_weight <= 100, "rollout.max_weight", f"must be a percent in (0, 100], got {r.max_weight}")
+        _finite(r.step_weight, "rollout.step_weight", "in (0, rollout.max_weight]")
+        _require(0 < r.step_weight <= r.max_weight, "rollout.step_weight",
+                 f"must be in (0, rollout.max_weight={r.max_weight:g}] (a step beyond it would overshoot), got {r.step_weight}")
+        _require(r.threshold >= 1, "rollout.threshold", f"must be >= 1 (failed checks that roll back), got {r.threshold}")
+    if r.strategy == "blue_green":
+        _non_negative(r.scale_down_delay_s, "rollout.scale_down_delay_s")
+    if r.strategy == "rolling":
+        _require(r.max_surge >= 0, "rollout.max_surge", f"must be >= 0, got {r.max_surge}")
+        _require(0 <= r.max_unavailable <= cfg.replicas, "rollout.max_unavailable",
+                 f"must be in [0, replicas={cfg.replicas}], got {r.max_unavailable}")
+        _require(r.max_surge + r.max_unavailable > 0, "rollout.max_surge",
+                 "rollout.max_surge and rollout.max_unavailable cannot both be 0: no replica could ever be replaced")
+    if r.strategy in REPLICA_STRATEGIES:
+        _non_negative(r.replica_start_s, "rollout.replica_start_s")
+        extra = [name for name, w in zip(names, cfg.gateway.version_weights) if w > 0 and name != stable]
+        _require(not extra, "gateway.version_weights",
+                 f"rollout.strategy={r.strategy} starts with every replica on stable ({stable}); weights on {extra} have no replica to go to")
+        _require(cfg.lb.policy != "weighted", "lb.policy",
+                 f"lb.policy=weighted weighs replicas 0..{cfg.replicas - 1}; rollout.strategy={r.strategy} starts replicas that have no weight")
+    from sim.policy.rollout import controller_from_config  # the specs check what is left (step ranges, order)
 
     try:
         controller_from_config(cfg)
     except ValueError as exc:
-        raise ConfigError("rollout.steps", str(exc)) from exc
+        raise ConfigError("rollout.steps" if r.strategy == "canary" else "rollout.strategy", str(exc)) from exc
+
+
+def _validate_rollout_explicit(cfg: ScenarioConfig, explicit: set[str]) -> None:
+    """rollout.* keys the user typed that this strategy would ignore."""
+    r = cfg.rollout
+    for key in sorted(explicit):
+        if not key.startswith("rollout.") or key == "rollout.strategy":
+            continue
+        name = key.removeprefix("rollout.")
+        _require(r.strategy != "none", key, f"rollout.strategy=none ignores {key}; set rollout.strategy")
+        readers = STRATEGY_KEYS.get(name)
+        _require(readers is None or r.strategy in readers, key,
+                 f"rollout.strategy={r.strategy} ignores {key} (read by {', '.join(readers or ())}); drop it or change the strategy")
+        _require(r.analysis or name not in ANALYSIS_KEYS + ("failure_limit", "threshold"), key,
+                 f"rollout.analysis=false ignores {key}; drop it or set rollout.analysis=true")
 
 
 def validate(cfg: ScenarioConfig) -> None:
@@ -426,6 +626,7 @@ def validate(cfg: ScenarioConfig) -> None:
     _validate_arrival(cfg.arrival)
     _validate_service(cfg)
     _validate_routing(cfg)
+    _validate_faults(cfg)
     _validate_rollout(cfg)
 
     b = cfg.batching
@@ -456,6 +657,7 @@ def validate_explicit(cfg: ScenarioConfig, explicit: set[str]) -> None:
     kind = cfg.arrival.kind
     if "arrival.rate" in explicit and kind in RATE_SET_BY:
         raise ConfigError("arrival.rate", f"arrival.kind={kind} ignores arrival.rate; its rate is set by {RATE_SET_BY[kind]}")
+    _validate_rollout_explicit(cfg, explicit)
 
 
 def to_plain(obj: Any) -> Any:

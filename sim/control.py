@@ -1,20 +1,29 @@
-"""The twin's control plane on SimPy's clock: health probes and controller ticks.
+"""The twin's control plane on SimPy's clock: health probes, controller ticks, runtime replicas.
 
 The decisions are `sim.policy.health.HealthPolicy`'s and the controller's own; this module only
-times them: a probe round every `health.probe_interval_s` (a replica that is down fails its
-probe, as its `/v2/health/ready` would), a controller tick every `controller.tick_s`, each action
-applied at the instant of its tick. Both stop with the arrivals (`duration_s`), so the run can
-drain. Every change is logged with its time, for events.json and for tests.
+times them, as the real stack's loop does on the wall clock:
+- a probe round every `health.probe_interval_s` (a replica that is down, or still starting,
+  fails its probe, as its `/v2/health/ready` would; a removed one is not probed);
+- a controller tick every `controller.tick_s`, each action applied at the instant of its tick;
+- a replica a controller adds (`AddReplica`) starts at once and is ready `replica_start_s`
+  later (process start and model load); the next probe round after that brings it into
+  rotation. So a new replica takes traffic after the tick that asked for it, its start time,
+  and up to a probe interval more: the control loop's own delays, as the real stack has them.
+- a replica a controller removes (`RemoveReplica`) takes no new request from that instant and
+  finishes what it holds (the twin's replica keeps serving its queue; nothing is lost).
+Both loops stop with the arrivals (`duration_s`), so the run can drain. Every change is logged
+with its time (events.json), and so is the count of ready and live replicas per version after
+it (`replica_counts`: the rollout's capacity, window by window).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import simpy
 
-from sim.policy.controller import Action, Controller, Fault, apply, view_of
+from sim.policy.controller import Action, AddReplica, Controller, Fault, apply, view_of
 from sim.policy.health import HealthPolicy, Outcome
 from sim.policy.split import Router
 from sim.policy.windows import VersionWindows
@@ -26,46 +35,78 @@ if TYPE_CHECKING:
 @dataclass
 class Event:
     time_s: float
-    kind: str  # action | eject | restore
+    kind: str  # action | eject | restore | started
     detail: dict[str, Any]
 
 
-def apply_action(action: Action, router: Router, health: HealthPolicy, replicas: list[SimReplica], now: float,
-                 events: list[Event]) -> None:
-    if isinstance(action, Fault):
-        replica = replicas[action.replica]
-        replica.down, replica.slowdown = action.down, action.slowdown
-    else:
-        apply(action, router, health)
-    events.append(Event(now, "action", {"action": type(action).__name__, **vars(action)}))
+@dataclass(frozen=True)
+class ReplicaCount:
+    """Per version, after a change: replicas ready (routable) and live (not removed, maybe not ready)."""
+
+    time_s: float
+    ready: tuple[int, ...]
+    live: tuple[int, ...]
 
 
-def probe_rounds(env: simpy.Environment, interval_s: float, end_s: float, health: HealthPolicy, router: Router,
-                 replicas: list[SimReplica], events: list[Event]) -> Any:
-    membership = router.membership
-    while env.now + interval_s < end_s:
-        yield env.timeout(interval_s)
-        for rep in replicas:
-            if membership.removed[rep.index]:
-                continue
-            change = health.on_probe(rep.index, Outcome.FAILED if rep.down else Outcome.OK)
-            if change is not None:
-                membership.set_healthy(change.replica, change.healthy)
-                events.append(Event(env.now, "restore" if change.healthy else "eject",
-                                    {"replica": change.replica, "reason": change.reason}))
+@dataclass
+class ControlPlane:
+    env: simpy.Environment
+    router: Router
+    health: HealthPolicy
+    replicas: list[SimReplica]  # the twin's list: it grows as replicas are added
+    start_replica: Callable[[int], None]  # the twin starts the replica of a new membership index
+    events: list[Event] = field(default_factory=list)
+    replica_counts: list[ReplicaCount] = field(default_factory=list)
 
+    def count(self, now: float) -> None:
+        m = self.router.membership
+        ready, live = [0] * len(m.versions), [0] * len(m.versions)
+        for r, v in enumerate(m.version_of):
+            if not m.removed[r]:
+                live[v] += 1
+                ready[v] += m.routable(r)
+        counted = ReplicaCount(now, tuple(ready), tuple(live))
+        if not self.replica_counts or (self.replica_counts[-1].ready, self.replica_counts[-1].live) != (counted.ready, counted.live):
+            self.replica_counts.append(counted)
 
-def controller_ticks(env: simpy.Environment, controller: Controller, end_s: float, router: Router, health: HealthPolicy,
-                     replicas: list[SimReplica], windows: VersionWindows, events: list[Event],
-                     on_done: Callable[[float], None] | None = None) -> Any:
-    """Ticks until the arrivals end, or until the controller is done (a rollout promoted or
-    aborted), when `on_done` hears of it."""
-    while env.now < end_s:
-        now = env.now
-        actions = controller.on_tick(now, view_of(router, now, windows.windows(now)))
-        for action in actions:
-            apply_action(action, router, health, replicas, now, events)
-        if on_done is not None and getattr(controller, "done", False):
-            on_done(now)
-            return
-        yield env.timeout(controller.tick_s)
+    def apply(self, action: Action, now: float) -> None:
+        detail: dict[str, Any] = {"action": type(action).__name__, **vars(action)}
+        if isinstance(action, Fault):
+            replica = self.replicas[action.replica]
+            replica.down, replica.slowdown = action.down, action.slowdown
+        else:
+            apply(action, self.router, self.health)
+        if isinstance(action, AddReplica):
+            index = len(self.router.membership) - 1
+            detail["replica"] = index
+            self.start_replica(index)
+        self.events.append(Event(now, "action", detail))
+        self.count(now)
+
+    def probe_rounds(self, interval_s: float, end_s: float) -> Any:
+        env, membership, health = self.env, self.router.membership, self.health
+        while env.now + interval_s < end_s:
+            yield env.timeout(interval_s)
+            for rep in self.replicas:
+                if membership.removed[rep.index]:
+                    continue
+                change = health.on_probe(rep.index, Outcome.FAILED if rep.down else Outcome.OK)
+                if change is not None:
+                    membership.set_healthy(change.replica, change.healthy)
+                    self.events.append(Event(env.now, "restore" if change.healthy else "eject",
+                                             {"replica": change.replica, "reason": change.reason}))
+                    self.count(env.now)
+
+    def controller_ticks(self, controller: Controller, end_s: float, windows: VersionWindows,
+                         on_done: Callable[[float], None] | None = None) -> Any:
+        """Ticks until the arrivals end, or until the controller is done (a rollout promoted or
+        aborted), when `on_done` hears of it."""
+        env = self.env
+        while env.now < end_s:
+            now = env.now
+            for action in controller.on_tick(now, view_of(self.router, now, windows.windows(now))):
+                self.apply(action, now)
+            if on_done is not None and getattr(controller, "done", False):
+                on_done(now)
+                return
+            yield env.timeout(controller.tick_s)

@@ -122,6 +122,7 @@ def summarize(
     concurrency: int,
     capacity_rps: float | None = None,
     extra: Mapping[str, Any] | None = None,
+    versions: Sequence[str] = (),
 ) -> dict[str, Any]:
     """summary.json: rates, latency of answered requests, status counts, batching, utilisation.
 
@@ -132,8 +133,11 @@ def summarize(
     overloaded system then reports throughput at its capacity, not at the offered rate (which
     it only reaches by draining its backlog after the window). `capacity_rps`, when the caller
     knows it (sim.service.capacity_rps), adds itself and the offered load as a fraction of it.
+    `versions` (per-version figures, `version_figures`) lists the versions in the order to
+    report them; versions the records name beyond those follow.
     """
     window = duration_s - warmup_s
+    per_version = version_figures(frame, warmup_s=warmup_s, duration_s=duration_s, versions=versions)
     frame = primary(frame)
     arrival = frame["arrival_s"].to_numpy(dtype=float)
     status_all = frame["status"].to_numpy(dtype=object)
@@ -161,6 +165,7 @@ def summarize(
         **batch_figures(batches),
         "utilisation": utilisation,
         "utilisation_mean": float(sum(utilisation.values()) / replicas) if replicas else None,
+        "versions": per_version,
     }
     if capacity_rps is not None and capacity_rps > 0 and math.isfinite(capacity_rps):
         summary["capacity_rps"] = float(capacity_rps)
@@ -170,16 +175,129 @@ def summarize(
     return summary
 
 
+def _correct_codes(frame: pd.DataFrame) -> np.ndarray:
+    """`correct` as floats: 1.0 right, 0.0 wrong, NaN unknown (sums and means skip NaN)."""
+    return frame["correct"].to_numpy(dtype=float, na_value=np.nan)
+
+
+def _versions_in(frame: pd.DataFrame, versions: Sequence[str]) -> list[str]:
+    """`versions` in their order, then any other version the records name, sorted."""
+    seen = set(pd.unique(frame["version"].astype(str).to_numpy())) - {""}
+    return list(versions) + sorted(seen - set(versions))
+
+
+def _served_figures(latency: np.ndarray, status: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+    """Latency p50/p99 of the answered, the error fraction, and accuracy (right / judged among
+    the answered) of one population of requests."""
+    ok = status == "ok"
+    judged = ok & ~np.isnan(correct)
+    lat = latency[ok]
+    p50, p99 = (float(x) for x in np.percentile(lat, [50, 99])) if len(lat) else (None, None)
+    return {
+        "latency_s": {"p50": p50, "p99": p99},
+        "error_rate": float((status == "error").sum() / len(status)) if len(status) else None,
+        "accuracy": float(correct[judged].sum() / judged.sum()) if judged.any() else None,
+        "judged": int(judged.sum()),
+    }
+
+
+def version_figures(frame: pd.DataFrame, *, warmup_s: float, duration_s: float,
+                    versions: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """summary.json's `versions`: per version, over the requests sent in [warmup_s, duration_s)
+    that it served (routed to it): `requests`, `offered_rate`, `throughput` (its answers
+    completed in the window, per second), `latency_s` p50/p99 of its answers, `error_rate`
+    (the fraction that failed: HTTP 500, status `error`), `accuracy` (right among its judged
+    answers; None when none was judged), `judged`, `status_counts`. Shadow copies are a
+    version's own extra figures (`shadow_requests`, `shadow_latency_s`, `shadow_error_rate`,
+    `shadow_accuracy`), never part of its primary ones: nobody offered them."""
+    window = duration_s - warmup_s
+    version = frame["version"].astype(str).to_numpy()
+    arrival = frame["arrival_s"].to_numpy(dtype=float)
+    finish = frame["finish_s"].to_numpy(dtype=float)
+    status = frame["status"].to_numpy(dtype=object)
+    latency = frame["latency_s"].to_numpy(dtype=float)
+    correct = _correct_codes(frame)
+    shadow = frame["shadow"].to_numpy(dtype=bool)
+    sent = (arrival >= warmup_s) & (arrival < duration_s)
+    out: dict[str, dict[str, Any]] = {}
+    for name in _versions_in(frame, versions):
+        mine = (version == name) & ~shadow
+        measured = mine & sent
+        copies = (version == name) & shadow & sent
+        primary_figures = _served_figures(latency[measured], status[measured], correct[measured])
+        mirrored = _served_figures(latency[copies], status[copies], correct[copies])
+        out[name] = {
+            "requests": int(measured.sum()),
+            "offered_rate": float(measured.sum() / window),
+            "throughput": completed_in(finish[mine], status[mine] == "ok", warmup_s, duration_s) / window,
+            **primary_figures,
+            "status_counts": {s: int((status[measured] == s).sum()) for s in STATUSES},
+            "shadow_requests": int(copies.sum()),
+            "shadow_latency_s": mirrored["latency_s"],
+            "shadow_error_rate": mirrored["error_rate"],
+            "shadow_accuracy": mirrored["accuracy"],
+        }
+    return out
+
+
 def _left_at(arrival: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Sorted times a request stopped being counted: NaN (never happened) is never, and no
     request leaves before it arrived, so every request's span nests as counted below."""
     return np.sort(np.maximum(arrival, np.where(np.isnan(t), np.inf, t)))
 
 
-def timeseries(frame: pd.DataFrame, window_s: float, end_s: float | None = None) -> pd.DataFrame:
+def _window_percentiles(latency: np.ndarray, finish: np.ndarray, edges: np.ndarray) -> tuple[list[float], list[float]]:
+    """p50 and p99 per window of the answers finished in it (NaN for a window with none)."""
+    n_windows = len(edges) - 1
+    idx = np.clip(np.searchsorted(edges, finish, side="right") - 1, 0, n_windows - 1)
+    order = np.argsort(idx, kind="stable")
+    bounds = np.searchsorted(idx[order], np.arange(n_windows + 1))
+    p50: list[float] = []
+    p99: list[float] = []
+    for w in range(n_windows):
+        sel = latency[order[bounds[w]:bounds[w + 1]]]
+        p50.append(float(np.percentile(sel, 50)) if len(sel) else math.nan)
+        p99.append(float(np.percentile(sel, 99)) if len(sel) else math.nan)
+    return p50, p99
+
+
+def _version_series(frame: pd.DataFrame, edges: np.ndarray, window_s: float, versions: Sequence[str]) -> dict[str, Any]:
+    """timeseries' per-version columns, `<column>@<version>`: `offered_rate@V` (its requests by
+    send time), `throughput@V`, `latency_p50_s@V`, `latency_p99_s@V` (its answers by finish
+    time, as the run-wide columns), `error_rate@V` (failed, status `error`, among its outcomes
+    in the window) and `accuracy@V` (right among its judged answers in the window); NaN where
+    a window has nothing to divide. One pass per version, O(requests) each."""
+    version = frame["version"].astype(str).to_numpy()
+    arrival = frame["arrival_s"].to_numpy(dtype=float)
+    finish = frame["finish_s"].to_numpy(dtype=float)
+    status = frame["status"].to_numpy(dtype=object)
+    latency = frame["latency_s"].to_numpy(dtype=float)
+    correct = _correct_codes(frame)
+    columns: dict[str, Any] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name in _versions_in(frame, versions):
+            mine = version == name
+            ok = mine & (status == "ok")
+            judged = ok & ~np.isnan(correct)
+            outcomes = np.histogram(finish[mine & ~np.isnan(finish)], edges)[0]
+            p50, p99 = _window_percentiles(latency[ok], finish[ok], edges)
+            right = np.histogram(finish[judged], edges, weights=correct[judged])[0]
+            columns[f"offered_rate@{name}"] = np.histogram(arrival[mine], edges)[0] / window_s
+            columns[f"throughput@{name}"] = np.histogram(finish[ok], edges)[0] / window_s
+            columns[f"latency_p50_s@{name}"] = p50
+            columns[f"latency_p99_s@{name}"] = p99
+            columns[f"error_rate@{name}"] = np.histogram(finish[mine & (status == "error")], edges)[0] / outcomes
+            columns[f"accuracy@{name}"] = right / np.histogram(finish[judged], edges)[0]
+    return columns
+
+
+def timeseries(frame: pd.DataFrame, window_s: float, end_s: float | None = None,
+               versions: Sequence[str] = ()) -> pd.DataFrame:
     """Per-window offered rate (by send time), throughput (answers completed in the window,
     by finish time), latency percentiles of those answers, and queue length and in-flight at
-    each window's end, all from the per-request table in O(requests log requests).
+    each window's end, all from the per-request table in O(requests log requests); then the
+    same per version (`_version_series`: `offered_rate@V`, ..., `error_rate@V`, `accuracy@V`),
+    for `versions` in that order and any other version the records name.
 
     A request is in flight from its arrival until its outcome (finish_s, whatever the status);
     it waits until it is served or gets its outcome, whichever comes first (a client may give
@@ -199,14 +317,8 @@ def timeseries(frame: pd.DataFrame, window_s: float, end_s: float | None = None)
     sent = np.histogram(arrival, edges)[0]
     done = np.histogram(finish[ok], edges)[0]
     lat = frame["latency_s"].to_numpy(dtype=float)[ok]
-    idx = np.clip(np.searchsorted(edges, finish[ok], side="right") - 1, 0, n_windows - 1)
-    rows: dict[str, list[float]] = {f"latency_{k}_s": [] for k in ("p50", "p99")}
-    order = np.argsort(idx, kind="stable")
-    bounds = np.searchsorted(idx[order], np.arange(n_windows + 1))
-    for w in range(n_windows):
-        sel = lat[order[bounds[w]:bounds[w + 1]]]
-        rows["latency_p50_s"].append(float(np.percentile(sel, 50)) if len(sel) else math.nan)
-        rows["latency_p99_s"].append(float(np.percentile(sel, 99)) if len(sel) else math.nan)
+    p50, p99 = _window_percentiles(lat, finish[ok], edges)
+    rows = {"latency_p50_s": p50, "latency_p99_s": p99}
     ends = edges[1:]
     arrived = np.searchsorted(np.sort(arrival), ends, side="right")
     left_queue = np.searchsorted(_left_at(arrival, np.fmin(start, finish)), ends, side="right")
@@ -219,29 +331,53 @@ def timeseries(frame: pd.DataFrame, window_s: float, end_s: float | None = None)
             **rows,
             "queue_len": arrived - left_queue,
             "in_flight": arrived - finished,
+            **_version_series(frame, edges, window_s, versions),
         }
     )
+
+
+def _window_groups(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (window, version): requests, ok, latency p50/p99 of the ok, judged and right."""
+    return table.groupby(["window", "version"], sort=True).agg(
+        requests=("ok", "size"), ok=("ok", "sum"),
+        latency_p50_s=("latency_s", lambda x: x.quantile(0.5)),
+        latency_p99_s=("latency_s", lambda x: x.quantile(0.99)),
+        judged=("correct", "count"), right=("correct", "sum"))
 
 
 def version_windows(frame: pd.DataFrame, window_s: float, weights: Sequence[tuple[float, Sequence[float]]] = (),
                     versions: Sequence[str] = ()) -> pd.DataFrame:
     """rollout.parquet: per window (by send time) and version, requests, answered, errors
-    (anything not answered), latency p50/p99 of the answered, and the version's traffic weight
-    at the window's start (`weights`: (time, weights) changes in order). O(requests)."""
+    (anything not answered) and their `error_rate` (errors / requests), latency p50/p99 of the
+    answered, `accuracy` (right among the judged answers; NaN when none was judged), and the
+    version's traffic weight at the window's start (`weights`: (time, weights) changes in
+    order). Shadow copies count apart, in `shadow_requests`, `shadow_error_rate` and
+    `shadow_accuracy` of the version that answered them. O(requests)."""
     routed = frame[frame["version"].astype(str) != ""]
-    window = (routed["arrival_s"].to_numpy(dtype=float) // window_s).astype(np.int64)
     ok = routed["status"].to_numpy(dtype=object) == "ok"
-    latency = np.where(ok, routed["latency_s"].to_numpy(dtype=float), np.nan)
-    table = pd.DataFrame({"window": window, "version": routed["version"].astype(str).to_numpy(), "ok": ok, "latency_s": latency})
-    grouped = table.groupby(["window", "version"], sort=True)
-    out = grouped.agg(requests=("ok", "size"), ok=("ok", "sum"),
-                      latency_p50_s=("latency_s", lambda x: x.quantile(0.5)),
-                      latency_p99_s=("latency_s", lambda x: x.quantile(0.99))).reset_index()
+    correct = _correct_codes(routed)
+    table = pd.DataFrame({
+        "window": (routed["arrival_s"].to_numpy(dtype=float) // window_s).astype(np.int64),
+        "version": routed["version"].astype(str).to_numpy(),
+        "ok": ok,
+        "latency_s": np.where(ok, routed["latency_s"].to_numpy(dtype=float), np.nan),
+        "correct": np.where(ok, correct, np.nan),
+    })
+    shadow = routed["shadow"].to_numpy(dtype=bool)
+    out = _window_groups(table[~shadow])
+    copies = _window_groups(table[shadow])
+    out = out.join(copies[["requests", "ok", "judged", "right"]].add_prefix("shadow_"), how="outer").reset_index()
+    counts = ["requests", "ok", "judged", "right", "shadow_requests", "shadow_ok", "shadow_judged", "shadow_right"]
     if versions and len(out):  # a version that got nothing in a window is a row of zeros, not a gap
         full = pd.MultiIndex.from_product([range(int(out["window"].max()) + 1), list(versions)], names=["window", "version"])
         out = out.set_index(["window", "version"]).reindex(full).reset_index()
-        out[["requests", "ok"]] = out[["requests", "ok"]].fillna(0).astype(np.int64)
-    out["errors"] = out["requests"] - out["ok"]
+    out[counts] = out[counts].fillna(0).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["errors"] = out["requests"] - out["ok"]
+        out["error_rate"] = out["errors"] / out["requests"].where(out["requests"] > 0)
+        out["accuracy"] = out["right"] / out["judged"].where(out["judged"] > 0)
+        out["shadow_error_rate"] = (out["shadow_requests"] - out["shadow_ok"]) / out["shadow_requests"].where(out["shadow_requests"] > 0)
+        out["shadow_accuracy"] = out["shadow_right"] / out["shadow_judged"].where(out["shadow_judged"] > 0)
     out["window_start_s"] = out["window"] * window_s
     weight = np.full(len(out), np.nan)
     if weights and versions:
@@ -252,4 +388,5 @@ def version_windows(frame: pd.DataFrame, window_s: float, weights: Sequence[tupl
             if k >= 0:
                 weight[row] = weights[k][1][index[name]]
     out["weight"] = weight
-    return out[["window_start_s", "version", "weight", "requests", "ok", "errors", "latency_p50_s", "latency_p99_s"]]
+    return out[["window_start_s", "version", "weight", "requests", "ok", "errors", "error_rate", "latency_p50_s",
+                "latency_p99_s", "judged", "accuracy", "shadow_requests", "shadow_error_rate", "shadow_accuracy"]]

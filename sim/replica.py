@@ -9,6 +9,7 @@ The real server drives the very same queue from asyncio (real/server/batcher.py)
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,7 +19,8 @@ import simpy
 
 from sim.policy.batching import DynamicBatcher
 from sim.policy.replica_queue import ReplicaQueue
-from sim.records import OK, SHED, TIMEOUT
+from sim.policy.versions import VersionBehaviour
+from sim.records import ERROR, OK, SHED, TIMEOUT
 from sim.service import ServiceTime
 
 if TYPE_CHECKING:
@@ -38,9 +40,40 @@ class CpuCores:
         self.free = self.count
 
 
+class BatchJudge:
+    """What became of each answer of a finished batch, by the version the replica serves at
+    that instant (sim.policy.versions): a model failure (status `error`, as the real replica's
+    HTTP 500 after its batch ran) with the version's error rate, else right or wrong with its
+    accuracy (`correct` 1 or 0; left unknown when the version is not judged). Draws come from
+    the run's own `quality` stream, so the other streams' draws do not move."""
+
+    __slots__ = ("behaviour", "version_of", "log", "rng")
+
+    def __init__(self, behaviour: VersionBehaviour, version_of: list[int], log: RequestLog, rng: random.Random) -> None:
+        self.behaviour = behaviour
+        self.version_of = version_of  # the membership's own list: a SetVersion shows at once
+        self.log = log
+        self.rng = rng
+
+    def __call__(self, replica: int, batch: list[int], now: float) -> None:
+        state = self.behaviour.at(self.version_of[replica], now)
+        error_rate, accuracy = state.error_rate, state.accuracy
+        if error_rate <= 0 and accuracy is None:
+            return
+        draw = self.rng.random
+        status, correct = self.log.status, self.log.correct  # read here: the log's lists are replaced by fill()
+        for j in batch:
+            if error_rate > 0 and draw() < error_rate:
+                if status[j] == OK:  # an answer already too late for its client stays a timeout
+                    status[j] = ERROR
+                continue
+            if accuracy is not None:
+                correct[j] = 1 if draw() < accuracy else 0
+
+
 class SimReplica:
     __slots__ = ("index", "queue", "env", "log", "service", "cores", "version_factor", "down", "slowdown", "busy_s",
-                 "timer_at", "on_release", "timeout_s", "constant_after_s", "_batches")
+                 "timer_at", "on_release", "timeout_s", "constant_after_s", "_batches", "judge")
 
     def __init__(
         self,
@@ -57,6 +90,7 @@ class SimReplica:
         timeout_s: float,
         batch_counter: list[int],
         constant_after_s: float | None,
+        judge: BatchJudge | None = None,
     ) -> None:
         self.index = index
         self.queue: ReplicaQueue[int] = ReplicaQueue(batcher, instances, max_queue_size)
@@ -76,6 +110,8 @@ class SimReplica:
         self.timeout_s = timeout_s
         self.constant_after_s = constant_after_s  # replica -> client, when the same for every request
         self._batches = batch_counter  # one counter shared by all replicas: batch ids unique in the run
+        # failures and right/wrong answers per finished batch; None: no version fails or is judged
+        self.judge = judge
 
     # -- arrivals --------------------------------------------------------------------------
 
@@ -192,6 +228,8 @@ class SimReplica:
                 else:
                     finish[j] = arrival[j] + deadline
                     status[j] = TIMEOUT
+        if self.judge is not None:
+            self.judge(self.index, batch, now)
         self.on_release(self.index, batch)
         queue = self.queue
         queue.free += 1  # what queue.finish() does, without its check: this batch was running

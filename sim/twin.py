@@ -27,18 +27,20 @@ from typing import Any, Callable
 import numpy as np
 import simpy
 
-from sim.arrivals import ArrivalSchedule, make_schedule
+from sim.arrivals import ArrivalSchedule, make_schedule, unknown_trace_versions
 from sim.config import ScenarioConfig, version_specs
-from sim.control import Event, controller_ticks, probe_rounds
+from sim.control import ControlPlane, Event, ReplicaCount
 from sim.policy.batching import DynamicBatcher
 from sim.policy.controller import Controller
 from sim.policy.health import HealthPolicy
-from sim.policy.split import NoReplica, Router
+from sim.policy.shadow import NO_REPLICA, Mirror
+from sim.policy.split import NoReplica, Router, pinned_version
 from sim.policy.users import ThinkTime
+from sim.policy.versions import VersionBehaviour
 from sim.policy.windows import VersionWindows
 from sim.profile import Profile
 from sim.records import ERROR, OK, SHED, TIMEOUT
-from sim.replica import CpuCores, SimReplica
+from sim.replica import BatchJudge, CpuCores, SimReplica
 from sim.requests import PENDING, RequestLog
 from sim.rng import Streams, make_streams
 from sim.service import Overhead, ServiceTime
@@ -63,6 +65,8 @@ class TwinResult:
     busy_s: list[float]  # per replica, summed service time
     end_s: float  # simulated time when the last request was answered
     events: list[Event] = field(default_factory=list)  # controller actions and health changes
+    # ready and live replicas per version after each change (none without a controller)
+    replica_counts: list[ReplicaCount] = field(default_factory=list)
 
 
 class Twin:
@@ -99,14 +103,29 @@ class Twin:
         self._schedule = schedule
         self._think = ThinkTime(cfg.arrival.think_s, self.streams.think)  # the load generator's users draw the same
         self._progress = progress
-        factors = [v.service_factor for v in self.versions]
+        # shadow traffic and version pins (sim.policy.shadow, a trace's version column)
+        self.mirror = Mirror.from_config(cfg, self.router, self.streams.shadow)
+        self.shadow_dropped = 0  # copies due but not sent: over gateway.shadow_max_in_flight, or no replica
+        self._shadow_pending: list[int] = []  # copies sent, some maybe answered since (see _shadow_in_flight)
+        self._pins: list[int] | None = None  # per scheduled request: pinned version index, -1 = the split
+        self._scheduled = 0  # open loop: the schedule's requests; shadow copies are appended after them
+        # each version's speed, failures and accuracy at run time (model.versions and faults)
+        self.behaviour = behaviour = VersionBehaviour.from_config(cfg)
         version_of = self.membership.version_of
         batcher = DynamicBatcher(cfg.batching.max_batch_size, cfg.batching.max_queue_delay_s)
         service = ServiceTime(cfg.service, self.streams.service, profile)
         cores = CpuCores(cfg.service.shared_cores)
         batches = [0]
-        uniform_speed = all(f == 1.0 for f in factors)
-        version_factor = None if uniform_speed else (lambda rep: factors[version_of[rep]])
+        version_factor: Callable[[int], float] | None = None  # None: every version at speed 1, always
+        if not behaviour.uniform_speed:
+            if behaviour.static:
+                factors = [behaviour.device_factor(v, 0.0) for v in range(len(self.versions))]
+                version_factor = lambda rep: factors[version_of[rep]]  # noqa: E731
+            else:  # a fault changes a speed at some time: look the time up per batch
+                env = self.env
+                version_factor = lambda rep: behaviour.device_factor(version_of[rep], env._now)  # noqa: E731
+        # None keeps the batch completion path as it was: nothing fails, nothing is judged
+        self.judge = BatchJudge(behaviour, version_of, self.log, self.streams.quality) if behaviour.judges else None
         if self.hop_s > 0:
             on_release: Callable[[int, list[int]], None] = self._on_release
         elif controller is None and cfg.arrival.kind != "closed":  # nobody else waits on answers
@@ -114,22 +133,28 @@ class Twin:
         else:
             on_release = self._on_answer
         constant_after = None if self.overhead.active else self.hop_s
-        self.replicas = [
-            SimReplica(r, self.env, self.log, batcher, cfg.concurrency, cfg.batching.max_queue_size, service, cores,
-                       version_factor, on_release, self.timeout_s, batches, constant_after)
-            for r in range(cfg.replicas)
-        ]
+
+        def make_replica(r: int) -> SimReplica:  # those of the start, and those a rollout starts
+            return SimReplica(r, self.env, self.log, batcher, cfg.concurrency, cfg.batching.max_queue_size, service, cores,
+                              version_factor, on_release, self.timeout_s, batches, constant_after, self.judge)
+
+        self._make_replica = make_replica
+        self.replicas = [make_replica(r) for r in range(cfg.replicas)]
+        self.control = ControlPlane(self.env, self.router, self.health, self.replicas, self._start_replica, self.events)
 
     # -- the gateway -------------------------------------------------------------------------
 
     def _admit(self, i: int, now: float) -> None:
         log = self.log
+        pin = self._pins[i] if self._pins is not None else -1
         try:
-            r = self.router.route(log.user[i], self.outstanding, now, self.streams.routing)
+            r = self.router.route(log.user[i], self.outstanding, now, self.streams.routing, version=pin if pin >= 0 else None)
         except NoReplica:  # nothing routable: the gateway answers 503 itself
             log.status[i] = SHED
             log.finish[i] = now
             self._notify(i, now)
+            if self.mirror is not None:
+                self.mirror.target(-1, self.outstanding, now)  # its draw, as the gateway makes it
             return
         log.replica[i] = r
         log.version[i] = self.membership.version_of[r]
@@ -144,6 +169,43 @@ class Twin:
             self.env.timeout(delay).callbacks.append(partial(self._on_hop, i, rep))
         else:
             rep.enqueue(i, now)
+        if self.mirror is not None:
+            self._mirror(i, log.version[i], now, delay)
+
+    def _mirror(self, i: int, primary_version: int, now: float, delay: float) -> None:
+        """A copy of request i to the shadow version, if the mirror says so: its own row
+        (shadow=True), the same send time and user, the shadow replica's capacity. It leaves the
+        gateway with the primary (the same delay, no overhead draw of its own, so the primaries'
+        draws are unchanged) and its answer stops at the gateway (after_s = one hop)."""
+        mirror = self.mirror
+        assert mirror is not None
+        r = mirror.target(primary_version, self.outstanding, now)
+        if r < 0:
+            self.shadow_dropped += r == NO_REPLICA
+            return
+        if not mirror.admits(self._shadow_in_flight(mirror.max_in_flight)):
+            self.shadow_dropped += 1
+            return
+        log = self.log
+        j = log.append(log.user[i], log.arrival[i], self.hop_s, shadow=True)
+        log.replica[j] = r
+        log.version[j] = self.membership.version_of[r]
+        self.outstanding[r] += 1
+        self._shadow_pending.append(j)
+        rep = self.replicas[r]
+        if delay > 0:
+            self.env.timeout(delay).callbacks.append(partial(self._on_hop, j, rep))
+        else:
+            rep.enqueue(j, now)
+
+    def _shadow_in_flight(self, bound: int) -> int:
+        """Copies not yet answered, counted exactly only near the bound (a scan of the pending
+        list then, O(bound), instead of a hook on every answer of every request)."""
+        pending = self._shadow_pending
+        if len(pending) >= bound:
+            status = self.log.status
+            pending[:] = [j for j in pending if status[j] == PENDING]
+        return len(pending)
 
     def _on_hop(self, i: int, rep: SimReplica, _event: simpy.Event) -> None:
         rep.enqueue(i, self.env._now)
@@ -169,13 +231,14 @@ class Twin:
 
     def _window_answer(self, j: int, now: float) -> None:
         """An answer as the gateway's window counts it: served (2xx, even if too late for its
-        client), or an error (5xx: shed, expired in the queue, failed)."""
+        client, with whether it was right, as the replica's x-correct header tells the
+        gateway), or an error (5xx: shed, expired in the queue, failed)."""
         log = self.log
         status, served = log.status[j], log.batch_id[j] >= 0
         if status == OK:
-            self.windows.add(log.version[j], now, log.finish[j] - log.arrival[j], ok=True, error=False)
+            self.windows.add(log.version[j], now, log.finish[j] - log.arrival[j], ok=True, error=False, correct=log.correct[j])
         elif served and status == TIMEOUT:
-            self.windows.add(log.version[j], now, now - log.arrival[j], ok=True, error=False)
+            self.windows.add(log.version[j], now, now - log.arrival[j], ok=True, error=False, correct=log.correct[j])
         else:
             self.windows.add(log.version[j], now, math.nan, ok=False, error=True)
 
@@ -198,6 +261,9 @@ class Twin:
         times = schedule.times_s.tolist()
         self.log.fill(schedule.user_ids.tolist(), times, self.hop_s)
         n = len(times)
+        self._scheduled = n
+        if schedule.versions is not None:
+            self._pins = self._pin_indices(schedule.versions)
         env = self.env
         queue = env._queue
         step = env.step
@@ -209,7 +275,7 @@ class Twin:
         # controller can change routing, membership or faults during the run (without one,
         # nothing does); otherwise every request goes through the gateway's full path.
         inline = self.hop_s == 0 and not self.overhead.active and self.timeout_s == math.inf and self.controller is None \
-            and self.membership.uniform
+            and self.membership.uniform and self.mirror is None and self._pins is None
         if inline:
             self.log.enqueued = times  # enqueued == sent for every request: one list serves both
             self.log.version = [0] * n  # one version, and every request is routed
@@ -268,14 +334,51 @@ class Twin:
         if self.controller is None:
             return
         end = self.cfg.duration_s
-        self.env.process(probe_rounds(self.env, self.cfg.health.probe_interval_s, end, self.health, self.router,
-                                      self.replicas, self.events))
+        self.control.count(0.0)
+        self.env.process(self.control.probe_rounds(self.cfg.health.probe_interval_s, end))
         on_done = self._cut if self.stop_when_done else None
-        self.env.process(controller_ticks(self.env, self.controller, end, self.router, self.health, self.replicas,
-                                          self.windows, self.events, on_done))
+        self.env.process(self.control.controller_ticks(self.controller, end, self.windows, on_done))
 
     def _cut(self, now: float) -> None:
         self.cut_s = now
+
+    # -- replicas started at run time (a controller's AddReplica) -----------------------------
+
+    def _start_replica(self, index: int) -> None:
+        """The replica a controller just added to the membership (not ready): its process starts
+        now and answers ready `rollout.replica_start_s` later; the next probe round after that
+        brings it into rotation (`sim.control`). A removed replica needs nothing here: the
+        membership sends it no new request, and it serves what it holds until it is empty."""
+        assert index == len(self.replicas), f"replica {index} added out of order ({len(self.replicas)} exist)"
+        rep = self._make_replica(index)
+        rep.down = True  # starting: fails its readiness probes, as a process not listening yet
+        self.replicas.append(rep)
+        self.outstanding.append(0)
+        self.env.timeout(self.cfg.rollout.replica_start_s).callbacks.append(partial(self._replica_started, rep))
+
+    def _replica_started(self, rep: SimReplica, _event: simpy.Event) -> None:
+        rep.down = False
+        self.events.append(Event(self.env.now, "started", {"replica": rep.index}))
+
+    def _pin_indices(self, names: np.ndarray) -> list[int]:
+        """A trace's version column as version indices (-1: unpinned), as the gateway reads the
+        x-model-version the load generator sends for the same rows."""
+        versions = self.membership.versions
+        unknown_trace_versions(names, versions, self.cfg.arrival.path)
+        index = {name: pinned_version(versions, None, name) for name in set(names.tolist())}
+        return [-1 if v is None else v for v in map(index.__getitem__, names.tolist())]
+
+    def _drop_unsent(self) -> None:
+        """Cut the schedule at `sent`: rows [sent, scheduled) were never sent; the shadow copies
+        appended after the schedule are copies of sent requests, and stay."""
+        log = self.log
+        sent, scheduled = self.sent, self._scheduled
+        if len(log) == scheduled:
+            log.truncate(sent)
+            return
+        for name in log.__slots__:
+            column = getattr(log, name)
+            setattr(log, name, column[:sent] + column[scheduled:])
 
     def run(self) -> TwinResult:
         self._start_control()
@@ -286,7 +389,7 @@ class Twin:
             self._run_open()
         self.env.run()  # drain: every admitted request is answered, shed or timed out
         if self.sent >= 0:
-            self.log.truncate(self.sent)  # the requests never sent are not part of this run
+            self._drop_unsent()  # the requests never sent are not part of this run
         status = self.log.status
         if PENDING in status:  # a bug, but never a lost request: account for it as an error
             status = [ERROR if s == PENDING else s for s in status]
@@ -295,6 +398,7 @@ class Twin:
             busy_s=[r.busy_s for r in self.replicas],
             end_s=self.env.now,
             events=self.events,
+            replica_counts=self.control.replica_counts,
         )
 
 

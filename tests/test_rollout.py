@@ -115,7 +115,7 @@ def test_mode_sim_runs_a_configured_canary_and_writes_its_decisions(tmp_path, ca
     (["rollout.strategy=canary", "model.versions=[1,2]", "rollout.steps=[{set_weight:10,pause_s:1}]"], "rollout.steps"),
     (["rollout.strategy=canary", "model.versions=[1,2]", "rollout.steps=[{pause_s:-1}]"], "rollout.steps"),
     (["rollout.strategy=canary", "model.versions=[1,2]", "rollout.steps=[{set_weight:10}]", "rollout.canary=3"], "rollout.canary"),
-    (["rollout.strategy=canary", "model.versions=[1,2]", "rollout.steps=[{set_weight:10}]", "mode=compare"], "rollout.strategy"),
+    (["rollout.strategy=canary", "model.versions=[1,2]", "rollout.steps=[{set_weight:10}]", "mode=profile"], "rollout.strategy"),
     (["rollout.strategy=blue"], "rollout.strategy"),
 ])
 def test_a_rollout_that_cannot_work_is_refused_before_anything_runs(overrides: list[str], key: str) -> None:
@@ -146,7 +146,8 @@ def test_mode_rehearse_reports_power_and_false_rollbacks(tmp_path, capsys) -> No
     assert low < 1.0 <= high  # a Wilson interval from 8 runs is wide, and says so
     runs = pd.read_parquet(tmp_path / "rehearsal.parquet")
     assert len(runs) == 16 and sorted(runs["seed"].unique()) == list(range(8))
-    assert (tmp_path / "rehearsal.png").stat().st_size > 0
+    assert (tmp_path / "figures" / "rehearsal.png").stat().st_size > 0
+    assert "Operating characteristics" in (tmp_path / "report.html").read_text()
 
 
 def test_mode_rehearse_needs_a_rollout() -> None:

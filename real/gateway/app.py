@@ -2,7 +2,10 @@
 
 Bodies are forwarded as bytes, never parsed: validation is the replica's job (it answers 4xx,
 which the gateway passes through unchanged). The gateway only checks what it must know to
-route: the model and version in the path, the user id header, and the body size.
+route: the model and version in the path (or the `x-model-version` header, which pins a version
+as the path does), the user id header, and the body size. With `gateway.shadow_version`, a
+share of infers is also copied to that version, never awaited (`real.gateway.shadow`;
+`GET /v2/gateway/shadow` lists the copies' outcomes).
 
 The control API (token-guarded) changes the deployment while traffic flows, through the same
 `sim.policy.controller.apply` the twin's controllers use: version weights
@@ -10,13 +13,21 @@ The control API (token-guarded) changes the deployment while traffic flows, thro
 `{"action": "drain" | "activate" | "eject" | "restore" | "set_version", "version": ...}`).
 `GET /v2/gateway/state` is what a controller reads: the `View` of the deployment and each
 version's figures over the last `window_s`.
+
+Runtime membership (token-guarded): `POST /v2/gateway/replicas` `{"url": ..., "version": NAME}`
+adds a replica, not ready until its probes pass; `{"action": "remove"}` on a replica takes it out
+for good (no new requests; in-flight ones finish: `GET /v2/gateway/replicas` shows `in_flight`,
+so whoever stops the process knows when it may). `POST /v2/gateway/rollout`
+`{"command": "promote" | "abort"}` queues a manual rollout command for the controller driver,
+which reads it, numbered, in the state document.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from time import perf_counter
 from typing import AsyncIterator, Mapping, Sequence
 
@@ -28,26 +39,33 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
 
 from real.gateway import control
 from real.gateway.auth import BearerAuth
 from real.gateway.errors import JSON, http_exception, json_response, oip_error, unexpected
 from real.gateway.fastpath import InferFastPath
 from real.gateway.pool import ReplicaPool, request_outcome
+from real.gateway.shadow import SHADOW_PATH, ShadowTraffic, empty_document
 from sim.config import ScenarioConfig
-from sim.policy.controller import Action, apply, view_of
+from sim.policy.controller import Action, AddReplica, apply, view_of
 from sim.policy.health import Outcome
+from sim.policy.shadow import Mirror
 from sim.policy.windows import VersionWindows
-from sim.policy.split import NoReplica, Router
+from sim.policy.split import VERSION_HEADER, BadPin, NoReplica, Router, pinned_version
+from sim.rng import make_streams
 
 WEIGHTS_PATH = "/v2/gateway/weights"
 REPLICAS_PATH = "/v2/gateway/replicas"
 STATE_PATH = "/v2/gateway/state"
-# token-guarded: everything that changes the deployment (the replica list and state are read-only)
-CONTROL_PREFIXES = (WEIGHTS_PATH, REPLICAS_PATH + "/")
+ROLLOUT_PATH = "/v2/gateway/rollout"
+# token-guarded: everything that changes the deployment (the replica list and state are read-only;
+# POST to the replica list, which adds one, is guarded on its route)
+CONTROL_PREFIXES = (WEIGHTS_PATH, REPLICAS_PATH + "/", ROLLOUT_PATH)
+COMMANDS_KEPT = 100  # manual rollout commands the state document lists, the latest
 CONTROL_BODY_BYTES = 65536
 RETRY_AFTER_S = "1"
+CORRECT_HEADER = "x-correct"  # a replica's verdict on a labelled request: 1 right, 0 wrong
 UPSTREAM_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -116,6 +134,11 @@ class Gateway:
         self.max_body = cfg.server.max_body_bytes
         self.windows = VersionWindows(len(self.membership.versions), cfg.window_s)
         self.started = perf_counter()
+        self.commands: deque[control.Command] = deque(maxlen=COMMANDS_KEPT)
+        self.commands_received = 0
+        # shadow traffic: the twin's Mirror, on the seed's shadow stream (never routing's)
+        mirror = Mirror.from_config(cfg, self.router, make_streams(cfg.seed).shadow)
+        self.shadow = ShadowTraffic(self, mirror) if mirror is not None else None
 
     # -- proxy -----------------------------------------------------------------------------
 
@@ -128,7 +151,8 @@ class Gateway:
             return self._done(t0, error_reply(413, f"body larger than {self.max_body} bytes")).response()
         params = request.path_params
         reply = await self.forward("POST", request.url.path, params["model"], params.get("version"),
-                                   request.headers.get("x-user-id"), request.headers.get("content-type"), body, t0)
+                                   request.headers.get("x-user-id"), request.headers.get("content-type"), body, t0,
+                                   request.headers.get(VERSION_HEADER))
         return reply.response()
 
     async def metadata(self, request: Request) -> Response:
@@ -136,26 +160,33 @@ class Gateway:
         params = request.path_params
         reply = await self.forward(
             "GET", request.url.path, params["model"], params.get("version"),
-            request.headers.get("x-user-id"), None, b"", perf_counter(),
+            request.headers.get("x-user-id"), None, b"", perf_counter(), request.headers.get(VERSION_HEADER),
         )
         return reply.response()
 
     async def forward(self, method: str, path: str, model: str, version_name: str | None, raw_user: str | None,
-                      ctype: str | None, body: bytes, t0: float) -> Reply:
-        """Route, send, retry as the RetryPolicy says, and map upstream failures to 502/503/504."""
-        target = self._target(model, version_name, raw_user)
+                      ctype: str | None, body: bytes, t0: float, pin: str | None = None) -> Reply:
+        """Route, send, retry as the RetryPolicy says, and map upstream failures to 502/503/504.
+
+        `pin` is the x-model-version header. An infer may also be copied to the shadow version
+        (`real.gateway.shadow`): decided at the first pick, sent as a task this never awaits."""
+        target = self._target(model, version_name, raw_user, pin)
         if isinstance(target, Reply):
             return self._done(t0, target)
         version, user_id = target
         headers = {"Content-Type": ctype} if ctype is not None else {}
         pool = self.pool
         record = method == "POST"  # infers count in the versions' windows; metadata reads do not
+        mirror = self.shadow if record else None
         upstream_s = 0.0
         failed, outcome, attempt = -1, Outcome.OK, 0
         while True:
             r = self._pick(user_id, version, t0, failed, outcome)
+            if mirror is not None:  # once per request, whatever the pick: the decision stream stays aligned
+                mirror.offer(self.membership.version_of[r] if r >= 0 else -1, body, headers, raw_user, t0)
+                mirror = None
             if r < 0:
-                what = self.model if version is None else f"{self.model} version {version_name}"
+                what = self.model if version is None else f"{self.model} version {self.membership.versions[version]}"
                 reply = error_reply(503, f"no healthy replica for {what}", {"Retry-After": RETRY_AFTER_S})
                 return self._done(t0, reply, upstream_s, version if record and version is not None else -1)
             served = self.membership.version_of[r] if record else -1
@@ -176,22 +207,22 @@ class Gateway:
             pool.on_request(r, Outcome.OK)
             pool.metrics.upstream_seconds[r].observe(elapsed)
             out_headers = {"x-replica": str(r)}
-            for name in ("Content-Type", "Retry-After"):
+            for name in ("Content-Type", "Retry-After", CORRECT_HEADER):
                 value = up_headers.get(name)
                 if value is not None:
                     out_headers[name] = value
             return self._done(t0, Reply(status, payload, out_headers), upstream_s, served)
 
-    def _target(self, model: str, version_name: str | None, raw_user: str | None) -> tuple[int | None, int | None] | Reply:
-        """(version index or None, user id or None) from the request, or the 4xx that refuses it."""
+    def _target(self, model: str, version_name: str | None, raw_user: str | None,
+                pin: str | None = None) -> tuple[int | None, int | None] | Reply:
+        """(version index or None, user id or None) from the request, or the 4xx that refuses it.
+        The URL's version and the x-model-version header (`pin`) pin alike (`pinned_version`)."""
         if model != self.model:
             return error_reply(404, f"unknown model {model!r}; this gateway serves {self.model!r}")
-        version: int | None = None
-        if version_name is not None:
-            version = self.version_index.get(version_name)
-            if version is None:
-                known = ", ".join(self.version_index)
-                return error_reply(404, f"unknown version {version_name!r} of {self.model!r}; known: {known}")
+        try:
+            version = pinned_version(self.membership.versions, version_name, pin, self.model)
+        except BadPin as exc:
+            return error_reply(exc.status, str(exc))
         if raw_user is None:
             return version, None  # anonymous: the version split is by weight, never sticky
         try:
@@ -236,7 +267,10 @@ class Gateway:
         m.gateway_seconds.observe(own)
         m.count(reply.status)
         if version >= 0:
-            self.windows.add(version, now, total, ok=200 <= reply.status < 300, error=reply.status >= 500)
+            # x-correct (the replica judged a labelled request): the window's per-version accuracy
+            correct = reply.headers.get(CORRECT_HEADER)
+            self.windows.add(version, now, total, ok=200 <= reply.status < 300, error=reply.status >= 500,
+                             correct=-1 if correct is None else int(correct == "1"))
         return reply
 
     # -- the gateway's own endpoints -------------------------------------------------------
@@ -254,7 +288,8 @@ class Gateway:
     def _replica_doc(self, r: int) -> dict[str, object]:
         m = self.membership
         return {"replica": r, "url": self.pool.urls[r], "version": m.version_name(r), "healthy": m.healthy[r],
-                "active": m.active[r], "routable": m.routable(r), "in_flight": self.pool.outstanding[r]}
+                "active": m.active[r], "routable": m.routable(r), "removed": m.removed[r],
+                "in_flight": self.pool.outstanding[r]}
 
     async def replicas(self, request: Request) -> Response:
         return json_response({"replicas": [self._replica_doc(r) for r in range(len(self.membership))]})
@@ -263,7 +298,7 @@ class Gateway:
         """What a controller reads at each tick: the View, over the last window_s."""
         now = perf_counter()
         view = view_of(self.router, now - self.started, self.windows.windows(now))
-        return json_response(control.state_doc(view, self.membership, self.windows.window_s))
+        return json_response(control.state_doc(view, self.membership, self.windows.window_s, self.commands))
 
     def _apply(self, action: Action) -> None:
         """Through the policy's `apply`, the twin's own; Eject/Restore reach the health policy
@@ -295,8 +330,41 @@ class Gateway:
             return oip_error(exc.status, str(exc))
         return json_response(self._replica_doc(r))
 
+    async def add_replica(self, request: Request) -> Response:
+        """`{"url": ..., "version": NAME}`: a replica joins, not ready until its probes pass
+        (`"active": false`: not before an activate either). 201 with its index and state."""
+        try:
+            new = control.new_replica(await read_control_body(request), self.membership, self.pool.urls)
+            self._apply(AddReplica(new.version))
+        except control.BadControl as exc:
+            return oip_error(exc.status, str(exc))
+        if not new.active:
+            self.membership.drain(len(self.membership) - 1)
+        r = self.pool.add(new.url)
+        return json_response(self._replica_doc(r), status=201)
+
+    async def rollout_command(self, request: Request) -> Response:
+        """`{"command": "promote" | "abort"}`: queued, numbered, for the controller driver,
+        which carries it out before its next tick. 202 with its number."""
+        try:
+            command = control.rollout_command(await read_control_body(request))
+        except control.BadControl as exc:
+            return oip_error(exc.status, str(exc))
+        self.commands_received += 1
+        queued = control.Command(self.commands_received, command, perf_counter() - self.started)
+        self.commands.append(queued)
+        return json_response(asdict(queued), status=202)
+
     async def server_metadata(self, request: Request) -> Response:
         return json_response({"name": "servelab-gateway", "version": "0.1.0", "extensions": []})
+
+    async def shadow_records(self, request: Request) -> Response:
+        """`GET /v2/gateway/shadow[?since=N]`: the shadow copies' records as columns, from
+        record N on (read-only, like the state document; see real.gateway.shadow)."""
+        since = request.query_params.get("since", "0")
+        if not (since.isascii() and since.isdigit()):
+            return oip_error(400, f"since must be an integer >= 0, got {since[:40]!r}")
+        return json_response(self.shadow.document(int(since)) if self.shadow is not None else empty_document())
 
 
 def create_app(cfg: ScenarioConfig, upstreams: Sequence[str], *, token: str | None = None) -> Starlette:
@@ -318,6 +386,8 @@ def create_app(cfg: ScenarioConfig, upstreams: Sequence[str], *, token: str | No
         try:
             yield
         finally:
+            if gw.shadow is not None:
+                await gw.shadow.stop()
             await pool.stop()
 
     routes = [
@@ -332,8 +402,12 @@ def create_app(cfg: ScenarioConfig, upstreams: Sequence[str], *, token: str | No
         Route("/v2/models/{model}/versions/{version}", gw.metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", gw.metadata, methods=["GET"]),
         Route(REPLICAS_PATH, gw.replicas, methods=["GET"]),
+        Route(REPLICAS_PATH, BearerAuth(request_response(gw.add_replica), token=token, prefixes=(REPLICAS_PATH,)),
+              methods=["POST"]),
         Route(REPLICAS_PATH + "/{replica:int}", gw.replica_action, methods=["POST"]),
+        Route(ROLLOUT_PATH, gw.rollout_command, methods=["POST"]),
         Route(STATE_PATH, gw.state, methods=["GET"]),
+        Route(SHADOW_PATH, gw.shadow_records, methods=["GET"]),
         Route(WEIGHTS_PATH, gw.get_weights, methods=["GET"]),
         Route(WEIGHTS_PATH, gw.set_weights, methods=["POST"]),
         Route("/metrics", gw.metrics, methods=["GET"]),

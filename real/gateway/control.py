@@ -5,21 +5,32 @@ speak through these functions, so an action or a view has one wire shape, writte
 replica action `{"action": "drain"}` / `{"action": "set_version", "version": "2"}`, version
 weights `{"weights": [0.9, 0.1]}`, and the state document, which is `View` field for field
 (`windows` a list in version order, since JSON keys are strings) plus the version names and
-per-replica detail a person reading it wants.
+per-replica detail a person reading it wants, and the manual rollout commands received.
+
+Membership at run time: `{"url": URL, "version": NAME}` adds a replica (it joins not ready, as
+the twin's AddReplica: the health probes bring it in; `"active": false` keeps it out until an
+explicit activate), `{"action": "remove"}` takes one out for good (in-flight requests finish).
+Manual rollout control: `{"command": "promote" | "abort"}`; the gateway only queues it, numbered,
+in the state document, and the controller driver (outside the data plane) carries it out.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import urlsplit
 
-from sim.policy.controller import Action, Activate, Drain, Eject, Restore, SetVersion, SetWeights, VersionWindow, View
+from sim.policy.controller import (Action, Activate, Drain, Eject, RemoveReplica, Restore, SetVersion, SetWeights,
+                                   VersionWindow, View)
 from sim.policy.membership import Membership
 
 # the actions a replica endpoint takes, by the name a body gives them; set_version also needs "version"
-_REPLICA_ONLY: dict[str, Callable[[int], Action]] = {"activate": Activate, "drain": Drain, "eject": Eject, "restore": Restore}
+_REPLICA_ONLY: dict[str, Callable[[int], Action]] = {"activate": Activate, "drain": Drain, "eject": Eject, "restore": Restore,
+                                                     "remove": RemoveReplica}
 REPLICA_ACTIONS = (*_REPLICA_ONLY, "set_version")
+ROLLOUT_COMMANDS = ("promote", "abort")  # the methods every rollout controller has
+MAX_URL_CHARS = 2048
 
 
 class BadControl(ValueError):
@@ -55,6 +66,66 @@ def replica_action_doc(action: Action, versions: Sequence[str]) -> dict[str, Any
     raise TypeError(f"{action!r} is not a replica action")
 
 
+@dataclass(frozen=True)
+class NewReplica:
+    """A replica to add: where it listens, the version index it serves, and whether it may take
+    requests as soon as its probes pass (`active`) or only once activated."""
+
+    url: str
+    version: int
+    active: bool = True
+
+
+def new_replica(doc: object, membership: Membership, urls: Sequence[str]) -> NewReplica:
+    """`{"url": "http://127.0.0.1:8001", "version": "2", "active": true}`, checked: an http(s)
+    URL with a host and port not already in the membership, a known version name."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("url"), str) or not isinstance(doc.get("version"), str):
+        raise BadControl('body must be JSON like {"url": "http://127.0.0.1:8001", "version": "2"}')
+    url = doc["url"].rstrip("/")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (len(url) > MAX_URL_CHARS or parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or port is None or parts.path or parts.query or parts.fragment):
+        raise BadControl(f"url must be http(s)://HOST:PORT with nothing after the port, got {url[:80]!r}")
+    version = doc["version"]
+    if version not in membership.versions:
+        raise BadControl(f'unknown version {version!r}; "version" must be one of {", ".join(membership.versions)}')
+    active = doc.get("active", True)
+    if not isinstance(active, bool):
+        raise BadControl(f'"active" must be true or false, got {active!r}')
+    taken = [r for r, u in enumerate(urls) if u == url and not membership.removed[r]]
+    if taken:
+        raise BadControl(f"{url} is replica {taken[0]} already", 409)
+    return NewReplica(url, membership.versions.index(version), active)
+
+
+def rollout_command(doc: object) -> str:
+    """`{"command": "promote"}` or `{"command": "abort"}`."""
+    command = doc.get("command") if isinstance(doc, dict) else None
+    if not isinstance(command, str) or command not in ROLLOUT_COMMANDS:
+        raise BadControl(f'body must be JSON like {{"command": "promote"}}; commands: {", ".join(ROLLOUT_COMMANDS)}')
+    return command
+
+
+@dataclass(frozen=True)
+class Command:
+    """A manual rollout command as the state document lists it: numbered in the order received
+    (from 1), at the gateway's time."""
+
+    seq: int
+    command: str
+    received_s: float
+
+
+def commands_after(doc: Mapping[str, Any], seq: int) -> list[Command]:
+    """The commands of a state document numbered above `seq` (those not yet carried out), in order."""
+    found = [Command(int(c["seq"]), str(c["command"]), float(c["received_s"])) for c in doc.get("commands", ())]
+    return sorted((c for c in found if c.seq > seq), key=lambda c: c.seq)
+
+
 def set_weights(doc: object, n_versions: int) -> SetWeights:
     """`{"weights": [w0, w1, ...]}`: one per version, finite, >= 0, with a positive sum."""
     if not isinstance(doc, dict) or "weights" not in doc:
@@ -69,8 +140,8 @@ def set_weights(doc: object, n_versions: int) -> SetWeights:
     return SetWeights(tuple(float(w) for w in weights))
 
 
-def state_doc(view: View, membership: Membership, window_s: float) -> dict[str, Any]:
-    """GET /v2/gateway/state: the View, plus names and per-replica detail."""
+def state_doc(view: View, membership: Membership, window_s: float, commands: Sequence[Command] = ()) -> dict[str, Any]:
+    """GET /v2/gateway/state: the View, plus names, per-replica detail and the rollout commands."""
     return {
         "now": view.now,
         "versions": list(membership.versions),
@@ -82,6 +153,7 @@ def state_doc(view: View, membership: Membership, window_s: float) -> dict[str, 
         "removed": list(view.removed),
         "window_s": window_s,
         "windows": [asdict(view.windows.get(v, VersionWindow())) for v in range(len(membership.versions))],
+        "commands": [asdict(c) for c in commands],
     }
 
 

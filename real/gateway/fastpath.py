@@ -42,6 +42,7 @@ class InferFastPath:
         t0 = perf_counter()
         ctype: str | None = None
         user: str | None = None
+        pin: str | None = None
         declared = -1
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -50,6 +51,8 @@ class InferFastPath:
                 user = value.decode("latin-1")
             elif name == b"content-length":
                 declared = int(value) if value.isdigit() else -1
+            elif name == b"x-model-version":
+                pin = value.decode("latin-1")
         limit = gw.max_body
         try:
             body = await receive_body(receive, declared, limit)
@@ -59,7 +62,7 @@ class InferFastPath:
             reply = gw._done(t0, error_reply(413, f"body larger than {limit} bytes"))
         else:
             try:
-                reply = await gw.forward("POST", scope["path"], model, version, user, ctype, body, t0)
+                reply = await gw.forward("POST", scope["path"], model, version, user, ctype, body, t0, pin)
             except Exception as exc:  # a bug answers 500 in the OIP shape, never a dropped socket
                 reply = error_reply(500, f"internal gateway error: {type(exc).__name__}")
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]

@@ -2,9 +2,9 @@
 `sim.policy.windows.VersionWindows`, shared with the twin).
 
 A registry per app (not the global default) lets tests build many gateways in one process.
-Per-replica series are bound once at start: `.labels()` on the hot path costs a dict lookup
-and a lock per request. In-flight and health are read from the pool at scrape time, so the hot
-path pays nothing for them.
+Per-replica series are bound once per replica (at start, and when one joins at run time):
+`.labels()` on the hot path costs a dict lookup and a lock per request. In-flight and health
+are read from the pool at scrape time, so the hot path pays nothing for them.
 """
 
 from __future__ import annotations
@@ -51,17 +51,24 @@ class GatewayMetrics:
             "servelab_gateway_overhead_seconds", "Time spent in the gateway itself, upstream excluded",
             registry=self.registry, buckets=BUCKETS,
         )
-        upstream = Histogram(
+        self._upstream = upstream = Histogram(
             "servelab_gateway_upstream_seconds", "Time waiting for a replica's answer",
             ["replica"], registry=self.registry, buckets=BUCKETS,
         )
         self.upstream_seconds = [upstream.labels(str(r)) for r in range(n_replicas)]
         self.retries = Counter("servelab_gateway_retries", "Requests retried on another replica after a connection failure", registry=self.registry)
-        ejections = Counter("servelab_gateway_ejections", "Times a replica was taken out of rotation", ["replica"], registry=self.registry)
+        self._ejections = ejections = Counter("servelab_gateway_ejections", "Times a replica was taken out of rotation",
+                                              ["replica"], registry=self.registry)
         self.ejections = [ejections.labels(str(r)) for r in range(n_replicas)]
         self._responses = Counter("servelab_gateway_responses", "Answers by HTTP status code", ["code"], registry=self.registry)
         self._by_code: dict[int, Counter] = {}
         self.registry.register(_PoolCollector(outstanding, membership))
+
+    def add_replica(self) -> None:
+        """The series of a replica that joined at run time (index: the next one)."""
+        r = str(len(self.upstream_seconds))
+        self.upstream_seconds.append(self._upstream.labels(r))
+        self.ejections.append(self._ejections.labels(r))
 
     def count(self, status: int) -> None:
         child = self._by_code.get(status)

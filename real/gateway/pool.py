@@ -1,9 +1,9 @@
 """The replicas as the gateway sees them: where they are, how busy, whether in rotation.
 
-One `aiohttp.ClientSession` with a sized keep-alive connector carries all infer traffic, so a
-request normally reuses a warm connection (a fresh TCP handshake per request would double the
-gateway's overhead). Health probes use a second, tiny session: a pool saturated by slow infers
-must not make a healthy replica look dead.
+One `aiohttp.ClientSession` with a keep-alive connector, bounded per replica, carries all infer
+traffic, so a request normally reuses a warm connection (a fresh TCP handshake per request would
+double the gateway's overhead). Health probes use a second, tiny session: a pool saturated by
+slow infers must not make a healthy replica look dead.
 
 Every decision is a shared policy object, driven here from asyncio as the twin drives it from
 SimPy: the `Router` (over the run-time `Membership`) picks, with the twin's own routing stream
@@ -11,6 +11,10 @@ SimPy: the `Router` (over the run-time `Membership`) picks, with the twin's own 
 `HealthPolicy` turns probe results (every `health.probe_interval_s`) and failed upstream calls
 into ejections and restorations, which `Membership` carries; the `RetryPolicy` says whether a
 failed attempt is tried again.
+
+The pool grows while traffic flows (`add`): a replica that joins gets its URL, its outstanding
+count, its metric series and its probes; one that leaves (Membership.remove) keeps its index, so
+records stay unambiguous, and is no longer probed.
 """
 
 from __future__ import annotations
@@ -77,16 +81,16 @@ class ReplicaPool:
         self._url_cache: dict[tuple[int, str], URL] = {}
 
     async def start(self) -> None:
-        n = len(self.urls)
+        # no total limit: the per-replica bound holds however many replicas join later
         connector = aiohttp.TCPConnector(
-            limit=self.connections_per_replica * n,
+            limit=0,
             limit_per_host=self.connections_per_replica,
             keepalive_timeout=30.0,
             ttl_dns_cache=None,
         )
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
         self._probe_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=2 * n, keepalive_timeout=30.0),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=30.0),
             timeout=aiohttp.ClientTimeout(total=self.probe_timeout_s),
         )
         await self.probe_all()
@@ -102,6 +106,17 @@ class ReplicaPool:
         for s in (self.session, self._probe_session):
             if s is not None:
                 await s.close()
+
+    def add(self, url: str) -> int:
+        """The pool's side of a replica that just joined the membership (after AddReplica): its
+        URL, outstanding count and metric series; the probe rounds take it from now on."""
+        r = len(self.urls)
+        if r != len(self.membership) - 1:
+            raise ValueError(f"replica {r} is not the one that just joined ({len(self.membership)} members)")
+        self.urls.append(url.rstrip("/"))
+        self.outstanding.append(0)
+        self.metrics.add_replica()
+        return r
 
     # -- routing ---------------------------------------------------------------------------
 

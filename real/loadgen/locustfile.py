@@ -17,6 +17,11 @@ Locust's `request` event, so Locust's own statistics and UI stay meaningful.
 
 Each worker writes `records-<i>.npz` (atomically) when its share is done, or when Locust quits
 early (SIGTERM, Ctrl-C); a request still in flight then is recorded as cut short.
+
+What it sends: with the plan's `inputs` (the held-out digits, `plan.write_inputs`), request r
+sends image `input_index(r, n)` with its label as `parameters.label`, and records whether the
+label the server answered is the one it sent (when the server judged the answer: its
+`parameters.correct`); without them, one synthetic unlabelled row.
 """
 
 from __future__ import annotations
@@ -40,7 +45,10 @@ from real.loadgen.plan import (
     PLAN_ENV,
     WORKER_ENV,
     LoadPlan,
+    input_index,
+    read_inputs,
     read_schedule,
+    read_schedule_pins,
     records_path,
     started_path,
     worker_share,
@@ -73,11 +81,11 @@ class Driver:
             plan.url, concurrency=plan.max_connections, connection_timeout=max(timeout, 1.0),
             network_timeout=timeout + 5.0, headers={"Content-Type": "application/json"},
         )
-        data = np.random.default_rng(plan.seed).uniform(0.0, 16.0, 64).round(3).tolist()
         self._head = b'{"id":"'
-        self._mid = (b'","inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":'
-                     + orjson.dumps(data) + b'}],"parameters":{"timeout":')
+        # per input: the body between the id and the timeout's value, and the label it carries
+        self._mids, self._labels = _bodies(plan)
         self.rows: list[tuple[Any, ...]] = []
+        self.pins = read_schedule_pins(plan.schedule) if plan.schedule else {}  # request_id -> x-model-version
         self.in_flight: dict[int, tuple[int, int, float, float]] = {}
         self.group = gevent.pool.Group()
         # the twin's closed users draw from the very same per-user streams
@@ -103,13 +111,19 @@ class Driver:
         # the server drops a request whose deadline passes in its queue (504); 0 would mean none
         micros = max(int(remaining * 1e6), 1) if timeout_s > 0 else 0
         rid = request_id if request_id >= 0 else key
-        body = self._head + f"w{self.worker}-{rid}".encode() + self._mid + str(micros).encode() + b"}}"
+        k = input_index(rid, len(self._mids))
+        label = self._labels[k]
+        body = self._head + f"w{self.worker}-{rid}".encode() + self._mids[k] + str(micros).encode() + b"}}"
         status, params, gateway_s, length, exc = CONNECTION_ERROR, None, float("nan"), 0, None
+        correct = -1
         timer = gevent.Timeout.start_new(max(remaining, 1e-6)) if timeout_s > 0 else None
         response = None
         try:
-            response = self.client.request("POST", self.plan.infer_path, body=body,
-                                           headers={"x-user-id": str(user_id)})
+            headers = {"x-user-id": str(user_id)}
+            pin = self.pins.get(request_id) if self.pins else None
+            if pin is not None:  # a trace row's version: header routing, as the twin pins it
+                headers["x-model-version"] = pin
+            response = self.client.request("POST", self.plan.infer_path, body=body, headers=headers)
             payload = response.read()
             status = response.status_code
             length = len(payload)
@@ -117,7 +131,10 @@ class Driver:
             if gw is not None:
                 gateway_s = float(gw)  # type: ignore[arg-type]
             if status == 200:
-                params = orjson.loads(payload).get("parameters")
+                doc = orjson.loads(payload)
+                params = doc.get("parameters")
+                if label is not None and "correct" in (params or {}):
+                    correct = _judge(doc, label)
             response.release()
             response = None
         except gevent.Timeout as t:
@@ -138,7 +155,7 @@ class Driver:
                           float(p.get("queue_s", np.nan)), float(p.get("service_s", np.nan)),
                           float(p.get("server_s", np.nan)), float(p.get("gateway_s", gateway_s)),
                           int(p.get("batch_size", 0)), int(p.get("batch_id", -1)), int(p.get("replica", -1)),
-                          str(p.get("version", ""))))
+                          str(p.get("version", "")), correct))
         if exc is None and status >= 400:
             exc = RuntimeError(f"HTTP {status}")
         self.fire(request_type="POST", name="infer", response_time=(finish_s - intended_s) * 1e3,
@@ -222,10 +239,30 @@ class Driver:
         self.flushed = True
         rows = list(self.rows)
         for rid, user, intended, send_s in list(self.in_flight.values()):
-            rows.append((rid, user, intended, send_s, np.nan, CUT_SHORT, np.nan, np.nan, np.nan, np.nan, 0, -1, -1, ""))
+            rows.append((rid, user, intended, send_s, np.nan, CUT_SHORT, np.nan, np.nan, np.nan, np.nan, 0, -1, -1, "", -1))
         columns = list(zip(*rows)) if rows else [[] for _ in RECORD_FIELDS]
         arrays = {name: np.asarray(col, dtype=dtype) for (name, dtype), col in zip(RECORD_FIELDS.items(), columns)}
         write_arrays(records_path(self.plan.out_dir, self.worker), arrays)
+
+
+def _bodies(plan: LoadPlan) -> tuple[list[bytes], list[int | None]]:
+    """Each input's body part after the id (ending where the timeout's value goes) and its label."""
+    head = b'","inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":'
+    if not plan.inputs:
+        data = np.random.default_rng(plan.seed).uniform(0.0, 16.0, 64).round(3).tolist()
+        return [head + orjson.dumps(data) + b'}],"parameters":{"timeout":'], [None]
+    images, labels = read_inputs(plan.inputs)
+    mids = [head + orjson.dumps(image.tolist()) + b'}],"parameters":{"label":' + str(int(label)).encode() + b',"timeout":'
+            for image, label in zip(images, labels)]
+    return mids, [int(label) for label in labels]
+
+
+def _judge(doc: dict[str, Any], label: int) -> int:
+    """1 if the answer's label output is the label sent, 0 if not, -1 if it has none."""
+    for output in doc.get("outputs") or ():
+        if output.get("name") == "label" and output.get("data"):
+            return int(output["data"][0] == label)
+    return -1
 
 
 def _discard(response: Any) -> None:

@@ -25,6 +25,10 @@ row then has arrival_s <= start_s <= finish_s, which the merge checks.
 
 from __future__ import annotations
 
+import json
+import re
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,8 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from real.loadgen.recordfile import CLIENT_TIMEOUT, RECORD_FIELDS
-from sim.records import ERROR, OK, SHED, TIMEOUT, requests_frame
+from real.loadgen.recordfile import CLIENT_TIMEOUT, RECORD_DEFAULTS, RECORD_FIELDS
+from sim.records import COLUMNS, ERROR, OK, SHED, TIMEOUT, requests_frame
 
 
 @dataclass
@@ -46,7 +50,9 @@ class Merged:
 
 def read_records(path: Path) -> pd.DataFrame:
     with np.load(path, allow_pickle=False) as z:
-        data = {name: z[name] for name in RECORD_FIELDS}
+        n = len(z["request_id"])
+        data = {name: z[name] if name in z.files else np.full(n, RECORD_DEFAULTS[name], dtype=RECORD_FIELDS[name])
+                for name in RECORD_FIELDS}
     frame = pd.DataFrame(data)
     frame["version"] = frame["version"].astype(str)
     return frame
@@ -105,7 +111,7 @@ def merge(
                 column = np.full(n, "", dtype=object)
             elif c == "http_status":
                 column = np.full(n, -3, dtype=np.int64)  # never sent
-            elif c in ("replica", "worker", "batch_id"):
+            elif c in ("replica", "worker", "batch_id", "correct"):
                 column = np.full(n, -1, dtype=np.int64)
             else:
                 column = np.zeros(n, dtype=np.int64)
@@ -136,6 +142,8 @@ def merge(
     batch_id = _number_by_start(group, start, replica)
     _check_order(intended, start, finish, served)
     version = np.where(served, full["version"].to_numpy(dtype=object), "")
+    # right or wrong only for an answer (HTTP 200), as the worker judged it; unknown otherwise
+    correct = np.where(served, full["correct"].to_numpy(dtype=np.int64), -1)
     requests = requests_frame({
         "request_id": full["request_id"].to_numpy(dtype=np.int64),
         "user_id": full["user_id"].to_numpy(dtype=np.int64),
@@ -150,6 +158,7 @@ def merge(
         "batch_id": batch_id,
         "batch_size": batch,
         "status": status,
+        "correct": correct,
     })
     sends = pd.DataFrame({
         "request_id": full["request_id"].to_numpy(dtype=np.int64),
@@ -248,3 +257,93 @@ def send_lag_summary(sends: pd.DataFrame, *, warmup_s: float, duration_s: float)
         stats = {"p50": None, "p99": None, "max": None, "mean": None}
     sent_in_window = int(((send >= warmup_s) & (send < duration_s)).sum())
     return {"send_lag_s": stats, "achieved_send_rate": sent_in_window / window if window > 0 else 0.0}
+
+
+# -- shadow copies --------------------------------------------------------------------------------
+
+SHADOW_PATH = "/v2/gateway/shadow"
+_LOAD_ID = re.compile(r"w(\d+)-(\d+)")  # the load generator's OIP request id: w<worker>-<request id>
+
+
+def fetch_shadow(gateway_url: str, *, wait_s: float = 5.0, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The gateway's shadow records (`GET /v2/gateway/shadow`), once no copy is in flight or
+    `wait_s` has passed: call it after the load, while the gateway still runs."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with urllib.request.urlopen(gateway_url.rstrip("/") + SHADOW_PATH, timeout=timeout_s) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+        if not doc.get("in_flight") or time.monotonic() >= deadline:
+            return doc
+        time.sleep(0.1)
+
+
+def shadow_requests(doc: dict[str, Any], t0_unix: float, timeout_s: float, primaries: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The gateway's shadow records as rows of the record schema: shadow=True, on the load's clock.
+
+    A copy is related to its primary by the OIP request id the load generator sent
+    (`w<worker>-<request id>`): in open loop (`primaries` given) it takes the primary's
+    intended send time as arrival_s and its user, as a twin's copy does. A copy not related to
+    a scheduled request (closed loop, or another client) arrives when the gateway received its
+    primary; one received before the load's time 0 (the warm-up) is no part of the run.
+    Request ids continue after the primaries', in order of arrival; batch ids after theirs,
+    numbered by start (a batch that mixed copies with primaries of that version, pinned ones,
+    counts twice: rare, and then only its batch count is off). Times: the gateway's own clock
+    is put on the load's through both clocks' wall time (`started_unix`, `t0_unix`), exact on
+    one host."""
+    cols = doc.get("records") or {}
+    n = len(cols.get("request_id") or [])
+    n_primary = len(primaries) if primaries is not None else 0
+    if n == 0 or doc.get("started_unix") is None:
+        return requests_frame({name: [] for name in COLUMNS})
+
+    def floats(name: str) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for v in cols[name]], dtype=float)
+
+    offset = float(doc["started_unix"]) - t0_unix
+    received = floats("received_s") + offset
+    sent = floats("sent_s") + offset
+    finish = sent + floats("latency_s")
+    user = np.asarray(cols["user_id"], dtype=np.int64)
+    arrival = received.copy()
+    related = np.zeros(n, dtype=bool)
+    if primaries is not None and n_primary:
+        primary_arrival = primaries["arrival_s"].to_numpy(dtype=float)
+        primary_user = primaries["user_id"].to_numpy(dtype=np.int64)
+        for k, raw in enumerate(cols["request_id"]):
+            match = _LOAD_ID.fullmatch(raw or "")
+            if match is not None and int(match.group(2)) < n_primary:
+                rid = int(match.group(2))
+                arrival[k], user[k], related[k] = primary_arrival[rid], primary_user[rid], True
+    keep = related | (received >= 0)
+    http = np.asarray(cols["status"], dtype=np.int64)
+    served = http == 200
+    queue, service, server = floats("queue_s"), floats("service_s"), floats("server_s")
+    # as the primaries' (module docstring): outside time split evenly around the server's own
+    derived = np.where(np.isnan(server), sent, sent + (finish - sent - np.nan_to_num(server)) / 2 + np.nan_to_num(queue))
+    start = np.where(served, np.fmin(np.fmax(derived, np.fmax(arrival, sent)), finish), np.nan)
+    replica = np.asarray(cols["replica"], dtype=np.int64)
+    first_batch = int(primaries["batch_id"].max()) + 1 if primaries is not None and n_primary else 0
+    group = _batch_groups(replica, np.asarray(cols["batch_id"], dtype=np.int64), served)
+    batch_id = np.where(group >= 0, _number_by_start(group, start, replica) + first_batch, -1)
+    latency = finish - arrival
+    frame = pd.DataFrame({
+        "request_id": np.zeros(n, dtype=np.int64), "user_id": user, "arrival_s": arrival, "start_s": start,
+        "finish_s": finish, "latency_s": latency, "queue_s": np.where(served, queue, np.nan),
+        "service_s": np.where(served, service, np.nan), "replica": replica,
+        "version": np.asarray(cols["version"], dtype=object), "batch_id": batch_id,
+        "batch_size": np.where(served, np.asarray(cols["batch_size"], dtype=np.int64), 0),
+        "status": outcome(http, latency, timeout_s), "correct": np.asarray(cols["correct"], dtype=np.int64),
+        "sent": sent,
+    })[keep]
+    frame = frame.sort_values(["arrival_s", "sent"], kind="stable")
+    frame["request_id"] = np.arange(n_primary, n_primary + len(frame), dtype=np.int64)
+    frame["shadow"] = True
+    return requests_frame({name: frame[name].to_numpy() for name in COLUMNS})
+
+
+def with_shadow(requests: pd.DataFrame, doc: dict[str, Any], t0_unix: float, timeout_s: float, *, closed: bool = False) -> pd.DataFrame:
+    """The merged requests and the gateway's shadow copies in one table (copies after)."""
+    rows = shadow_requests(doc, t0_unix, timeout_s, None if closed else requests)
+    if rows.empty:
+        return requests
+    return pd.concat([requests, rows], ignore_index=True)

@@ -46,6 +46,7 @@ class LoadPlan:
     start_lead_s: float  # loadgen.start_lead_s: t0 = when the master says go + this
     max_connections: int  # loadgen.max_connections, per worker
     drain_s: float  # loadgen.drain_s: without a client deadline, how long to wait for the last answers
+    inputs: str = ""  # labelled images to send (`write_inputs`); "" = one synthetic unlabelled row
 
     @property
     def drain_after_s(self) -> float:
@@ -75,21 +76,52 @@ def worker_share(request_ids: np.ndarray, worker: int, workers: int) -> np.ndarr
     return np.flatnonzero(request_ids % workers == worker)
 
 
-def write_schedule(path: Path, times_s: np.ndarray, user_ids: np.ndarray) -> None:
-    """request_id = position in the schedule, as in the twin."""
+def write_schedule(path: Path, times_s: np.ndarray, user_ids: np.ndarray, versions: np.ndarray | None = None) -> None:
+    """request_id = position in the schedule, as in the twin. `versions`: a trace's pinned
+    version per request ("" = none), sent as x-model-version."""
     n = len(times_s)
+    pins = {} if versions is None else {"versions": np.asarray(versions, dtype=str)}
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, times_s=np.asarray(times_s, dtype=np.float64), user_ids=np.asarray(user_ids, dtype=np.int64),
-                     request_ids=np.arange(n, dtype=np.int64))
+                     request_ids=np.arange(n, dtype=np.int64), **pins)
 
     _atomic(path, write)
+
+
+def write_inputs(path: Path, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    """The labelled images a run sends (the held-out digits: real.models.digits.test_split), in
+    an order the seed shuffles once: request r sends image `input_index(r, n)` with its label
+    as `parameters.label`, whichever worker sends it, so a run's inputs are reproducible."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    write_arrays(path, {"images": np.asarray(images)[order].astype(np.int64),
+                        "labels": np.asarray(labels)[order].astype(np.int64)})
+
+
+def read_inputs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return z["images"], z["labels"]
+
+
+def input_index(request_id: int, n_inputs: int) -> int:
+    """Which of the run's inputs request `request_id` sends: every input in turn."""
+    return request_id % n_inputs
 
 
 def read_schedule(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return z["times_s"], z["user_ids"], z["request_ids"]
+
+
+def read_schedule_pins(path: str | Path) -> dict[int, str]:
+    """request_id -> the version its x-model-version header names (only the pinned ones)."""
+    with np.load(path, allow_pickle=False) as z:
+        if "versions" not in z.files:
+            return {}
+        versions, ids = z["versions"], z["request_ids"]
+    pinned = np.flatnonzero(versions != "")
+    return dict(zip(ids[pinned].tolist(), versions[pinned].tolist()))
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:

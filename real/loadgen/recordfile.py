@@ -28,4 +28,7 @@ RECORD_FIELDS: dict[str, str] = {
     "batch_id": "int64",  # the replica's id of the request's batch; -1 without an answer or from a server that gives none
     "replica": "int64",
     "version": "U32",
+    "correct": "int64",  # the answer's label vs the one sent: 1 right, 0 wrong, -1 unknown (unlabelled, not judged, no answer)
 }
+# fields a record file may lack (written before they existed), and what they then hold
+RECORD_DEFAULTS: dict[str, int] = {"correct": -1}

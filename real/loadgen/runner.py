@@ -23,13 +23,15 @@ from typing import Callable
 import numpy as np
 
 from real.launcher import absolute, child_path, free_ports, log_tail, stop_all
-from real.loadgen.merge import Merged, merge
+from real.loadgen.merge import Merged, fetch_shadow, merge, with_shadow
+from real.models.digits import test_split
 from real.loadgen.plan import (
     PLAN_ENV,
     WORKER_ENV,
     LoadPlan,
     records_path,
     started_path,
+    write_inputs,
     write_schedule,
 )
 from sim.arrivals import make_schedule
@@ -89,13 +91,15 @@ def make_plan(cfg: ScenarioConfig, url: str, out_dir: Path, *, path: str | None 
         streams = make_streams(cfg.seed)
         s = make_schedule(cfg.arrival, cfg.duration_s, streams.arrivals, streams.users)
         schedule = str(out_dir / "schedule.npz")
-        write_schedule(Path(schedule), s.times_s, s.user_ids)
+        write_schedule(Path(schedule), s.times_s, s.user_ids, s.versions)
     lg = cfg.loadgen
+    inputs = out_dir / "inputs.npz"  # labelled held-out digits: the replicas judge every answer
+    write_inputs(inputs, *test_split(), cfg.seed)
     return LoadPlan(
         url=url, infer_path=path or infer_path(cfg), closed=closed, schedule=schedule, out_dir=str(out_dir),
         workers=lg.workers, duration_s=cfg.duration_s, timeout_s=cfg.timeout_s,
         users=cfg.arrival.users, think_s=cfg.arrival.think_s, seed=cfg.seed, dispatch=lg.dispatch,
-        start_lead_s=lg.start_lead_s, max_connections=lg.max_connections, drain_s=lg.drain_s,
+        start_lead_s=lg.start_lead_s, max_connections=lg.max_connections, drain_s=lg.drain_s, inputs=str(inputs),
     )
 
 
@@ -227,6 +231,11 @@ def run_load(
         with np.load(plan.schedule, allow_pickle=False) as z:
             schedule = (z["times_s"], z["user_ids"])
     merged = merge(files, schedule=schedule, timeout_s=plan.timeout_s)
+    if cfg.gateway.shadow_version and t0_wall is not None:  # the gateway's copies join the records (shadow=true)
+        try:
+            merged.requests = with_shadow(merged.requests, fetch_shadow(url), t0_wall, plan.timeout_s, closed=plan.closed)
+        except (OSError, ValueError) as exc:
+            notes.append(f"the gateway's shadow records ({url}/v2/gateway/shadow) could not be read: {exc}")
     if merged.duplicates:
         notes.append(f"{merged.duplicates} duplicate records were dropped (a load generator bug)")
     return LoadResult(merged, plan, t0_wall, complete, notes)

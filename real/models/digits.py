@@ -1,7 +1,9 @@
 """Digits classifiers (scikit-learn's 8x8 digits, which ship inside the package: no network).
 
 Version "1" is a linear softmax model (one 64x10 matmul); version "2" is an MLP with a 512-wide
-ReLU hidden layer (~56x the multiply-adds, and more accurate). scikit-learn only trains; the
+ReLU hidden layer (~56x the multiply-adds, and more accurate); version "3" is a deliberately
+degraded release, the softmax model of "1" trained on only three images per digit (a bad
+version for accuracy rollouts: as cheap as "1", far less accurate). scikit-learn only trains; the
 weights are stored as plain arrays in `.npz` (loaded with allow_pickle=False, so a cache file
 can never execute code) and inference is pure numpy, which releases the GIL in its kernels.
 
@@ -22,12 +24,13 @@ from typing import Callable
 
 import numpy as np
 
-VERSIONS = ("1", "2")
+VERSIONS = ("1", "2", "3")
 CACHE_ENV = "SERVELAB_CACHE"
 SCALE = 1.0 / 16.0  # digits pixels are 0..16
 SEED = 0
 TEST_FRACTION = 0.25
 FORMAT = 1  # bump when the stored arrays change meaning
+V3_PER_DIGIT = 3  # training images per digit the degraded version 3 sees
 
 
 def cache_dir() -> Path:
@@ -84,6 +87,17 @@ def _train_v1(x: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], list[np.n
     return [clf.coef_.T.copy()], [clf.intercept_.copy()]
 
 
+def _train_v3(x: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A release gone wrong: the same softmax as v1, fitted on the first V3_PER_DIGIT training
+    images of each digit only, so it generalises badly (deterministic: no random draw)."""
+    from sklearn.linear_model import LogisticRegression
+
+    few = np.concatenate([np.flatnonzero(y == digit)[:V3_PER_DIGIT] for digit in range(10)])
+    clf = LogisticRegression(max_iter=2000, C=1.0)
+    clf.fit(x[few] * SCALE, y[few])
+    return [clf.coef_.T.copy()], [clf.intercept_.copy()]
+
+
 def _train_v2(x: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
@@ -98,6 +112,7 @@ def _train_v2(x: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], list[np.n
 TRAINERS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[list[np.ndarray], list[np.ndarray]]]] = {
     "1": _train_v1,
     "2": _train_v2,
+    "3": _train_v3,
 }
 
 

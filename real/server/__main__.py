@@ -19,7 +19,7 @@ from typing import Iterator
 import uvicorn
 
 from real.server.app import create_app, served_version
-from sim.config import ConfigError, load_config
+from sim.config import ConfigError, load_config, version_names
 
 
 class _Server(uvicorn.Server):
@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m real.server", description="servelab model server (one replica)")
     p.add_argument("--config", required=True, help="a run's resolved config.yaml")
     p.add_argument("--replica", type=int, required=True, help="replica index (chooses the model version)")
+    p.add_argument("--version", default=None, help="the model version to serve (a replica added at run time; default: by --replica)")
     p.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--log-level", default="warning")
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.replica < 0:
         print("servelab.server: --replica must be >= 0", file=sys.stderr)
         return 2
-    app = create_app(cfg, args.replica)
+    if args.version is not None and args.version not in version_names(cfg.model):
+        print(f"servelab.server: --version {args.version!r} is not one of model.versions {version_names(cfg.model)}", file=sys.stderr)
+        return 2
+    app = create_app(cfg, args.replica, args.version)
 
     # Bind first so port 0 resolves to a number we can print; listen() only happens after
     # startup, so nothing connects to a replica whose model is still loading.
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=5,
     )
     server = _Server(config)
-    version = served_version(cfg, args.replica)
+    version = args.version if args.version is not None else served_version(cfg, args.replica)
     print(
         f"servelab.server replica={args.replica} version={version} backend={cfg.model.backend} "
         f"listening on http://{args.host}:{port}",

@@ -1,6 +1,6 @@
 """The replica's ASGI app: Open Inference Protocol REST (KServe v2, Triton's extensions).
 
-One process serves one model version (the one `Membership.initial` gives its replica index);
+One process serves one model version (the one `Membership.from_config` gives its replica index);
 asking for another version is a 404, as a Triton repository that does not hold it would answer.
 
 Status codes, all with an OIP error body `{"error": "..."}`:
@@ -10,7 +10,12 @@ Status codes, all with an OIP error body `{"error": "..."}`:
   503 queue full (shed, with Retry-After), model unloaded, or the replica is down (a fault drill)
   504 the request's `parameters.timeout` (microseconds) ran out while it was queued: it was
       dropped at dispatch and never ran (gRPC's DEADLINE_EXCEEDED maps to 504 as well)
-  500 only if the model itself raised
+  500 the model failed: it raised, or the version's error rate (model.versions[...].error_rate,
+      or a scheduled fault's) failed the request after its batch ran (real.server.quality; only
+      once the replica knows the run's time 0: warm-up and calibration requests never fail)
+
+A labelled request (`parameters.label`) is judged: the answer's parameters say `correct`
+(true/false) and an `x-correct: 1|0` header tells the gateway, whose windows count accuracy.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from real.server.backends import Backend, make_backend
 from real.server.batcher import AsyncBatcher, BackendFailed, DeadlineExceeded, QueueFull, clock
 from real.server.metrics import CONTENT_TYPE, ServerMetrics
 from real.server.protocol import INPUT_SPEC, ProtocolError, error_body, infer_response, parse_infer
-from sim.config import ScenarioConfig, version_names
+from real.server.quality import ReplicaQuality
+from sim.config import ScenarioConfig
 from sim.policy.batching import DynamicBatcher
 from sim.policy.membership import Membership
 
@@ -65,9 +71,10 @@ class FaultableBackend:
     """The replica's backend, with the device time it plans stretched by the fault's slowdown
     (the numpy backend plans none: its speed is the CPU's)."""
 
-    def __init__(self, inner: Backend, fault: FaultState) -> None:
+    def __init__(self, inner: Backend, fault: FaultState, quality: ReplicaQuality | None = None) -> None:
         self.inner = inner
         self.fault = fault
+        self.quality = quality  # the version's scheduled slowdown (faults), on the run's clock
         self.platform = inner.platform
         self.outputs = inner.outputs
         self.inline = bool(getattr(inner, "inline", False))  # the batcher runs an inline backend on the loop
@@ -76,7 +83,8 @@ class FaultableBackend:
         self.inner.load()
 
     def plan(self, batch_size: int) -> float:
-        return self.inner.plan(batch_size) * self.fault.slowdown
+        planned = self.inner.plan(batch_size) * self.fault.slowdown
+        return planned * self.quality.slowdown() if self.quality is not None else planned
 
     def run(self, x: np.ndarray, planned: float) -> dict[str, np.ndarray]:
         return self.inner.run(x, planned)
@@ -97,6 +105,7 @@ class Replica:
     loaded: bool = False
     output_names: frozenset[str] = field(default_factory=frozenset)
     fault: FaultState = field(default_factory=FaultState)
+    quality: ReplicaQuality | None = None  # failures and right/wrong answers of its version (None: never)
 
     @property
     def model(self) -> str:
@@ -276,11 +285,17 @@ async def answer_infer(
         return 500, error_body(str(exc)), None
     finally:
         m.in_flight.dec()
+    judged = rep.quality.judge(result.outputs, req.label) if rep.quality is not None else None
+    if judged is not None and judged.failed:  # the version's error rate: a model failure after the batch ran
+        m.errors.labels("500").inc()
+        m.requests.labels("error").inc()
+        return 500, error_body(f"model version {rep.version!r} failed on this request (its error rate)"), None
+    correct = judged.correct if judged is not None else None
     server_s = clock() - received
-    content = infer_response(rep.model, rep.version, req, result, rep.backend.outputs, rep.index, server_s)
+    content = infer_response(rep.model, rep.version, req, result, rep.backend.outputs, rep.index, server_s, correct)
     m.latency.observe(server_s)
     m.ok.inc()
-    return 200, content, None
+    return 200, content, None if correct is None else {"x-correct": "1" if correct else "0"}
 
 
 async def infer(request: Request) -> Response:
@@ -361,11 +376,22 @@ async def load_model(request: Request) -> Response:
     return await _control(request, True)
 
 
+def parse_t0(doc: object) -> float | None:
+    """The body's `t0_unix` (the wall time, time.time(), of the run's time 0), or None."""
+    if not isinstance(doc, dict) or doc.get("t0_unix") is None:
+        return None
+    t0 = doc["t0_unix"]
+    if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not 0 < t0 < float("inf"):
+        raise ProtocolError(400, f"t0_unix must be a wall time in seconds (time.time()), got {t0!r}")
+    return float(t0)
+
+
 def parse_fault(doc: object) -> FaultState:
     """`{"down": bool, "slowdown": number > 0}`; a missing key takes the healthy default, so
-    `{}` clears a fault (as the controller's `Fault(replica)` does)."""
-    if not isinstance(doc, dict) or set(doc) - {"down", "slowdown"}:
-        raise ProtocolError(400, 'body must be JSON like {"down": false, "slowdown": 2.0}')
+    `{}` clears a fault (as the controller's `Fault(replica)` does). `t0_unix` may ride along
+    (`parse_t0`)."""
+    if not isinstance(doc, dict) or set(doc) - {"down", "slowdown", "t0_unix"}:
+        raise ProtocolError(400, 'body must be JSON like {"down": false, "slowdown": 2.0} or {"t0_unix": 1700000000.0}')
     down = doc.get("down", False)
     slowdown = doc.get("slowdown", 1.0)
     if not isinstance(down, bool):
@@ -376,7 +402,14 @@ def parse_fault(doc: object) -> FaultState:
 
 
 async def set_fault(request: Request) -> Response:
-    """Token-guarded fault drill: a replica that is down, or slow, from now on."""
+    """Token-guarded fault drill: a replica that is down, or slow, from now on.
+
+    `{"t0_unix": T}` tells the replica the wall time (time.time()) of the run's time 0, from
+    which its version's scheduled faults (the config's `faults`) count; until it is told, none
+    applies and its version fails no request (its error rate is the run's, not the warm-up's).
+    The run's driver sends it at load start, and to a replica started mid-run before it takes
+    traffic. A body holding only `t0_unix` leaves a fault drill as it is; with
+    `down`/`slowdown` too, both apply. The answer names `t0_unix` once it is known."""
     rep = _rep(request)
     if not _authorised(rep, request):
         return _error(401, "control endpoints need 'Authorization: Bearer <token>' (env SERVELAB_TOKEN)", {"WWW-Authenticate": "Bearer"})
@@ -385,13 +418,21 @@ async def set_fault(request: Request) -> Response:
         if len(body) > 65536:
             raise ProtocolError(413, "fault body larger than 65536 bytes")
         try:
-            fault = parse_fault(orjson.loads(body))
+            doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ProtocolError(400, "body must be JSON") from None
+        fault = parse_fault(doc)
+        t0_unix = parse_t0(doc)
     except ProtocolError as exc:
         return _error(exc.status, exc.message)
-    rep.fault.down, rep.fault.slowdown = fault.down, fault.slowdown
-    return _json({"replica": rep.index, "down": fault.down, "slowdown": fault.slowdown})
+    if set(doc) != {"t0_unix"}:  # time 0 alone leaves a drill as it is
+        rep.fault.down, rep.fault.slowdown = fault.down, fault.slowdown
+    answer: dict[str, object] = {"replica": rep.index, "down": rep.fault.down, "slowdown": rep.fault.slowdown}
+    if t0_unix is not None and rep.quality is not None:
+        rep.quality.set_t0_unix(t0_unix)
+    if rep.quality is not None and rep.quality.t0_unix is not None:
+        answer["t0_unix"] = rep.quality.t0_unix
+    return _json(answer)
 
 
 async def unload_model(request: Request) -> Response:
@@ -415,14 +456,16 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def served_version(cfg: ScenarioConfig, replica: int) -> str:
-    return Membership.initial(version_names(cfg.model), cfg.replicas).version_name(replica)
+    return Membership.from_config(cfg).version_name(replica)
 
 
-def create_app(cfg: ScenarioConfig, replica: int) -> Starlette:
-    """The replica's app; the model loads (and the batcher starts) in the lifespan startup."""
-    version = served_version(cfg, replica)
+def create_app(cfg: ScenarioConfig, replica: int, version: str | None = None) -> Starlette:
+    """The replica's app; the model loads (and the batcher starts) in the lifespan startup.
+    `version`: the one it serves (a replica added at run time), else its index's initial one."""
+    version = version if version is not None else served_version(cfg, replica)
     fault = FaultState()
-    backend = FaultableBackend(make_backend(cfg, replica, version), fault)
+    quality = ReplicaQuality.from_config(cfg, version, replica)
+    backend = FaultableBackend(make_backend(cfg, replica, version), fault, quality)
     server_metrics = ServerMetrics()
     batcher = AsyncBatcher(
         DynamicBatcher(cfg.batching.max_batch_size, cfg.batching.max_queue_delay_s),
@@ -443,6 +486,7 @@ def create_app(cfg: ScenarioConfig, replica: int) -> Starlette:
         token_configured=configured,
         output_names=frozenset(backend.outputs),
         fault=fault,
+        quality=quality,
     )
 
     @contextlib.asynccontextmanager

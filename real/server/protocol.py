@@ -16,6 +16,7 @@ import orjson
 
 FEATURES = 64  # the digits images: 8x8 pixels, one row per image
 MAX_ROWS = 10_000  # absurd-shape guard, independent of max_batch_size
+CLASSES = 10  # digits 0..9: what a label may be
 INPUT_NAME = "input"
 INPUT_DATATYPE = "FP32"
 
@@ -35,6 +36,7 @@ class InferRequest:
     id: str | None = None
     timeout_s: float = math.inf  # parameters.timeout (microseconds, as Triton) in seconds
     outputs: tuple[str, ...] | None = None  # requested output names; None = all
+    label: int | list[int] | None = None  # parameters.label: the true digit (per row, or one for all)
 
     @property
     def n(self) -> int:
@@ -82,6 +84,7 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str]) -> Inf
         raise ProtocolError(400, "'id' must be a string")
 
     timeout_s = math.inf
+    label: int | list[int] | None = None
     params = doc.get("parameters")
     if params is not None:
         if not isinstance(params, dict):
@@ -92,6 +95,7 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str]) -> Inf
                 raise ProtocolError(400, "'parameters.timeout' must be a non-negative integer (microseconds)")
             if t > 0:  # 0 = no timeout, as in Triton
                 timeout_s = t * 1e-6
+        label = _label(params.get("label"))
 
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
@@ -141,7 +145,20 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str]) -> Inf
         if bad:
             raise ProtocolError(400, f"unknown output(s) {bad!r}; this model has {sorted(output_names)}")
         wanted = tuple(names)  # type: ignore[arg-type]
-    return InferRequest(rows=rows, id=req_id, timeout_s=timeout_s, outputs=wanted)
+    if isinstance(label, list) and len(label) != n:
+        raise ProtocolError(400, f"'parameters.label' has {len(label)} labels for {n} rows; give one per row, or one for all")
+    return InferRequest(rows=rows, id=req_id, timeout_s=timeout_s, outputs=wanted, label=label)
+
+
+def _label(value: Any) -> int | list[int] | None:
+    """`parameters.label`: the true digit of a labelled request (the server then answers
+    whether it was right), one integer for every row or a list with one per row."""
+    if value is None:
+        return None
+    labels = value if isinstance(value, list) else [value]
+    if not labels or not all(_is_int(x) and 0 <= x < CLASSES for x in labels):
+        raise ProtocolError(400, f"'parameters.label' must be a digit 0..{CLASSES - 1} or a list of them, one per row")
+    return list(labels) if isinstance(value, list) else int(value)
 
 
 @dataclass(slots=True)
@@ -164,7 +181,10 @@ def infer_response(
     specs: dict[str, TensorSpec],
     replica: int,
     server_s: float,
+    correct: bool | None = None,
 ) -> bytes:
+    """The OIP response; `correct` (a labelled request's answer was right) joins its
+    parameters when the answer was judged."""
     names = req.outputs if req.outputs is not None else tuple(specs)
     outputs = []
     for name in names:
@@ -186,6 +206,8 @@ def infer_response(
         },
         "outputs": outputs,
     }
+    if correct is not None:
+        doc["parameters"]["correct"] = correct
     if req.id is not None:
         doc["id"] = req.id
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

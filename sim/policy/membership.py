@@ -1,7 +1,8 @@
 """Which replicas exist, which version each serves, and which may take new requests.
 
-The one place that answers "which version does replica r serve" (initially `r % n_versions`,
-then whatever a rollout sets) and "may the router send it traffic": a replica must be *active*
+The one place that answers "which version does replica r serve" (initially `initial_versions`:
+`r % n_versions`, or all on stable for a rollout that replaces replicas; then whatever a rollout
+sets) and "may the router send it traffic": a replica must be *active*
 (a controller activated it and has not drained or removed it) and *healthy* (the health policy
 has not ejected it). The router reads this at every request, so a drain, an ejection or a new
 version takes effect at the instant it is made, in the twin and in the gateway alike.
@@ -9,7 +10,23 @@ version takes effect at the instant it is made, in the twin and in the gateway a
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from sim.config import ScenarioConfig
+
+
+def initial_versions(cfg: ScenarioConfig) -> list[int]:
+    """Which version each replica serves when a run starts: replica r serves version r % n,
+    except under a rollout that replaces replicas (blue_green, rolling, recreate), where every
+    replica starts on the stable version and the new version's replicas are started by the
+    rollout. The twin, the gateway and each real replica all ask this, so they agree."""
+    from sim.config import REPLICA_STRATEGIES, rollout_versions, version_names
+
+    names = version_names(cfg.model)
+    if cfg.rollout.strategy in REPLICA_STRATEGIES:
+        return [names.index(rollout_versions(cfg)[0])] * cfg.replicas
+    return [r % len(names) for r in range(cfg.replicas)]
 
 
 class Membership:
@@ -32,8 +49,16 @@ class Membership:
 
     @classmethod
     def initial(cls, versions: Sequence[str], n_replicas: int) -> Membership:
-        """The deployment a run starts from: replica r serves version r % len(versions)."""
+        """Replica r serving version r % len(versions) (a run's start without a rollout that
+        replaces replicas; `from_config` knows about those)."""
         return cls(versions, [r % len(versions) for r in range(n_replicas)])
+
+    @classmethod
+    def from_config(cls, cfg: ScenarioConfig) -> Membership:
+        """The deployment a run starts from (`initial_versions`)."""
+        from sim.config import version_names
+
+        return cls(version_names(cfg.model), initial_versions(cfg))
 
     def __len__(self) -> int:
         return len(self.version_of)

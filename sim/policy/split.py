@@ -4,6 +4,8 @@ Which replica serves which version, and which may take traffic, is `Membership`'
 when sticky, by a fixed hash of the user id so a user always sees the same version. A request
 with no user (user_id None: the real gateway got no x-user-id) has nothing to stick to and
 follows the weighted random split: hashing a stand-in id would send all of them to one version.
+A request may pin its version (a versioned URL, or the `x-model-version` header: `pinned_version`);
+copies to a shadow version are `sim.policy.shadow.Mirror`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import bisect
 import itertools
 from typing import Sequence
 
-from sim.config import ScenarioConfig, version_names
+from sim.config import ScenarioConfig
 from sim.policy.lb import LoadBalancer, UniformSource, make_lb
 from sim.policy.membership import Membership
 
@@ -72,7 +74,7 @@ class Router:
 
     @classmethod
     def from_config(cls, cfg: ScenarioConfig, membership: Membership | None = None) -> Router:
-        membership = membership or Membership.initial(version_names(cfg.model), cfg.replicas)
+        membership = membership or Membership.from_config(cfg)
         return cls(membership, cfg.lb.policy, cfg.lb.weights, cfg.gateway.version_weights, cfg.gateway.sticky)
 
     def _balancer(self, version: int) -> LoadBalancer:
@@ -134,3 +136,38 @@ class Router:
 
 class NoReplica(LookupError):
     """Every candidate replica is ejected: the gateway answers 503."""
+
+
+VERSION_HEADER = "x-model-version"
+
+
+class BadPin(ValueError):
+    """A version pin the gateway refuses: `status` is its HTTP answer (404 unknown, 400 conflict)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def pinned_version(versions: Sequence[str], path_version: str | None, header_version: str | None, model: str = "") -> int | None:
+    """The version a request pins, or None for the version split.
+
+    A versioned infer URL (/v2/models/M/versions/V/infer) and the `x-model-version` header
+    (KServe/Istio header routing) pin alike; both naming the same version is fine, naming two
+    is a 400 (which one did the client mean?), naming one that is not deployed a 404 that
+    lists the deployed ones. The twin pins a trace's `version` column through here too.
+    """
+    if not header_version:  # absent, or sent empty (a trace row with no version): no pin
+        header_version = None
+    if path_version is not None and header_version is not None and path_version != header_version:
+        raise BadPin(400, f"the URL names version {path_version!r} but {VERSION_HEADER} names {header_version!r}; "
+                          "give one, or the same in both")
+    name = path_version if path_version is not None else header_version
+    if name is None:
+        return None
+    try:
+        return versions.index(name)
+    except ValueError:
+        of = f" of {model!r}" if model else ""
+        source = "" if path_version is not None else f" ({VERSION_HEADER})"
+        raise BadPin(404, f"unknown version {name!r}{of}{source}; known: {', '.join(versions)}") from None
