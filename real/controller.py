@@ -25,6 +25,11 @@ the twin, so a pause of 3 s ends at the same tick in both worlds; the state it r
 calls it makes follow within milliseconds (the worst lateness is kept: `tick_lag_max_s`). An action the API refuses (a 4xx: a controller
 bug, or a replica that is gone) or a replica that cannot start raises `ControlError`, which ends
 the loop: a rollout must not carry on from a state it did not reach.
+
+Before its first tick the driver tells every replica the wall time of time 0 (`POST /v2/fault
+{"t0_unix": T}`): a replica applies its version's error rate and `faults` schedule only from
+then on. A run without a rollout has no driver, but its replicas need time 0 all the same:
+`TimeZeroTeller` does only that, under the same `BackgroundDriver`.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Protocol, Sequence
+from typing import Any, Callable, Coroutine, Mapping, Protocol, Sequence
 
 import aiohttp
 
@@ -81,7 +86,7 @@ class Applied:
 
 
 def action_event(time_s: float, action: Action) -> Event:
-    """An action as the twin logs it (`sim.control.apply_action`): the same events.json lines."""
+    """An action as the twin logs it (`sim.control.ControlPlane.apply`): the same events.json lines."""
     return Event(time_s, "action", {"action": type(action).__name__, **vars(action)})
 
 
@@ -293,17 +298,8 @@ class ControllerDriver:
             self.notes.append(message)
 
     async def _tell_t0(self, http: aiohttp.ClientSession, urls: dict[int, str]) -> None:
-        """Every replica in `urls` learns the wall time of time 0, so per-version fault schedules
-        run on the run's clock. A replica that refuses the field (an older server) is noted,
-        not fatal: its schedule then runs on its own clock."""
-        body = {"t0_unix": self.t0_unix}
-        for r, url in urls.items():
-            try:
-                await self._call(http, "POST", url + FAULT_PATH, body)
-            except ControlError as exc:
-                if exc.status is None or not 400 <= exc.status < 500:
-                    raise
-                self._note(f"replica {r} did not take t0_unix ({exc}); scheduled faults cannot follow the run's clock there")
+        assert self.t0_unix is not None
+        await tell_time_zero(http, urls, self.t0_unix, self._note)
 
     async def _replica_urls(self, http: aiohttp.ClientSession, fresh: bool = False) -> dict[int, str]:
         """Replica index -> URL (every one not removed, when asked of the gateway)."""
@@ -315,30 +311,90 @@ class ControllerDriver:
         return dict(enumerate(self.replica_urls))
 
     async def _call(self, http: aiohttp.ClientSession, method: str, url: str, body: object = None) -> Any:
+        return await call_json(http, method, url, body)
+
+
+async def call_json(http: aiohttp.ClientSession, method: str, url: str, body: object = None) -> Any:
+    """One control call: its JSON answer, or ControlError (with the status of a refusal)."""
+    try:
+        async with http.request(method, url, json=body) as resp:
+            text = await resp.text()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ControlError(f"{method} {url} failed: {exc.__class__.__name__}: {exc}") from exc
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if status >= 400:
+        said = doc.get("error", doc) if isinstance(doc, dict) else text[:200]
+        raise ControlError(f"{method} {url} answered {status}: {said}", status)
+    if doc is None:
+        raise ControlError(f"{method} {url} answered {status} with a body that is not JSON: {text[:200]!r}", status)
+    return doc
+
+
+async def tell_time_zero(http: aiohttp.ClientSession, urls: Mapping[int, str], t0_unix: float,
+                         note: Callable[[str], None]) -> None:
+    """Every replica in `urls` learns the wall time of time 0 (`POST /v2/fault {"t0_unix": T}`),
+    so per-version error rates and fault schedules run on the run's clock. A replica that
+    refuses the field (an older server) is noted, not fatal: its schedule then runs on its own
+    clock, and it fails nothing."""
+    body = {"t0_unix": t0_unix}
+    for r, url in urls.items():
         try:
-            async with http.request(method, url, json=body) as resp:
-                text = await resp.text()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ControlError(f"{method} {url} failed: {exc.__class__.__name__}: {exc}") from exc
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            doc = None
-        if status >= 400:
-            said = doc.get("error", doc) if isinstance(doc, dict) else text[:200]
-            raise ControlError(f"{method} {url} answered {status}: {said}", status)
-        if doc is None:
-            raise ControlError(f"{method} {url} answered {status} with a body that is not JSON: {text[:200]!r}", status)
-        return doc
+            await call_json(http, "POST", url + FAULT_PATH, body)
+        except ControlError as exc:
+            if exc.status is None or not 400 <= exc.status < 500:
+                raise
+            note(f"replica {r} did not take t0_unix ({exc}); scheduled faults cannot follow the run's clock there")
+
+
+@dataclass
+class TimeZeroTeller:
+    """A run without a rollout: no controller ticks, but the replicas must still learn the
+    load's time 0, or their versions' error rates and `faults` never apply. Runs under a
+    `BackgroundDriver` as a `ControllerDriver` does, and does only what that driver does before
+    its first tick: tells every replica not removed (`GET /v2/gateway/replicas`) time 0."""
+
+    gateway_url: str
+    token: str
+    clock: Callable[[], float] = time.monotonic
+    t0_unix: float | None = None  # set by the BackgroundDriver once the load announces it
+    told: list[int] = field(default_factory=list)  # the replicas it sent time 0 to (a refusal is a note)
+    notes: list[str] = field(default_factory=list)
+
+    async def run(self, until_s: float = float("inf"), *, start: float | None = None) -> None:
+        assert self.t0_unix is not None
+        timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout, headers={"Authorization": f"Bearer {self.token}"}) as http:
+            listing = await call_json(http, "GET", self.gateway_url + REPLICAS_PATH)
+            urls = {r["replica"]: r["url"] for r in listing["replicas"] if not r.get("removed")}
+            await tell_time_zero(http, urls, self.t0_unix, self._note)
+        self.told = sorted(urls)
+
+    def _note(self, message: str) -> None:
+        if message not in self.notes:
+            log.warning("%s", message)
+            self.notes.append(message)
+
+
+class TimedDriver(Protocol):
+    """What a BackgroundDriver runs: a ControllerDriver, or a TimeZeroTeller."""
+
+    clock: Callable[[], float]
+    t0_unix: float | None
+
+    async def run(self, until_s: float = ..., *, start: float | None = None) -> Any: ...
 
 
 class BackgroundDriver:
-    """A driver on an event loop of its own thread, beside a blocking load run: it waits until
-    `time_zero()` names the wall time of the load's time 0 (polled), then runs with that as its
-    time 0 until `until_s`, the controller is done, or `stop()`."""
+    """A driver (a ControllerDriver, or a TimeZeroTeller) on an event loop of its own thread,
+    beside a blocking load run: it waits until `time_zero()` names the wall time of the load's
+    time 0 (polled), then runs with that as its time 0 until `until_s`, the controller is done,
+    or `stop()`."""
 
-    def __init__(self, driver: ControllerDriver, until_s: float, time_zero: Callable[[], float | None]) -> None:
+    def __init__(self, driver: TimedDriver, until_s: float, time_zero: Callable[[], float | None]) -> None:
         self.driver = driver
         self.until_s = until_s
         self.time_zero = time_zero

@@ -117,7 +117,7 @@ def compare_rollouts(predicted: Summary, measured: Summary, interval_s: float,
                      exposure_target: float = ROLLOUT_EXPOSURE_TARGET) -> dict[str, dict[str, Any]]:
     """The rollout rows of a comparison, from the two summaries' `rollout` (outcome, decided_s,
     candidate_requests): the same decision; its time within `interval_s` (one analysis
-    interval: both sides tick on it, so one tick apart is the finest disagreement there is);
+    window: scenarios.compare.analysis_window_s);
     the candidate's requests before the decision within `exposure_target`, relative. A
     decision only one side made misses the time target; none on either side has no time to compare."""
     p_out, m_out = predicted.get("outcome"), measured.get("outcome")

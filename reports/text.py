@@ -39,6 +39,9 @@ def format_summary(summary: dict[str, Any], title: str = "run") -> str:
         f"{_num(summary.get('batch_size_mean_per_batch'))}, per request {_num(summary.get('batch_size_mean_per_request'))}; "
         f"utilisation {'-' if utilisation is None else f'{utilisation:.0%}'}",
     ]
+    if "shadow_dropped" in summary:
+        lines.append(f"  shadow    {summary['shadow_dropped']} copies dropped (over gateway.shadow_max_in_flight, "
+                     "or no replica of the shadow version routable)")
     for note in summary.get("warnings", []):
         lines.append(f"  WARNING   {note}")
     return "\n".join(lines)

@@ -176,7 +176,17 @@ def _hydra_task(node: DictConfig) -> int:
     cfg.out_dir = hc.runtime.output_dir if (multirun or not cfg.out_dir) else cfg.out_dir
     absolute_paths(cfg, hc.runtime.cwd)  # the directory servelab was started from
     validate_servelab(cfg)
-    return _runner(cfg.mode)(cfg, Path(cfg.out_dir))
+    runner = _runner(cfg.mode)
+    if cfg.mode == "sim":
+        return runner(cfg, Path(cfg.out_dir))
+    from real.launcher import LaunchError  # modes that launch the stack: no traceback when it cannot start
+    from real.loadgen.runner import LoadgenError
+    from scenarios.run_real import failed
+
+    try:
+        return runner(cfg, Path(cfg.out_dir))
+    except (ConfigError, LaunchError, LoadgenError) as exc:
+        return failed(cfg.mode, exc)
 
 
 def one_line(message: str) -> str:

@@ -17,9 +17,9 @@ The twin never sees the measurement it is compared against: only the separate pr
 With `rollout.strategy` set, both sides run the rollout (the twin its controller on its clock,
 the real stack the same controller through its driver) and write events.json and
 rollout.parquet; the comparison adds issue 10's rollout targets (the same decision, its time
-within one `rollout.interval_s`, the candidate's requests before it within 20%) and the report
-draws both timelines side by side. An extra load point is the same scenario at another rate,
-its rollout included (compare.load_fractions=[] skips them).
+within one analysis window (`analysis_window_s`), the candidate's requests before it within
+20%) and the report draws both timelines side by side. An extra load point is the same
+scenario at another rate, its rollout included (compare.load_fractions=[] skips them).
 """
 
 from __future__ import annotations
@@ -76,6 +76,14 @@ def _predict(cfg: ScenarioConfig, out_dir: Path, warnings: list[str]) -> dict[st
     return summary
 
 
+def analysis_window_s(cfg: ScenarioConfig) -> float:
+    """Issue 10's tolerance on the decision time: one analysis window, the span an analysis
+    reads (window_s), and never finer than a tick (rollout.interval_s). Two runs of the same
+    rollout whose windows straddle the same change differ by up to that much in when a
+    measurement first fails, however faithful the model."""
+    return max(cfg.window_s, cfg.rollout.interval_s)
+
+
 def point_config(cfg: ServelabConfig, rate: float) -> ServelabConfig:
     """One point of the load curve: Poisson at `rate` for compare.point_duration_s after warm-up."""
     return dataclasses.replace(cfg, duration_s=cfg.warmup_s + cfg.compare.point_duration_s,
@@ -123,7 +131,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     sim = _predict(twin_cfg, out_dir / "sim", warnings)
     comparison = compare_summaries(sim, real)
     if "rollout" in sim and "rollout" in real:
-        add_rollout_comparison(comparison, sim["rollout"], real["rollout"], cfg.rollout.interval_s)
+        add_rollout_comparison(comparison, sim["rollout"], real["rollout"], analysis_window_s(cfg))
     comparison["profile"] = str(profile_path)
     comparison["capacity_rps"] = capacity
 
@@ -141,8 +149,10 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
          "comparison": {k: v for k, v in compare_summaries(p.sim, p.real).items() if k in ("metrics", "all_within_target")}}
         for p in points
     ]
-    _log(f"predicting the load curve past capacity ({len(PREDICTED_FRACTIONS)} twin-only points) ...")
-    predicted = predicted_curve(cfg, profile_path, capacity)
+    predicted: list[dict[str, Any]] = []
+    if cfg.rollout.strategy == "none":  # a rollout's compare is about its timeline, not a load curve
+        _log(f"predicting the load curve past capacity ({len(PREDICTED_FRACTIONS)} twin-only points) ...")
+        predicted = predicted_curve(cfg, profile_path, capacity)
     comparison["predicted_curve"] = [
         {"offered_rate": s["offered_rate"], "throughput": s["throughput"], "load": s["offered_rate"] / capacity,
          "latency_p50_s": s["latency_s"]["p50"], "latency_p99_s": s["latency_s"]["p99"]} for s in predicted]

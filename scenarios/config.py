@@ -82,7 +82,8 @@ def validate_servelab(cfg: ServelabConfig) -> None:
     if cfg.rollout.strategy != "none" and cfg.mode not in MODES_WITH_ROLLOUT:
         raise ConfigError("rollout.strategy", f"mode={cfg.mode} runs no rollout; rollouts run in mode={', '.join(MODES_WITH_ROLLOUT)}")
     if cfg.mode == "rehearse" and cfg.rollout.strategy == "none":
-        raise ConfigError("rollout.strategy", "mode=rehearse rehearses a rollout: set rollout.strategy (canary) and rollout.steps")
+        raise ConfigError("rollout.strategy", "mode=rehearse rehearses a rollout: set rollout.strategy "
+                                              "(canary, with rollout.steps; linear; blue_green; rolling; recreate)")
     if cfg.rehearse.runs < 1:
         raise ConfigError("rehearse.runs", f"must be >= 1, got {cfg.rehearse.runs}")
     if not 1 <= cfg.rehearse.workers <= 64:

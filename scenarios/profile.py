@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from scenarios.config import CompareConfig, ServelabConfig
-from sim.config import BatchingConfig, ScenarioConfig, version_names
+from sim.config import BatchingConfig, RolloutConfig, ScenarioConfig, version_names, version_specs
 from sim.files import write_json
 from sim.profile import Profile
 from sim.service import capacity_rps
@@ -113,12 +113,16 @@ class _Client:
 
 
 def _profiling_config(cfg: ScenarioConfig, replicas: int) -> ScenarioConfig:
+    # the first version without its fault schedule: the stack as it is, not as a fault turns it
+    first = dataclasses.asdict(dataclasses.replace(version_specs(cfg.model)[0], faults=[]))
     return dataclasses.replace(
         cfg,
         replicas=replicas,
-        model=dataclasses.replace(cfg.model, versions=[cfg.model.versions[0]]),
+        model=dataclasses.replace(cfg.model, versions=[first]),
         # one version: no split, no copies to another one
         gateway=dataclasses.replace(cfg.gateway, version_weights=[], shadow_version="", shadow_percent=0.0),
+        # the stack as it is, not as a rollout or a fault drill changes it
+        rollout=RolloutConfig(),
         batching=BatchingConfig(max_batch_size=cfg.batching.max_batch_size, max_queue_delay_s=0.0, max_queue_size=0),
         timeout_s=0.0,
     )
@@ -185,9 +189,13 @@ def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[
     """The stack's per-request overhead (latency less queue and model time) at each rate, driven
     by the same load generator as a measurement, on seeds of its own (never the schedule a
     comparison will replay). On a shared host the overhead grows with the rate: this is the
-    twin's model of the host's CPU contention."""
+    twin's model of the host's CPU contention. The points are calibration, not the run: their
+    replicas are told the load's time 0 as any measurement's are, so no version fails (its
+    error_rate) or turns bad (its faults) here."""
     from scenarios.run_real import measure
 
+    healthy = [dataclasses.asdict(dataclasses.replace(v, error_rate=0.0, faults=[])) for v in version_specs(cfg.model)]
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, versions=healthy))
     points = []
     for k, rate in enumerate(rates):
         # a fresh stack runs ~1.5x slower for its first seconds (connection pools filling,

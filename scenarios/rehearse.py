@@ -4,7 +4,7 @@ The question no rollout tool answers before a release: with this policy, how lik
 version caught (power), how often is a good one rolled back anyway (false rollback rate), how
 fast is the decision, and how many requests and users does the bad version serve first. The
 configured scenario is the bad one (its candidate as configured: slower, failing, less accurate,
-or turning bad under `faults`); the good one is the same scenario with the candidate made like
+or turning bad under its `faults`); the good one is the same scenario with the candidate made like
 stable (`good_version_of`). Each runs `rehearse.runs` times with seeds `seed, seed+1, ...`,
 spread over `rehearse.workers` processes, every run stopping once its rollout is done. Any
 strategy (`rollout.strategy`): canary, linear, blue_green, rolling, recreate.
@@ -26,7 +26,7 @@ from scipy.stats import binom, binomtest
 from reports.rehearse import format_oc_table, write_rehearsal_report
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths
-from sim.config import ScenarioConfig, fault_specs, rollout_versions, to_plain, version_specs
+from sim.config import ScenarioConfig, rollout_versions, to_plain, version_specs
 from sim.files import write_config, write_json, write_parquet
 from sim.policy.rollout import controller_from_config
 from sim.policy.versions import NUMPY_DIGITS_ACCURACY
@@ -47,11 +47,10 @@ def good_version_of(cfg: ScenarioConfig) -> ScenarioConfig:
     if numpy:
         specs = [dataclasses.replace(v, accuracy=NUMPY_DIGITS_ACCURACY.get(v.name)) for v in specs]
     stable = next(v for v in specs if v.name == stable_name)
-    versions = [dataclasses.replace(stable, name=v.name) if v.name == candidate else v for v in specs]
-    faults = [f for f, spec in zip(cfg.faults, fault_specs(cfg.faults)) if spec.version != candidate]
+    versions = [dataclasses.replace(stable, name=v.name, faults=[]) if v.name == candidate else v for v in specs]
     model = dataclasses.replace(cfg.model, versions=[dataclasses.asdict(v) for v in versions],
                                 backend="emulated" if numpy else cfg.model.backend)
-    return dataclasses.replace(cfg, model=model, faults=faults)
+    return dataclasses.replace(cfg, model=model)
 
 
 def rehearse_once(cfg: ScenarioConfig, scenario: str, seed: int) -> dict[str, Any]:

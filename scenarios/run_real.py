@@ -11,6 +11,12 @@ time 0 (the wall time the load generator's workers announce in `started-<i>.json
 every `rollout.interval_s` until the arrivals end or it decides, and acts through the gateway's
 control API and the launcher. events.json and rollout.parquet are written as in mode=sim; a
 rollout whose control calls failed is recorded and flags the run invalid (exit 3).
+
+Without a rollout there is no driver, but the replicas still learn the load's time 0 the same
+way (`real.controller.TimeZeroTeller`, as the driver does before its first tick): a replica
+applies its version's `error_rate` and `faults` schedule only once it knows it. A run whose
+replicas could not be told is flagged invalid (exit 3): its versions did not behave as
+configured.
 """
 
 from __future__ import annotations
@@ -28,16 +34,17 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from real.controller import BackgroundDriver, ControllerDriver
+from real.controller import BackgroundDriver, ControllerDriver, TimeZeroTeller
 from real.launcher import LaunchError, RunningStack, absolute, launch
-from real.loadgen.merge import send_lag_summary
+from real.loadgen.merge import fetch_shadow, send_lag_summary, shadow_dropped
 from real.loadgen.runner import LoadgenError, LoadResult, check, infer_path, run_load
 from reports.text import format_summary
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, report_run, write_parquet, write_run
 from scenarios.run_sim import format_rollout_line, rollout_summary, write_rollout
-from sim.config import ConfigError, ScenarioConfig, rollout_versions
+from sim.config import ConfigError, ScenarioConfig, rollout_versions, version_names
 from sim.policy.rollout import controller_from_config
+from sim.policy.split import WARMUP_HEADER
 from sim.policy.strategy import RolloutController
 from sim.profile import load_profile
 from sim.records import summarize, timeseries
@@ -78,14 +85,17 @@ class _ProgressLine:
 
 def warm_up(url: str, path: str, requests: int, parallel: int) -> None:
     """A short burst before the load, not recorded: first requests pay for lazy initialisation
-    (imports, model load, connection set-up) that is no part of serving."""
+    (imports, model load, connection set-up) that is no part of serving. Marked as such
+    (WARMUP_HEADER): the gateway routes them with a throwaway stream, so the run's first request
+    takes the seed's first routing draw, as the twin's first request does."""
     parts = urlsplit(url)
 
     def worker(k: int) -> None:
         conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=30)
         try:
             for i in range(k, requests, parallel):
-                conn.request("POST", path, body=WARMUP_BODY, headers={"Content-Type": "application/json", "x-user-id": str(i)})
+                conn.request("POST", path, body=WARMUP_BODY,
+                             headers={"Content-Type": "application/json", "x-user-id": str(i), WARMUP_HEADER: "1"})
                 response = conn.getresponse()
                 response.read()
                 if response.status >= 500 and response.status != 503:
@@ -181,7 +191,8 @@ class RealRollout:
     def summary(self, frame: pd.DataFrame) -> tuple[dict[str, Any], list[str]]:
         """summary.json's `rollout` (decisions and events inside, for write_rollout to move to
         events.json) and the warnings the run's summary should carry."""
-        doc = rollout_summary(self.controller, self.driver.events, self.driver.replica_counts, frame)
+        doc = rollout_summary(self.controller, self.driver.events, self.driver.replica_counts, frame,
+                              window_s=self.cfg.window_s, duration_s=self.cfg.duration_s)
         decided = doc.get("decided_s")
         doc.update(candidate_exposure(frame, rollout_versions(self.cfg)[1], decided))
         doc["notes"] = list(self.driver.notes)
@@ -191,6 +202,44 @@ class RealRollout:
             doc["error"] = f"{type(self.error).__name__}: {self.error}"
             warnings.append(f"the rollout controller stopped on an error, so the rollout did not run as decided: {doc['error']}")
         return doc, warnings
+
+
+def _shadow_dropped_now(gateway_url: str) -> int:
+    """The gateway's count of dropped shadow copies so far (0 if it cannot say: the read after
+    the load notes that)."""
+    try:
+        return shadow_dropped(fetch_shadow(gateway_url))
+    except (OSError, ValueError):
+        return 0
+
+
+@dataclasses.dataclass
+class RealTimeZero:
+    """A run without a rollout: its replicas told the load's time 0 once the load announces it."""
+
+    teller: TimeZeroTeller
+    background: BackgroundDriver
+    error: BaseException | None = None
+
+    @classmethod
+    def start(cls, cfg: ScenarioConfig, stack: RunningStack, loadgen_dir: Path) -> RealTimeZero:
+        teller = TimeZeroTeller(stack.gateway_url, stack.token)
+        background = BackgroundDriver(teller, cfg.duration_s, load_time_zero(loadgen_dir, time.time()))
+        return cls(teller, background.start())
+
+    def stop(self) -> None:
+        self.error = self.background.stop()
+
+    def warnings(self) -> tuple[bool, list[str]]:
+        """(whether every replica was told, the warnings the run's summary should carry)."""
+        notes = [f"time 0: {note}" for note in self.teller.notes]
+        if self.error is not None:
+            return False, notes + [f"the replicas could not be told the load's time 0, so their versions' error_rate "
+                                   f"and faults did not apply: {type(self.error).__name__}: {self.error}"]
+        if self.teller.t0_unix is not None and not self.teller.told:
+            return False, notes + ["the replicas were not told the load's time 0 before the run ended, so their "
+                                   "versions' error_rate and faults did not apply"]
+        return True, notes
 
 
 def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None,
@@ -209,37 +258,53 @@ def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None
     progress = _ProgressLine(bool(getattr(cfg, "progress", False)))
     controller = controller_from_config(cfg)
     rollout: RealRollout | None = None
+    time_zero: RealTimeZero | None = None
+    dropped_before = 0  # shadow copies the gateway dropped before the load
     wall = time.perf_counter()
     path = infer_path(cfg)
     try:
         with launch(cfg, run_dir=out_dir) as stack:
             warm_up(stack.gateway_url, path, requests=max(40, 4 * cfg.replicas * cfg.concurrency),
                     parallel=min(8, max(2, cfg.replicas * cfg.concurrency)))
+            if cfg.gateway.shadow_version:  # the warm-up's copies are no part of the run: their drops neither
+                dropped_before = _shadow_dropped_now(stack.gateway_url)
             if controller is not None:
                 # the first tick's window must not hold the warm-up's answers (the twin's has
                 # none): time 0 is start_lead_s or more after run_load starts, so this wait puts
                 # it at least window_s after the warm-up's last answer
                 time.sleep(max(cfg.window_s - cfg.loadgen.start_lead_s, 0.0))
                 rollout = RealRollout.start(cfg, controller, stack, out_dir / "loadgen")
+            else:  # the driver tells the replicas time 0; without one, this does
+                time_zero = RealTimeZero.start(cfg, stack, out_dir / "loadgen")
             try:
                 result = run_load(cfg, stack.gateway_url, out_dir / "loadgen", progress=progress, path=path)
             finally:
                 if rollout is not None:
                     rollout.stop()  # inside the stack: starts and stops under way end before it does
+                if time_zero is not None:
+                    time_zero.stop()
     finally:
         progress.close()
     wall = time.perf_counter() - wall
     frame = result.merged.requests
     write_parquet(out_dir / "loadgen" / "sends.parquet", result.merged.sends)
     lag = send_lag_summary(result.merged.sends, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s)
-    summary = summarize(frame, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, replicas=cfg.replicas,
-                        concurrency=cfg.concurrency, capacity_rps=capacity,
+    # with a rollout's replicas: every one that served (the twin counts every one that existed)
+    served = int(frame["replica"].max()) + 1 if len(frame) else 0
+    summary = summarize(frame, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, replicas=max(cfg.replicas, served),
+                        concurrency=cfg.concurrency, capacity_rps=capacity, versions=version_names(cfg.model),
                         extra={"source": "real", "backend": cfg.model.backend, "seed": cfg.seed, **lag})
+    if result.shadow_dropped is not None:  # as the twin's Twin.shadow_dropped
+        summary["shadow_dropped"] = result.shadow_dropped - dropped_before
     valid, warnings = _validity(cfg, summary, result)
     if rollout is not None:
         summary["rollout"], rollout_warnings = rollout.summary(frame)
         warnings += rollout_warnings
         valid = valid and rollout.error is None
+    if time_zero is not None:
+        told, time_zero_warnings = time_zero.warnings()
+        warnings += time_zero_warnings
+        valid = valid and told
     summary.update({
         "valid": valid,
         "warnings": warnings,
@@ -250,7 +315,7 @@ def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None
     })
     finish = frame["finish_s"].to_numpy(dtype=float)
     end = max(cfg.duration_s, float(np.nanmax(finish))) if np.isfinite(finish).any() else cfg.duration_s
-    series = timeseries(frame, cfg.window_s, end_s=end)
+    series = timeseries(frame, cfg.window_s, end_s=end, versions=version_names(cfg.model))
     return frame, summary, series
 
 

@@ -60,6 +60,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
         replicas=len(result.busy_s),  # with a rollout's replicas: every one that existed
         concurrency=cfg.concurrency,
         capacity_rps=capacity_rps(cfg, profile),
+        versions=version_names(cfg.model),
         extra={
             "source": "sim",
             "backend": f"twin:{cfg.service.kind}",
@@ -68,21 +69,26 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
             "wall_s": wall,
             "sim_requests_per_wall_s": len(frame) / wall if wall > 0 else float(np.inf),
             "warnings": warnings,
-            **({"rollout": rollout_summary(controller, result.events, result.replica_counts, frame)} if controller is not None else {}),
+            # copies due but not sent (over gateway.shadow_max_in_flight, or no shadow replica routable)
+            **({"shadow_dropped": result.shadow_dropped} if result.shadow_dropped is not None else {}),
+            **({"rollout": rollout_summary(controller, result.events, result.replica_counts, frame,
+                                           window_s=cfg.window_s, duration_s=cfg.duration_s)} if controller is not None else {}),
         },
     )
-    series = timeseries(frame, cfg.window_s, end_s=max(cfg.duration_s, result.end_s))
+    series = timeseries(frame, cfg.window_s, end_s=max(cfg.duration_s, result.end_s), versions=version_names(cfg.model))
     return frame, summary, series
 
 
 def rollout_summary(controller: RolloutController, events: Sequence[Event | Mapping[str, Any]],
                     replica_counts: Sequence[ReplicaCount | Mapping[str, Any]] = (),
-                    frame: pd.DataFrame | None = None) -> dict[str, Any]:
+                    frame: pd.DataFrame | None = None, *, window_s: float | None = None,
+                    duration_s: float | None = None) -> dict[str, Any]:
     """The rollout's outcome (strategy, outcome, decided_s, reason, failed measurements), every
     decision and change with its time and reason, the analysis' measurements, and with the
     replica counts (`replica_counts`, as `sim.control` logs them) the capacity dip: for
     events.json, rollout.parquet and summary.json. With the run's records (`frame`), also what
-    was not answered while the rollout ran (`during`): the zero-loss check."""
+    was not answered while the rollout ran (`during`): the zero-loss check; and with the run's
+    `window_s` and `duration_s`, the capacity dip in req/s (`throughput_dip`)."""
     decided = controller.decision
     doc: dict[str, Any] = {
         "strategy": controller.strategy,
@@ -100,7 +106,46 @@ def rollout_summary(controller: RolloutController, events: Sequence[Event | Mapp
         doc["capacity_dip"] = capacity_dip(doc["replica_counts"], end)
     if frame is not None:
         doc["during"] = unanswered_during(frame, end)
+        start = _rollout_start_s(doc["events"])
+        if window_s is not None and duration_s is not None and start is not None:
+            doc.setdefault("capacity_dip", {}).update(throughput_dip(frame, window_s, duration_s, start, end))
     return doc
+
+
+def _rollout_start_s(events: Sequence[Mapping[str, Any]]) -> float | None:
+    """When the rollout first changed the deployment (its first action), None if it never did."""
+    return min((float(e["time_s"]) for e in events if e["kind"] == "action"), default=None)
+
+
+def throughput_dip(frame: pd.DataFrame, window_s: float, duration_s: float, start_s: float,
+                   end_s: float = math.inf) -> dict[str, Any]:
+    """The capacity dip in req/s, from the records: the lowest throughput (primary answers
+    completed per second, by finish time) of a window during the rollout (the windows from the
+    one holding `start_s`, its first action, to the one holding `end_s`), against the mean
+    throughput of the windows before that one; a rollout that acts at once (at time 0) has none
+    before it, and is measured against the rate offered during it (`throughput_baseline` says
+    which). Only whole windows before `duration_s` count: after it the load stops, and so does
+    the throughput, whatever the rollout does. Empty when no whole window covers the rollout."""
+    n = int(math.floor(duration_s / window_s + 1e-9))
+    first = int(math.floor(start_s / window_s + 1e-9))
+    last = min(int(math.floor(end_s / window_s + 1e-9)) if math.isfinite(end_s) else n - 1, n - 1)
+    if first > last:
+        return {}
+    rows = primary(frame)
+    ok = rows["status"].astype(str).to_numpy() == "ok"
+    edges = np.arange(n + 1) * window_s
+    done = np.histogram(rows["finish_s"].to_numpy(dtype=float)[ok], edges)[0] / window_s
+    during = done[first:last + 1]
+    low = int(np.argmin(during))
+    if first > 0:
+        before, basis = float(done[:first].mean()), "before the rollout"
+    else:
+        arrival = rows["arrival_s"].to_numpy(dtype=float)
+        sent = ((arrival >= edges[first]) & (arrival < edges[last + 1])).sum()
+        before, basis = float(sent / (edges[last + 1] - edges[first])), "offered during the rollout"
+    lowest = float(during[low])
+    return {"throughput_before_rps": before, "throughput_baseline": basis, "throughput_min_rps": lowest,
+            "throughput_min_at_s": float(edges[first + low]), "throughput_min_fraction": lowest / before if before > 0 else None}
 
 
 def _rollout_end_s(controller: RolloutController, events: Sequence[Mapping[str, Any]]) -> float:
@@ -202,10 +247,14 @@ def format_rollout_line(r: Mapping[str, Any]) -> str:
     """The rollout's line on stdout: outcome, when and why, and the capacity dip."""
     when = f" at {r['decided_s']:.1f} s: {r['reason']}" if r["decided_s"] is not None else " (no decision before the run ended)"
     line = f"  rollout   {r['strategy']} {r['outcome']}{when}"
-    dip = r.get("capacity_dip")
-    if dip:
+    dip = r.get("capacity_dip") or {}
+    if "ready_before" in dip:
         line += (f"\n            ready replicas {dip['ready_before']} before, {dip['ready_min']} at the fewest "
                  f"({dip['ready_min_at_s']:.1f} s)" + (f", none ready for {dip['downtime_s']:.2f} s" if dip["downtime_s"] else ""))
+    if "throughput_min_rps" in dip:
+        share = f" ({dip['throughput_min_fraction']:.0%})" if dip["throughput_min_fraction"] is not None else ""
+        line += (f"\n            throughput {dip['throughput_before_rps']:.1f} req/s {dip['throughput_baseline']}, "
+                 f"{dip['throughput_min_rps']:.1f} req/s{share} in the lowest window ({dip['throughput_min_at_s']:.1f} s)")
     during = r.get("during")
     if during:
         lost = ", ".join(f"{n} {s}" for s, n in during["not_ok"].items()) or "none"

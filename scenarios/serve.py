@@ -2,10 +2,16 @@
 
 Prints where everything is, then waits for Ctrl-C or SIGTERM. If a process of the stack dies
 meanwhile the command says which and exits non-zero, rather than leaving a half stack up.
+
+There is no load here to start a run's clock, so time 0 is when the stack is ready: every
+replica is told it then (`real.controller.TimeZeroTeller`, as mode=real does at the load's
+time 0), and the versions' `error_rate` and `faults` schedule count from it. A user's tool that
+wants another time 0 tells each replica itself (`POST /v2/fault {"t0_unix": T}`, with the token).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import sys
@@ -14,7 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Iterator
 
-from real.launcher import LaunchError, absolute, launch
+from real.controller import ControlError, TimeZeroTeller
+from real.launcher import LaunchError, RunningStack, absolute, launch
 from scenarios.outputs import write_config
 from scenarios.run_real import failed
 from sim.config import ConfigError, version_names
@@ -49,7 +56,18 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def banner(stack: Any, cfg: Any) -> str:
+def start_the_clock(stack: RunningStack) -> float:
+    """Tell every replica that time 0 is now; the wall time told. A replica that refuses it is
+    a warning on stderr (its versions then fail nothing and follow no fault schedule)."""
+    teller = TimeZeroTeller(stack.gateway_url, stack.token, t0_unix=time.time())
+    asyncio.run(teller.run())
+    for note in teller.notes:
+        print(f"servelab: warning: {note}", file=sys.stderr, flush=True)
+    assert teller.t0_unix is not None
+    return teller.t0_unix
+
+
+def banner(stack: Any, cfg: Any, t0_unix: float | None = None) -> str:
     token_file = stack.run_dir / "stack" / "token" if stack.run_dir else None
     model = cfg.model.name
     versions = version_names(cfg.model)
@@ -77,6 +95,8 @@ def banner(stack: Any, cfg: Any) -> str:
         f"-d '{{\"weights\": {[1.0] * len(versions)}}}'" if token_file else "",
         f"         curl -X POST {stack.gateway_url}/v2/gateway/replicas/0 {auth} -d '{{\"action\": \"drain\"}}'"
         if token_file else "",
+        f"  time 0: {time.strftime('%H:%M:%S', time.localtime(t0_unix))} (the versions' error_rate and faults count from it; "
+        f"t0_unix {t0_unix:.3f})" if t0_unix is not None else "",
         f"  logs: {stack.run_dir / 'stack'}" if stack.run_dir else "",
         "  Ctrl-C or SIGTERM stops everything.",
     ]
@@ -89,7 +109,7 @@ def run(cfg: Any, out_dir: Path) -> int:
     write_config(out_dir / "config.yaml", cfg)
     try:
         with _stop_on_signals(), launch(cfg, run_dir=out_dir) as stack:
-            print(banner(stack, cfg), flush=True)
+            print(banner(stack, cfg, start_the_clock(stack)), flush=True)
             while True:
                 for name, proc, log in zip(
                     [f"replica {r}" for r in range(len(stack.replica_urls))] + ["gateway"], stack.processes, stack.logs
@@ -100,7 +120,7 @@ def run(cfg: Any, out_dir: Path) -> int:
                 time.sleep(0.5)
     except _Stop:  # raised by the handlers above, inside the stack's context: it is stopped by now
         print("servelab: stopping the stack", file=sys.stderr, flush=True)
-    except (ConfigError, LaunchError) as exc:
+    except (ConfigError, LaunchError, ControlError) as exc:
         return failed("serve", exc)
     print("servelab: stack stopped", flush=True)
     return 0

@@ -14,7 +14,7 @@ import copy
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar, cast
 
 ARRIVAL_KINDS = ("poisson", "constant", "bursty", "diurnal", "trace", "closed")
@@ -104,6 +104,22 @@ class VersionConfig:
     service_factor: float = 1.0  # its device time is service.* times this (a slower canary)
     error_rate: float = 0.0  # probability a request fails after its batch ran (HTTP 500, OIP error body)
     accuracy: float | None = None  # emulated backend: probability an answer is right; None: not judged
+    faults: list[FaultConfig] = field(default_factory=list)  # its schedule of turning bad (FaultConfig)
+
+
+@dataclass
+class FaultConfig:
+    """One entry of a version's `faults`: from `at_s` on (run time), the version turns bad. Each
+    key left out keeps what the version had until then (its own settings, or an earlier
+    fault's value), so a later entry can also heal it (`slowdown: 1, error_rate: 0, accuracy_drop: 0`)."""
+
+    at_s: float
+    slowdown: float | None = None  # its device time x this (on top of service_factor)
+    error_rate: float | None = None  # its probability of failing a request (HTTP 500) from at_s
+    accuracy_drop: float | None = None  # its accuracy minus this (probability points)
+
+
+FAULT_KEYS = ("at_s", "slowdown", "error_rate", "accuracy_drop")
 
 
 @dataclass
@@ -111,7 +127,7 @@ class ModelConfig:
     name: str = setting("digits", "the model served (a digits classifier)")
     backend: str = setting("emulated", "numpy (a real classifier on the CPU) | emulated (an accelerator whose device time follows service.*)")
     # list[Any]: an entry is a name or a VersionConfig mapping; read it through version_specs()
-    versions: list[Any] = setting(["1"], f"versions deployed, initially replica r serves versions[r % len]; an entry is a name ({VERSION_PATTERN}) or {{name: N, service_factor: F, error_rate: P, accuracy: A}} (device time x F; a request fails (HTTP 500) with probability P; emulated: an answer is right with probability A, unset = not judged)")
+    versions: list[Any] = setting(["1"], f"versions deployed: replica r starts on versions[r % len] (rollout.strategy=blue_green, rolling, recreate: every replica on rollout.stable); an entry is a name ({VERSION_PATTERN}) or {{name: N, service_factor: F, error_rate: P, accuracy: A, faults: [{{at_s: T, slowdown: S, error_rate: Q, accuracy_drop: D}}, ...]}} (device time x F; a request fails (HTTP 500) with probability P; emulated: an answer is right with probability A, unset = not judged; from run time T on: device time x S too, failures with Q, accuracy minus D, a key left out keeps its value)")
 
 
 def version_specs(model: ModelConfig) -> list[VersionConfig]:
@@ -123,7 +139,7 @@ def version_specs(model: ModelConfig) -> list[VersionConfig]:
             specs.append(VersionConfig(str(entry)))
             continue
         if is_dataclass(entry) and isinstance(entry, VersionConfig):
-            specs.append(entry)
+            specs.append(replace(entry, faults=fault_specs(entry.faults, f"model.versions[{entry.name}].faults")))
             continue
         if not isinstance(entry, dict):
             raise ConfigError("model.versions", f"entry {i} must be a name or a mapping with keys {', '.join(sorted(known))}, got {entry!r}")
@@ -135,7 +151,7 @@ def version_specs(model: ModelConfig) -> list[VersionConfig]:
         name = str(entry["name"])
         numbers = {key: _number(entry[key], f"model.versions[{name}].{key}")
                    for key in ("service_factor", "error_rate", "accuracy") if key in entry and entry[key] is not None}
-        specs.append(VersionConfig(name, **numbers))
+        specs.append(VersionConfig(name, **numbers, faults=fault_specs(entry.get("faults"), f"model.versions[{name}].faults")))
     return specs
 
 
@@ -149,44 +165,29 @@ def _number(value: Any, key: str) -> float:
         raise ConfigError(key, f"must be a number, got {value!r}") from None
 
 
-@dataclass
-class FaultConfig:
-    """One entry of `faults`: from `at_s` on (run time), `version` turns bad. Each key left out
-    keeps what the version had until then (its model.versions settings, or an earlier fault's
-    value), so a later entry can also heal it (`slowdown: 1, error_rate: 0, accuracy_drop: 0`)."""
-
-    at_s: float
-    version: str
-    slowdown: float | None = None  # its device time x this (on top of service_factor)
-    error_rate: float | None = None  # its probability of failing a request (HTTP 500) from at_s
-    accuracy_drop: float | None = None  # its accuracy minus this (probability points)
-
-
-FAULT_KEYS = ("at_s", "version", "slowdown", "error_rate", "accuracy_drop")
-
-
-def fault_specs(faults: list[Any]) -> list[FaultConfig]:
-    """The `faults` key as FaultConfig objects, in the order given (errors name that index)."""
+def fault_specs(faults: Any, key: str) -> list[FaultConfig]:
+    """A version's `faults` (`key`: where they are, model.versions[NAME].faults) as FaultConfig
+    objects, in the order given (errors name that index). None or absent: no faults."""
+    if faults is None:
+        return []
+    if not isinstance(faults, (list, tuple)):
+        raise ConfigError(key, f"must be a list like [{{at_s: 5, error_rate: 0.1}}], got {faults!r}")
     specs: list[FaultConfig] = []
     for i, entry in enumerate(faults):
-        key = f"faults[{i}]"
+        at = f"{key}[{i}]"
         if is_dataclass(entry) and isinstance(entry, FaultConfig):
             specs.append(entry)
             continue
         if not isinstance(entry, dict):
-            raise ConfigError(key, f"must be a mapping like {{at_s: 5, version: 2, error_rate: 0.1}}, got {entry!r}")
+            raise ConfigError(at, f"must be a mapping like {{at_s: 5, error_rate: 0.1}}, got {entry!r}")
         unknown = set(map(str, entry)) - set(FAULT_KEYS)
         if unknown:
-            raise ConfigError(key, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(FAULT_KEYS)}")
-        for required in ("at_s", "version"):
-            if entry.get(required) is None:
-                raise ConfigError(f"{key}.{required}", "is required (a fault makes a version bad from a time)")
-        version = entry["version"]
-        if isinstance(version, bool) or not isinstance(version, (str, int)):
-            raise ConfigError(f"{key}.version", f"must be a version name, got {version!r}")
-        numbers = {name: _number(entry[name], f"{key}.{name}")
+            raise ConfigError(at, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(FAULT_KEYS)}")
+        if entry.get("at_s") is None:
+            raise ConfigError(f"{at}.at_s", "is required (a fault makes the version bad from a time)")
+        numbers = {name: _number(entry[name], f"{at}.{name}")
                    for name in ("slowdown", "error_rate", "accuracy_drop") if entry.get(name) is not None}
-        specs.append(FaultConfig(_number(entry["at_s"], f"{key}.at_s"), str(version), **numbers))
+        specs.append(FaultConfig(_number(entry["at_s"], f"{at}.at_s"), **numbers))
     return specs
 
 
@@ -289,8 +290,6 @@ class ScenarioConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     overhead: OverheadConfig = field(default_factory=OverheadConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    # list[Any]: each entry a FaultConfig mapping; read it through fault_specs()
-    faults: list[Any] = setting([], "versions turning bad during the run: [{at_s: T, version: V, slowdown: F, error_rate: P, accuracy_drop: D}, ...] (from T on: device time x F, requests fail with probability P, accuracy minus D; keys left out keep their value)")
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -374,7 +373,7 @@ def _probability(value: float, key: str) -> None:
     _require(0 <= value <= 1, key, f"must be a probability in [0, 1], got {value}")
 
 
-def _validate_versions(model: ModelConfig, replicas: int) -> None:
+def _validate_versions(model: ModelConfig, replicas: int, every_version_placed: bool = True) -> None:
     """Versions are URL path segments (/v2/models/NAME/versions/V) and keys of per-version
     figures: each must be distinct and need no escaping. The numpy backend serves real models,
     whose accuracy is measured, not set, and which exist only under their own names."""
@@ -400,31 +399,29 @@ def _validate_versions(model: ModelConfig, replicas: int) -> None:
                  f"{v!r} cannot be a URL path segment; use {VERSION_PATTERN} (a letter or digit, then letters, digits, '_', '.', '-')")
         _require(v not in seen, "model.versions", f"{v!r} appears twice in {list(versions)}; versions must be distinct")
         seen.add(v)
-    _require(len(versions) <= replicas, "model.versions",
+    _require(len(versions) <= replicas or not every_version_placed, "model.versions",
              f"{len(versions)} versions need at least as many replicas, got replicas={replicas}")
 
 
 def _validate_faults(cfg: ScenarioConfig) -> None:
-    """A fault schedule that could not happen: an unknown version, a time outside the run,
-    a probability outside [0, 1], a slowdown the backend cannot apply, an accuracy to drop
-    that nobody judges."""
-    specs = {v.name: v for v in version_specs(cfg.model)}
-    for i, f in enumerate(fault_specs(cfg.faults)):
-        key = f"faults[{i}]"
-        _non_negative(f.at_s, f"{key}.at_s")
-        _require(f.at_s < cfg.duration_s, f"{key}.at_s", f"{f.at_s:g} is not before the run ends (duration_s={cfg.duration_s:g}): it would never apply")
-        _require(f.version in specs, f"{key}.version", f"{f.version!r} is not one of model.versions {list(specs)}")
-        if f.slowdown is not None:
-            _positive(f.slowdown, f"{key}.slowdown")
-            _require(cfg.model.backend != "numpy" or f.slowdown == 1, f"{key}.slowdown",
-                     "the numpy backend computes at the CPU's own speed; a slowdown needs model.backend=emulated")
-        if f.error_rate is not None:
-            _probability(f.error_rate, f"{key}.error_rate")
-        if f.accuracy_drop is not None:
-            _probability(f.accuracy_drop, f"{key}.accuracy_drop")
-            _require(cfg.model.backend == "numpy" or specs[f.version].accuracy is not None, f"{key}.accuracy_drop",
-                     f"version {f.version} has no accuracy to drop: its emulated answers are not judged; "
-                     f"set model.versions[{f.version}].accuracy")
+    """A fault schedule that could not happen: a time outside the run, a probability outside
+    [0, 1], a slowdown the backend cannot apply, an accuracy to drop that nobody judges."""
+    for v in version_specs(cfg.model):
+        for i, f in enumerate(v.faults):
+            key = f"model.versions[{v.name}].faults[{i}]"
+            _non_negative(f.at_s, f"{key}.at_s")
+            _require(f.at_s < cfg.duration_s, f"{key}.at_s", f"{f.at_s:g} is not before the run ends (duration_s={cfg.duration_s:g}): it would never apply")
+            if f.slowdown is not None:
+                _positive(f.slowdown, f"{key}.slowdown")
+                _require(cfg.model.backend != "numpy" or f.slowdown == 1, f"{key}.slowdown",
+                         "the numpy backend computes at the CPU's own speed; a slowdown needs model.backend=emulated")
+            if f.error_rate is not None:
+                _probability(f.error_rate, f"{key}.error_rate")
+            if f.accuracy_drop is not None:
+                _probability(f.accuracy_drop, f"{key}.accuracy_drop")
+                _require(cfg.model.backend == "numpy" or v.accuracy is not None, f"{key}.accuracy_drop",
+                         f"version {v.name} has no accuracy to drop: its emulated answers are not judged; "
+                         f"set model.versions[{v.name}].accuracy")
 
 
 def _validate_arrival(a: ArrivalConfig) -> None:
@@ -464,7 +461,12 @@ def _validate_service(cfg: ScenarioConfig) -> None:
 
 def _validate_shadow(cfg: ScenarioConfig) -> None:
     """A shadow version serves copies only: at the start it takes no primary traffic (a controller
-    may give it weight later; a request it then serves is not copied to it again)."""
+    may give it weight later; a request it then serves is not copied to it again). It needs a
+    replica at the start (`initial_versions`), except the candidate of a blue_green or rolling
+    rollout: those start every replica on stable and then start the candidate's beside it, so
+    copies due before its first replica is ready are dropped (counted), and the rest measure it
+    before (blue_green: before the switch) or beside its primary traffic. recreate never runs
+    stable and the candidate side by side: no copy could ever be made."""
     g = cfg.gateway
     _finite(g.shadow_percent, "gateway.shadow_percent", "in [0, 100]")
     _require(0 <= g.shadow_percent <= 100, "gateway.shadow_percent", f"must be in [0, 100], got {g.shadow_percent}")
@@ -478,10 +480,22 @@ def _validate_shadow(cfg: ScenarioConfig) -> None:
     _require(len(names) >= 2, "gateway.shadow_version",
              f"{g.shadow_version!r} is the only version; a shadow needs another version to serve the primary traffic")
     v = names.index(g.shadow_version)
-    from sim.policy.membership import Membership
+    from sim.policy.membership import initial_versions
 
-    _require(bool(Membership.initial(names, cfg.replicas).replicas_of(v)), "gateway.shadow_version",
-             f"{g.shadow_version!r} has no replica to take the copies (replicas={cfg.replicas})")
+    strategy = cfg.rollout.strategy
+    stable, candidate = rollout_versions(cfg)
+    replaces = strategy in REPLICA_STRATEGIES
+    if replaces and stable not in names:
+        return  # _validate_rollout names rollout.stable
+    if v not in initial_versions(cfg):
+        where = f"rollout.strategy={strategy} starts every replica on stable {stable!r}" if replaces else f"replicas={cfg.replicas}"
+        _require(replaces and g.shadow_version == candidate, "gateway.shadow_version",
+                 f"{g.shadow_version!r} has no replica to take the copies ({where})")
+        _require(strategy != "recreate", "gateway.shadow_version",
+                 f"{g.shadow_version!r} is the candidate of rollout.strategy=recreate, which stops every stable replica "
+                 "before it starts one of the candidate: no copy could ever reach it; use blue_green or rolling")
+        if not g.version_weights:  # by replica count it gets nothing at the start, and the rollout sets the weights
+            return
     example = [0 if k == v else 1 for k in range(len(names))]
     _require(bool(g.version_weights), "gateway.version_weights",
              f"empty (traffic by replica count) would send primary traffic to the shadow version {g.shadow_version!r}; "
@@ -500,7 +514,8 @@ def _validate_routing(cfg: ScenarioConfig) -> None:
         _require(not cfg.lb.weights, "lb.weights",
                  f"only lb.policy=weighted reads weights, got lb.policy={cfg.lb.policy} with {list(cfg.lb.weights)}; "
                  "drop lb.weights or set lb.policy=weighted")
-    _validate_versions(cfg.model, cfg.replicas)
+    # replica r starts on versions[r % n], except under a rollout that starts them all on stable
+    _validate_versions(cfg.model, cfg.replicas, every_version_placed=cfg.rollout.strategy not in REPLICA_STRATEGIES)
     if cfg.gateway.version_weights:
         _weights(cfg.gateway.version_weights, "gateway.version_weights", len(cfg.model.versions), "version")
     _non_negative(cfg.gateway.hop_s, "gateway.hop_s")

@@ -10,7 +10,9 @@ times them, as the real stack's loop does on the wall clock:
   rotation. So a new replica takes traffic after the tick that asked for it, its start time,
   and up to a probe interval more: the control loop's own delays, as the real stack has them.
 - a replica a controller removes (`RemoveReplica`) takes no new request from that instant and
-  finishes what it holds (the twin's replica keeps serving its queue; nothing is lost).
+  finishes what it holds (the twin's replica keeps serving its queue; nothing is lost); once the
+  gateway counts nothing in flight to it, it stops (a `stopped` event, as the real driver logs
+  when the launcher has stopped the process, which it does at that moment too).
 Both loops stop with the arrivals (`duration_s`), so the run can drain. Every change is logged
 with its time (events.json), and so is the count of ready and live replicas per version after
 it (`replica_counts`: the rollout's capacity, window by window).
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import simpy
 
-from sim.policy.controller import Action, AddReplica, Controller, Fault, apply, view_of
+from sim.policy.controller import Action, AddReplica, Controller, Fault, RemoveReplica, apply, view_of
 from sim.policy.health import HealthPolicy, Outcome
 from sim.policy.split import Router
 from sim.policy.windows import VersionWindows
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 @dataclass
 class Event:
     time_s: float
-    kind: str  # action | eject | restore | started
+    kind: str  # action | eject | restore | started | stopped (the real driver adds command)
     detail: dict[str, Any]
 
 
@@ -57,6 +59,9 @@ class ControlPlane:
     start_replica: Callable[[int], None]  # the twin starts the replica of a new membership index
     events: list[Event] = field(default_factory=list)
     replica_counts: list[ReplicaCount] = field(default_factory=list)
+    # the twin's requests in flight per replica (the gateway's count): a removed replica stops at 0
+    outstanding: list[int] = field(default_factory=list)
+    _stopped: set[int] = field(default_factory=set)
 
     def count(self, now: float) -> None:
         m = self.router.membership
@@ -81,7 +86,16 @@ class ControlPlane:
             detail["replica"] = index
             self.start_replica(index)
         self.events.append(Event(now, "action", detail))
+        if isinstance(action, RemoveReplica):
+            self.emptied(action.replica, now)
         self.count(now)
+
+    def emptied(self, replica: int, now: float) -> None:
+        """Replica `replica` may hold nothing more: if it is removed and nothing is in flight to
+        it, it stops (logged once)."""
+        if self.router.membership.removed[replica] and self.outstanding[replica] == 0 and replica not in self._stopped:
+            self._stopped.add(replica)
+            self.events.append(Event(now, "stopped", {"replica": replica}))
 
     def probe_rounds(self, interval_s: float, end_s: float) -> Any:
         env, membership, health = self.env, self.router.membership, self.health

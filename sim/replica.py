@@ -9,7 +9,6 @@ The real server drives the very same queue from asyncio (real/server/batcher.py)
 from __future__ import annotations
 
 import math
-import random
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +18,7 @@ import simpy
 
 from sim.policy.batching import DynamicBatcher
 from sim.policy.replica_queue import ReplicaQueue
-from sim.policy.versions import VersionBehaviour
+from sim.policy.versions import CORRECT_DRAW, ERROR_DRAW, VersionBehaviour, common_key, common_units, unit_of
 from sim.records import ERROR, OK, SHED, TIMEOUT
 from sim.service import ServiceTime
 
@@ -44,31 +43,63 @@ class BatchJudge:
     """What became of each answer of a finished batch, by the version the replica serves at
     that instant (sim.policy.versions): a model failure (status `error`, as the real replica's
     HTTP 500 after its batch ran) with the version's error rate, else right or wrong with its
-    accuracy (`correct` 1 or 0; left unknown when the version is not judged). Draws come from
-    the run's own `quality` stream, so the other streams' draws do not move."""
+    accuracy (`correct` 1 or 0; left unknown when the version is not judged).
 
-    __slots__ = ("behaviour", "version_of", "log", "rng")
+    The numbers are the common ones (`common_unit`): request i's, for the version that served
+    it, are what a real replica draws for the request the load generator sent as id i, so both
+    worlds fail and judge the same requests. A shadow copy is drawn as its primary's request
+    (the gateway copies the primary's id) on the shadow version. No stream is read: the other
+    streams' draws do not move. The open-loop schedule's numbers are computed at once per
+    version and purpose (`schedule`), the rest (closed-loop users) one at a time."""
 
-    def __init__(self, behaviour: VersionBehaviour, version_of: list[int], log: RequestLog, rng: random.Random) -> None:
+    __slots__ = ("behaviour", "version_of", "log", "seed", "scheduled", "origin", "_units", "_keys")
+
+    def __init__(self, behaviour: VersionBehaviour, version_of: list[int], log: RequestLog, seed: int) -> None:
         self.behaviour = behaviour
         self.version_of = version_of  # the membership's own list: a SetVersion shows at once
         self.log = log
-        self.rng = rng
+        self.seed = seed
+        self.scheduled = 0  # requests 0..scheduled-1 are the open-loop schedule's
+        self.origin: dict[int, int] = {}  # a shadow copy's row -> its primary's request id
+        self._units: dict[tuple[int, int], memoryview] = {}  # (version, purpose) -> the schedule's numbers
+        self._keys: dict[tuple[int, int], int] = {}
+
+    def schedule(self, n: int) -> None:
+        """Requests 0..n-1 are the open-loop schedule: their numbers are computed in bulk."""
+        self.scheduled = n
+        self._units.clear()
+
+    def _numbers(self, version: int, purpose: int) -> memoryview:
+        units = self._units.get((version, purpose))
+        if units is None:
+            units = self._units[version, purpose] = memoryview(common_units(self.seed, version, purpose, self.scheduled))
+        return units
+
+    def _unit(self, version: int, purpose: int, request: int) -> float:
+        key = self._keys.get((version, purpose))
+        if key is None:
+            key = self._keys[version, purpose] = common_key(self.seed, version, purpose)
+        return unit_of(key, request)
 
     def __call__(self, replica: int, batch: list[int], now: float) -> None:
-        state = self.behaviour.at(self.version_of[replica], now)
+        version = self.version_of[replica]
+        state = self.behaviour.at(version, now)
         error_rate, accuracy = state.error_rate, state.accuracy
         if error_rate <= 0 and accuracy is None:
             return
-        draw = self.rng.random
+        n = self.scheduled
+        fails = self._numbers(version, ERROR_DRAW) if error_rate > 0 else None
+        rights = self._numbers(version, CORRECT_DRAW) if accuracy is not None else None
         status, correct = self.log.status, self.log.correct  # read here: the log's lists are replaced by fill()
+        origin = self.origin
         for j in batch:
-            if error_rate > 0 and draw() < error_rate:
+            k = j if j < n else origin.get(j, j)
+            if fails is not None and (fails[k] if k < n else self._unit(version, ERROR_DRAW, k)) < error_rate:
                 if status[j] == OK:  # an answer already too late for its client stays a timeout
                     status[j] = ERROR
                 continue
-            if accuracy is not None:
-                correct[j] = 1 if draw() < accuracy else 0
+            if rights is not None:
+                correct[j] = 1 if (rights[k] if k < n else self._unit(version, CORRECT_DRAW, k)) < accuracy else 0
 
 
 class SimReplica:

@@ -21,12 +21,12 @@ class Streams:
     routing: random.Random  # the policies' UniformSource: cheap per call
     overhead: np.random.Generator
     shadow: random.Random  # which requests the gateway mirrors, and to which replica (never routing's draws)
-    quality: random.Random  # the twin's per-request model failures and right/wrong answers (sim.policy.versions)
 
 
 def make_streams(seed: int) -> Streams:
-    # spawn children are indexed: appending a stream leaves the earlier ones unchanged
-    arrivals, users, service, think, routing, overhead, shadow, quality = np.random.SeedSequence(seed).spawn(8)
+    # spawn children are indexed: appending a stream leaves the earlier ones unchanged. Per-request
+    # failures and right/wrong answers draw from no stream: sim.policy.versions.common_unit
+    arrivals, users, service, think, routing, overhead, shadow = np.random.SeedSequence(seed).spawn(7)
     return Streams(
         arrivals=np.random.default_rng(arrivals),
         users=np.random.default_rng(users),
@@ -35,5 +35,4 @@ def make_streams(seed: int) -> Streams:
         routing=random.Random(int(routing.generate_state(1)[0])),
         overhead=np.random.default_rng(overhead),
         shadow=random.Random(int(shadow.generate_state(1)[0])),
-        quality=random.Random(int(quality.generate_state(1)[0])),
     )

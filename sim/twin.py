@@ -67,6 +67,7 @@ class TwinResult:
     events: list[Event] = field(default_factory=list)  # controller actions and health changes
     # ready and live replicas per version after each change (none without a controller)
     replica_counts: list[ReplicaCount] = field(default_factory=list)
+    shadow_dropped: int | None = None  # with a shadow version: Twin.shadow_dropped
 
 
 class Twin:
@@ -109,7 +110,7 @@ class Twin:
         self._shadow_pending: list[int] = []  # copies sent, some maybe answered since (see _shadow_in_flight)
         self._pins: list[int] | None = None  # per scheduled request: pinned version index, -1 = the split
         self._scheduled = 0  # open loop: the schedule's requests; shadow copies are appended after them
-        # each version's speed, failures and accuracy at run time (model.versions and faults)
+        # each version's speed, failures and accuracy at run time (model.versions, with their faults)
         self.behaviour = behaviour = VersionBehaviour.from_config(cfg)
         version_of = self.membership.version_of
         batcher = DynamicBatcher(cfg.batching.max_batch_size, cfg.batching.max_queue_delay_s)
@@ -125,7 +126,7 @@ class Twin:
                 env = self.env
                 version_factor = lambda rep: behaviour.device_factor(version_of[rep], env._now)  # noqa: E731
         # None keeps the batch completion path as it was: nothing fails, nothing is judged
-        self.judge = BatchJudge(behaviour, version_of, self.log, self.streams.quality) if behaviour.judges else None
+        self.judge = BatchJudge(behaviour, version_of, self.log, cfg.seed) if behaviour.judges else None
         if self.hop_s > 0:
             on_release: Callable[[int, list[int]], None] = self._on_release
         elif controller is None and cfg.arrival.kind != "closed":  # nobody else waits on answers
@@ -140,7 +141,8 @@ class Twin:
 
         self._make_replica = make_replica
         self.replicas = [make_replica(r) for r in range(cfg.replicas)]
-        self.control = ControlPlane(self.env, self.router, self.health, self.replicas, self._start_replica, self.events)
+        self.control = ControlPlane(self.env, self.router, self.health, self.replicas, self._start_replica, self.events,
+                                    outstanding=self.outstanding)
 
     # -- the gateway -------------------------------------------------------------------------
 
@@ -188,6 +190,8 @@ class Twin:
             return
         log = self.log
         j = log.append(log.user[i], log.arrival[i], self.hop_s, shadow=True)
+        if self.judge is not None:  # the copy carries its primary's request id
+            self.judge.origin[j] = i
         log.replica[j] = r
         log.version[j] = self.membership.version_of[r]
         self.outstanding[r] += 1
@@ -221,10 +225,11 @@ class Twin:
     def _on_answer(self, r: int, requests: list[int], _event: simpy.Event | None = None) -> None:
         self.outstanding[r] -= len(requests)
         if self.controller is not None:
-            log = self.log
             now = self.env._now
             for j in requests:
                 self._window_answer(j, now)
+            if not self.outstanding[r] and self.membership.removed[r]:
+                self.control.emptied(r, now)
         if self._waiters:
             for j in requests:
                 self._notify(j, self.log.finish[j])
@@ -262,6 +267,8 @@ class Twin:
         self.log.fill(schedule.user_ids.tolist(), times, self.hop_s)
         n = len(times)
         self._scheduled = n
+        if self.judge is not None:
+            self.judge.schedule(n)
         if schedule.versions is not None:
             self._pins = self._pin_indices(schedule.versions)
         env = self.env
@@ -358,7 +365,8 @@ class Twin:
 
     def _replica_started(self, rep: SimReplica, _event: simpy.Event) -> None:
         rep.down = False
-        self.events.append(Event(self.env.now, "started", {"replica": rep.index}))
+        if not self.membership.removed[rep.index]:  # removed while starting: it stopped, never started (as real)
+            self.events.append(Event(self.env.now, "started", {"replica": rep.index}))
 
     def _pin_indices(self, names: np.ndarray) -> list[int]:
         """A trace's version column as version indices (-1: unpinned), as the gateway reads the
@@ -399,6 +407,7 @@ class Twin:
             end_s=self.env.now,
             events=self.events,
             replica_counts=self.control.replica_counts,
+            shadow_dropped=self.shadow_dropped if self.mirror is not None else None,
         )
 
 

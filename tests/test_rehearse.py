@@ -9,19 +9,19 @@ import pytest
 
 from scenarios.cli import preflight
 from scenarios.rehearse import _quantiles, good_version_of, operating_characteristics, rehearse_once
-from sim.config import fault_specs, version_specs
+from sim.config import version_specs
 from sim.policy.versions import NUMPY_DIGITS_ACCURACY
 
 
 def test_the_good_scenario_makes_the_candidate_like_stable_and_drops_its_faults() -> None:
     cfg = preflight(["rollout.strategy=linear",
-                     "model.versions=[{name:1,error_rate:0.001,accuracy:0.9},{name:2,service_factor:2,error_rate:0.05,accuracy:0.5}]",
-                     "faults=[{at_s:3,version:2,slowdown:4},{at_s:4,version:1,error_rate:0.2}]"])
+                     "model.versions=[{name:1,error_rate:0.001,accuracy:0.9,faults:[{at_s:4,error_rate:0.2}]},"
+                     "{name:2,service_factor:2,error_rate:0.05,accuracy:0.5,faults:[{at_s:3,slowdown:4}]}]"])
     good = good_version_of(cfg)
     stable, candidate = version_specs(good.model)
     assert (candidate.name, candidate.service_factor, candidate.error_rate, candidate.accuracy) == ("2", 1.0, 0.001, 0.9)
-    assert stable == version_specs(cfg.model)[0]
-    assert [f.version for f in fault_specs(good.faults)] == ["1"]  # stable's own fault stays: it is part of the scenario
+    assert candidate.faults == []  # like stable, without stable's schedule: no fault of its own
+    assert stable == version_specs(cfg.model)[0] and len(stable.faults) == 1  # stable's own fault stays: it is part of the scenario
 
 
 def test_a_numpy_candidate_is_made_like_stable_through_the_models_measured_accuracy() -> None:

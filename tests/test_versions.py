@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from scenarios.cli import preflight
-from sim.config import ConfigError, FaultConfig, ModelConfig, ScenarioConfig, VersionConfig, validate
+from sim.config import ConfigError, FaultConfig, ModelConfig, ScenarioConfig, VersionConfig, validate, version_specs
 from sim.policy.controller import View
 from sim.policy.versions import NUMPY_DIGITS_ACCURACY, VersionBehaviour
 from sim.records import requests_frame, summarize, timeseries, version_windows
@@ -21,9 +21,8 @@ from sim.twin import Twin
 from tests.conftest import scenario
 
 
-def with_versions(cfg: ScenarioConfig, versions: list[Any], faults: list[dict[str, Any]] | None = None,
-                  backend: str = "emulated") -> ScenarioConfig:
-    cfg = dataclasses.replace(cfg, model=ModelConfig(backend=backend, versions=versions), faults=faults or [])
+def with_versions(cfg: ScenarioConfig, versions: list[Any], backend: str = "emulated") -> ScenarioConfig:
+    cfg = dataclasses.replace(cfg, model=ModelConfig(backend=backend, versions=versions))
     validate(cfg)
     return cfg
 
@@ -51,8 +50,8 @@ def test_error_rate_and_accuracy_in_the_twin_match_the_config() -> None:
 
 
 def test_failures_and_judgements_leave_every_other_draw_where_it_was() -> None:
-    """The quality stream is the twin's own: making a version fail and be judged changes the
-    status and correctness of its requests, never when or where anything ran."""
+    """Failures and judgements read common numbers, no stream: making a version fail and be
+    judged changes the status and correctness of its requests, never when or where anything ran."""
     base = scenario(duration_s=5.0, replicas=2, arrival=dict(rate=500.0))
     plain = requests_frame(Twin(with_versions(base, ["1", "2"])).run().columns)
     bad = requests_frame(Twin(with_versions(base, ["1", {"name": "2", "error_rate": 0.2, "accuracy": 0.5}])).run().columns)
@@ -66,7 +65,7 @@ def test_a_fault_turns_a_version_bad_at_its_time() -> None:
     as long, and its failures start with the first answer at or after 5 s."""
     cfg = scenario(duration_s=10.0, replicas=2, arrival=dict(rate=400.0),
                    service=dict(kind="deterministic", base_s=0.004, per_item_s=0.001))
-    cfg = with_versions(cfg, ["1", "2"], [{"at_s": 5.0, "version": "2", "slowdown": 3.0, "error_rate": 0.4}])
+    cfg = with_versions(cfg, ["1", {"name": "2", "faults": [{"at_s": 5.0, "slowdown": 3.0, "error_rate": 0.4}]}])
     f = requests_frame(Twin(cfg).run().columns)
     v2 = f[(f["version"] == "2") & (f["batch_id"] >= 0)]
     nominal = 0.004 + 0.001 * v2["batch_size"].to_numpy()
@@ -103,8 +102,7 @@ class Watcher:
 
 def test_a_controller_sees_each_versions_accuracy_and_errors_in_its_window() -> None:
     cfg = with_versions(scenario(duration_s=8.0, replicas=2, arrival=dict(rate=800.0), window_s=2.0),
-                        [{"name": "1", "accuracy": 0.95}, "2"],
-                        [{"at_s": 4.0, "version": "1", "error_rate": 0.25, "accuracy_drop": 0.45}])
+                        [{"name": "1", "accuracy": 0.95, "faults": [{"at_s": 4.0, "error_rate": 0.25, "accuracy_drop": 0.45}]}, "2"])
     watcher = Watcher()
     Twin(cfg, controller=watcher).run()
     # the last view whose 2 s window lies before the fault, the first whose window lies after it
@@ -119,10 +117,10 @@ def test_a_controller_sees_each_versions_accuracy_and_errors_in_its_window() -> 
 
 
 def test_a_fault_keeps_what_it_does_not_name_and_a_later_one_can_heal() -> None:
-    versions = [VersionConfig("1"), VersionConfig("2", service_factor=1.5, error_rate=0.01, accuracy=0.9)]
-    faults = [FaultConfig(8.0, "2", accuracy_drop=0.3), FaultConfig(5.0, "2", slowdown=2.0),  # order: by time
-              FaultConfig(12.0, "2", slowdown=1.0, error_rate=0.0, accuracy_drop=0.0)]
-    b = VersionBehaviour(versions, faults)
+    faults = [FaultConfig(8.0, accuracy_drop=0.3), FaultConfig(5.0, slowdown=2.0),  # order: by time
+              FaultConfig(12.0, slowdown=1.0, error_rate=0.0, accuracy_drop=0.0)]
+    versions = [VersionConfig("1"), VersionConfig("2", service_factor=1.5, error_rate=0.01, accuracy=0.9, faults=faults)]
+    b = VersionBehaviour(versions)
     assert b.at(1, -math.inf) == b.at(1, 4.999)  # before time 0 is known: as configured
     configured, slow, slow_wrong, healed = (b.at(1, t) for t in (0.0, 5.0, 8.0, 12.0))
     assert (configured.device_factor, configured.error_rate, configured.accuracy) == (1.5, 0.01, 0.9)
@@ -135,12 +133,12 @@ def test_a_fault_keeps_what_it_does_not_name_and_a_later_one_can_heal() -> None:
 def test_an_accuracy_drop_on_a_real_model_flips_right_answers_in_proportion() -> None:
     """A model right with p, each right answer made wrong with the flip probability, is right
     with p - drop: the real numpy replica's way to apply the twin's accuracy."""
-    b = VersionBehaviour([VersionConfig("3")], [FaultConfig(1.0, "3", accuracy_drop=0.2)], NUMPY_DIGITS_ACCURACY)
+    b = VersionBehaviour([VersionConfig("3", faults=[FaultConfig(1.0, accuracy_drop=0.2)])], NUMPY_DIGITS_ACCURACY)
     before, after = b.at(0, 0.0), b.at(0, 1.0)
     assert before.accuracy == NUMPY_DIGITS_ACCURACY["3"] and before.flip_probability == 0.0
     assert after.model_accuracy * (1 - after.flip_probability) == pytest.approx(after.accuracy)
     assert after.accuracy == pytest.approx(NUMPY_DIGITS_ACCURACY["3"] - 0.2)
-    total = VersionBehaviour([VersionConfig("3")], [FaultConfig(1.0, "3", accuracy_drop=1.0)], NUMPY_DIGITS_ACCURACY)
+    total = VersionBehaviour([VersionConfig("3", faults=[FaultConfig(1.0, accuracy_drop=1.0)])], NUMPY_DIGITS_ACCURACY)
     assert total.at(0, 2.0).accuracy == 0.0 and total.at(0, 2.0).flip_probability == 1.0
 
 
@@ -226,19 +224,23 @@ def test_rollout_windows_gain_error_rate_and_accuracy() -> None:
         (["model.versions=[1,{name:2,accuracy:high}]"], "model.versions[2].accuracy", "must be a number"),
         (["model.backend=numpy", "model.versions=[1,{name:2,accuracy:0.9}]"], "model.versions[2].accuracy", "measured"),
         (["model.backend=numpy", "model.versions=[1,4]"], "model.versions", "digits models 1, 2, 3"),
-        (["faults=[{at_s:1,version:9,error_rate:0.5}]"], "faults[0].version", "not one of model.versions"),
-        (["faults=[{at_s:-1,version:1}]"], "faults[0].at_s", ">= 0"),
-        (["duration_s=10", "faults=[{at_s:10,version:1}]"], "faults[0].at_s", "never apply"),
-        (["faults=[{version:1,error_rate:0.5}]"], "faults[0].at_s", "is required"),
-        (["faults=[{at_s:1,error_rate:0.5}]"], "faults[0].version", "is required"),
-        (["faults=[{at_s:1,version:1,error_rate:0.5},{at_s:2,version:1,error_rate:3}]"], "faults[1].error_rate", "[0, 1]"),
-        (["faults=[{at_s:1,version:1,slowdown:0}]"], "faults[0].slowdown", "> 0"),
-        (["faults=[{at_s:1,version:1,accuracy_drop:0.1}]"], "faults[0].accuracy_drop", "no accuracy to drop"),
-        (["model.versions=[{name:1,accuracy:0.9}]", "faults=[{at_s:1,version:1,accuracy_drop:1.1}]"],
-         "faults[0].accuracy_drop", "[0, 1]"),
-        (["model.backend=numpy", "faults=[{at_s:1,version:1,slowdown:2}]"], "faults[0].slowdown", "model.backend=emulated"),
-        (["faults=[{at_s:1,version:1,speed:2}]"], "faults[0]", "unknown key(s) speed"),
-        (["faults=[3]"], "faults[0]", "must be a mapping"),
+        (["model.versions=[1,{name:2,faults:[{at_s:-1}]}]"], "model.versions[2].faults[0].at_s", ">= 0"),
+        (["duration_s=10", "model.versions=[1,{name:2,faults:[{at_s:10}]}]"], "model.versions[2].faults[0].at_s", "never apply"),
+        (["model.versions=[1,{name:2,faults:[{error_rate:0.5}]}]"], "model.versions[2].faults[0].at_s", "is required"),
+        (["model.versions=[1,{name:2,faults:[{at_s:one}]}]"], "model.versions[2].faults[0].at_s", "must be a number"),
+        (["model.versions=[{name:1,faults:[{at_s:1,error_rate:0.5},{at_s:2,error_rate:3}]},2]"],
+         "model.versions[1].faults[1].error_rate", "[0, 1]"),
+        (["model.versions=[{name:1,faults:[{at_s:1,slowdown:0}]}]"], "model.versions[1].faults[0].slowdown", "> 0"),
+        (["model.versions=[{name:1,faults:[{at_s:1,accuracy_drop:0.1}]}]"], "model.versions[1].faults[0].accuracy_drop",
+         "no accuracy to drop"),
+        (["model.versions=[{name:1,accuracy:0.9,faults:[{at_s:1,accuracy_drop:1.1}]}]"],
+         "model.versions[1].faults[0].accuracy_drop", "[0, 1]"),
+        (["model.backend=numpy", "model.versions=[{name:1,faults:[{at_s:1,slowdown:2}]}]"], "model.versions[1].faults[0].slowdown",
+         "model.backend=emulated"),
+        (["model.versions=[{name:1,faults:[{at_s:1,speed:2}]}]"], "model.versions[1].faults[0]", "unknown key(s) speed"),
+        (["model.versions=[{name:1,faults:[{at_s:1,version:1}]}]"], "model.versions[1].faults[0]", "unknown key(s) version"),
+        (["model.versions=[{name:1,faults:[3]}]"], "model.versions[1].faults[0]", "must be a mapping"),
+        (["model.versions=[{name:1,faults:{at_s:1}}]"], "model.versions[1].faults", "must be a list"),
     ],
 )
 def test_bad_version_or_fault_config_is_one_line_naming_the_key(overrides: list[str], key: str, fragment: str) -> None:
@@ -249,6 +251,25 @@ def test_bad_version_or_fault_config_is_one_line_naming_the_key(overrides: list[
 
 
 def test_good_version_and_fault_config_passes() -> None:
-    preflight(["replicas=2", "model.versions=[1,{name:2,service_factor:1.5,error_rate:0.02,accuracy:0.97}]",
-               "faults=[{at_s:3,version:2,slowdown:2,error_rate:0.1,accuracy_drop:0.2},{at_s:6,version:2,slowdown:1}]"])
-    preflight(["replicas=2", "model.backend=numpy", "model.versions=[2,3]", "faults=[{at_s:1,version:3,accuracy_drop:0.5}]"])
+    cfg = preflight(["replicas=2", "model.versions=[1,{name:2,service_factor:1.5,error_rate:0.02,accuracy:0.97,"
+                     "faults:[{at_s:3,slowdown:2,error_rate:0.1,accuracy_drop:0.2},{at_s:6,slowdown:1}]}]"])
+    assert [f.at_s for f in version_specs(cfg.model)[1].faults] == [3.0, 6.0] and not version_specs(cfg.model)[0].faults
+    preflight(["replicas=2", "model.backend=numpy", "model.versions=[2,{name:3,faults:[{at_s:1,accuracy_drop:0.5}]}]"])
+
+
+def test_the_fault_schedule_has_no_top_level_key() -> None:
+    """Per-version settings live under the version (DESIGN.md): there is no `faults` key."""
+    assert "faults" not in {f.name for f in dataclasses.fields(ScenarioConfig)}
+    with pytest.raises(Exception, match="faults"):
+        preflight(["replicas=2", "faults=[]"])
+
+
+def test_profiling_runs_the_first_version_without_its_fault_schedule() -> None:
+    from scenarios.profile import _profiling_config
+
+    cfg = preflight(["replicas=2", "model.versions=[{name:1,error_rate:0.01,faults:[{at_s:1,slowdown:3}]},2]"])
+    profiled = _profiling_config(cfg, 1)
+    validate(profiled)
+    (only,) = version_specs(profiled.model)
+    assert (only.name, only.error_rate, only.faults) == ("1", 0.01, [])
+    assert VersionBehaviour.from_config(profiled).static

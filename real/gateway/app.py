@@ -5,7 +5,9 @@ which the gateway passes through unchanged). The gateway only checks what it mus
 route: the model and version in the path (or the `x-model-version` header, which pins a version
 as the path does), the user id header, and the body size. With `gateway.shadow_version`, a
 share of infers is also copied to that version, never awaited (`real.gateway.shadow`;
-`GET /v2/gateway/shadow` lists the copies' outcomes).
+`GET /v2/gateway/shadow` lists the copies' outcomes). A request carrying `x-servelab-warmup`
+(the run's warm-up) is routed with a throwaway stream, so the run's first request takes the
+routing stream's first draw, as the twin's does.
 
 The control API (token-guarded) changes the deployment while traffic flows, through the same
 `sim.policy.controller.apply` the twin's controllers use: version weights
@@ -52,7 +54,7 @@ from sim.policy.controller import Action, AddReplica, apply, view_of
 from sim.policy.health import Outcome
 from sim.policy.shadow import Mirror
 from sim.policy.windows import VersionWindows
-from sim.policy.split import VERSION_HEADER, BadPin, NoReplica, Router, pinned_version
+from sim.policy.split import VERSION_HEADER, WARMUP_HEADER, BadPin, NoReplica, Router, pinned_version
 from sim.rng import make_streams
 
 WEIGHTS_PATH = "/v2/gateway/weights"
@@ -152,7 +154,7 @@ class Gateway:
         params = request.path_params
         reply = await self.forward("POST", request.url.path, params["model"], params.get("version"),
                                    request.headers.get("x-user-id"), request.headers.get("content-type"), body, t0,
-                                   request.headers.get(VERSION_HEADER))
+                                   request.headers.get(VERSION_HEADER), WARMUP_HEADER in request.headers)
         return reply.response()
 
     async def metadata(self, request: Request) -> Response:
@@ -165,10 +167,11 @@ class Gateway:
         return reply.response()
 
     async def forward(self, method: str, path: str, model: str, version_name: str | None, raw_user: str | None,
-                      ctype: str | None, body: bytes, t0: float, pin: str | None = None) -> Reply:
+                      ctype: str | None, body: bytes, t0: float, pin: str | None = None, warmup: bool = False) -> Reply:
         """Route, send, retry as the RetryPolicy says, and map upstream failures to 502/503/504.
 
-        `pin` is the x-model-version header. An infer may also be copied to the shadow version
+        `pin` is the x-model-version header; `warmup` the WARMUP_HEADER's presence (a request that
+        is no part of the run: routed, and its copy decided, with a throwaway stream). An infer may also be copied to the shadow version
         (`real.gateway.shadow`): decided at the first pick, sent as a task this never awaits."""
         target = self._target(model, version_name, raw_user, pin)
         if isinstance(target, Reply):
@@ -181,9 +184,9 @@ class Gateway:
         upstream_s = 0.0
         failed, outcome, attempt = -1, Outcome.OK, 0
         while True:
-            r = self._pick(user_id, version, t0, failed, outcome)
+            r = self._pick(user_id, version, t0, failed, outcome, warmup)
             if mirror is not None:  # once per request, whatever the pick: the decision stream stays aligned
-                mirror.offer(self.membership.version_of[r] if r >= 0 else -1, body, headers, raw_user, t0)
+                mirror.offer(self.membership.version_of[r] if r >= 0 else -1, body, headers, raw_user, t0, warmup)
                 mirror = None
             if r < 0:
                 what = self.model if version is None else f"{self.model} version {self.membership.versions[version]}"
@@ -206,7 +209,9 @@ class Gateway:
             upstream_s += elapsed
             pool.on_request(r, Outcome.OK)
             pool.metrics.upstream_seconds[r].observe(elapsed)
-            out_headers = {"x-replica": str(r)}
+            # which replica and version answered, whatever the status: a client (the load
+            # generator) records a failure's version from these, as the twin does
+            out_headers = {"x-replica": str(r), VERSION_HEADER: self.membership.version_name(r)}
             for name in ("Content-Type", "Retry-After", CORRECT_HEADER):
                 value = up_headers.get(name)
                 if value is not None:
@@ -233,10 +238,11 @@ class Gateway:
             return error_reply(400, "x-user-id must be >= 0")
         return version, user_id
 
-    def _pick(self, user_id: int | None, version: int | None, now: float, failed: int, outcome: Outcome) -> int:
+    def _pick(self, user_id: int | None, version: int | None, now: float, failed: int, outcome: Outcome,
+              warmup: bool = False) -> int:
         """The replica for this attempt (a retry avoids the one that failed), or -1: none left."""
         try:
-            return self.pool.pick(user_id, version, now, exclude=failed)
+            return self.pool.pick(user_id, version, now, exclude=failed, warmup=warmup)
         except NoReplica:
             if failed >= 0 and self.pool.retry.may_reuse(outcome):
                 return failed  # a dropped keep-alive connection, and no one else: try it again

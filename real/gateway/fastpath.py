@@ -43,6 +43,7 @@ class InferFastPath:
         ctype: str | None = None
         user: str | None = None
         pin: str | None = None
+        warmup = False
         declared = -1
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -53,6 +54,8 @@ class InferFastPath:
                 declared = int(value) if value.isdigit() else -1
             elif name == b"x-model-version":
                 pin = value.decode("latin-1")
+            elif name == b"x-servelab-warmup":  # sim.policy.split.WARMUP_HEADER: no part of the run
+                warmup = True
         limit = gw.max_body
         try:
             body = await receive_body(receive, declared, limit)
@@ -62,7 +65,7 @@ class InferFastPath:
             reply = gw._done(t0, error_reply(413, f"body larger than {limit} bytes"))
         else:
             try:
-                reply = await gw.forward("POST", scope["path"], model, version, user, ctype, body, t0, pin)
+                reply = await gw.forward("POST", scope["path"], model, version, user, ctype, body, t0, pin, warmup)
             except Exception as exc:  # a bug answers 500 in the OIP shape, never a dropped socket
                 reply = error_reply(500, f"internal gateway error: {type(exc).__name__}")
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]

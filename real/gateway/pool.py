@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Sequence
 
 import aiohttp
@@ -71,6 +72,8 @@ class ReplicaPool:
         self.upstream_timeout_s = upstream_timeout_s(cfg)
         # the twin's routing stream: the same seed draws the same routing decisions
         self.rng = make_streams(cfg.seed).routing
+        # requests marked as no part of the run (WARMUP_HEADER) route with this one instead
+        self.warmup_rng = random.Random(0x3A2B)
         # a plain list, not objects: the router reads it on every request
         self.outstanding: list[int] = [0] * len(self.urls)
         self.metrics = GatewayMetrics(len(self.urls), self.outstanding, self.membership)
@@ -120,9 +123,11 @@ class ReplicaPool:
 
     # -- routing ---------------------------------------------------------------------------
 
-    def pick(self, user_id: int | None, version: int | None, now: float, exclude: int = -1) -> int:
-        """The Router's choice among routable replicas; raises NoReplica when none is left."""
-        return self.router.route(user_id, self.outstanding, now, self.rng, version=version, exclude=exclude)
+    def pick(self, user_id: int | None, version: int | None, now: float, exclude: int = -1, warmup: bool = False) -> int:
+        """The Router's choice among routable replicas; raises NoReplica when none is left.
+        `warmup`: a request that is no part of the run draws from a throwaway stream."""
+        rng = self.warmup_rng if warmup else self.rng
+        return self.router.route(user_id, self.outstanding, now, rng, version=version, exclude=exclude)
 
     def url(self, r: int, path: str) -> URL:
         """The upstream URL, parsed once per (replica, path): yarl parsing is per-request cost otherwise."""

@@ -84,11 +84,14 @@ class ShadowTraffic:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def offer(self, primary_version: int, body: bytes, headers: Mapping[str, str], raw_user: str | None, t0: float) -> None:
+    def offer(self, primary_version: int, body: bytes, headers: Mapping[str, str], raw_user: str | None, t0: float,
+              warmup: bool = False) -> None:
         """Once per primary infer, right after its first replica pick (-1: none could take it).
-        Returns at once: the copy, if any, runs as its own task."""
+        Returns at once: the copy, if any, runs as its own task. `warmup`: the primary is no part
+        of the run, and its decision draws from the pool's throwaway stream."""
         mirror = self.mirror
-        r = mirror.target(primary_version, self.gateway.pool.outstanding, t0)
+        pool = self.gateway.pool
+        r = mirror.target(primary_version, pool.outstanding, t0, pool.warmup_rng if warmup else None)
         if r == NOT_MIRRORED:
             return
         if r == NO_REPLICA:

@@ -115,6 +115,7 @@ class Driver:
         label = self._labels[k]
         body = self._head + f"w{self.worker}-{rid}".encode() + self._mids[k] + str(micros).encode() + b"}}"
         status, params, gateway_s, length, exc = CONNECTION_ERROR, None, float("nan"), 0, None
+        replica, version = -1, ""  # who answered, when the answer's parameters do not say (an error)
         correct = -1
         timer = gevent.Timeout.start_new(max(remaining, 1e-6)) if timeout_s > 0 else None
         response = None
@@ -135,6 +136,10 @@ class Driver:
                 params = doc.get("parameters")
                 if label is not None and "correct" in (params or {}):
                     correct = _judge(doc, label)
+            else:  # the gateway names the replica and version behind any answer of theirs (500, 503, 504)
+                served_by, served_version = response.get("x-replica"), response.get("x-model-version")
+                if served_by is not None and served_version is not None:
+                    replica, version = int(served_by), str(served_version)  # type: ignore[arg-type]
             response.release()
             response = None
         except gevent.Timeout as t:
@@ -154,8 +159,8 @@ class Driver:
         self.rows.append((request_id, user_id, intended_s, send_s, finish_s, status,
                           float(p.get("queue_s", np.nan)), float(p.get("service_s", np.nan)),
                           float(p.get("server_s", np.nan)), float(p.get("gateway_s", gateway_s)),
-                          int(p.get("batch_size", 0)), int(p.get("batch_id", -1)), int(p.get("replica", -1)),
-                          str(p.get("version", "")), correct))
+                          int(p.get("batch_size", 0)), int(p.get("batch_id", -1)), int(p.get("replica", replica)),
+                          str(p.get("version", version)), correct))
         if exc is None and status >= 400:
             exc = RuntimeError(f"HTTP {status}")
         self.fire(request_type="POST", name="infer", response_time=(finish_s - intended_s) * 1e3,

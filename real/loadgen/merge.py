@@ -135,13 +135,14 @@ def merge(
     service = full["service_s"].to_numpy(dtype=float)
     server = full["server_s"].to_numpy(dtype=float)
     derived = np.where(served, send + (finish - send - server) / 2 + queue, np.nan)
-    replica = np.where(served, full["replica"].to_numpy(dtype=np.int64), -1)
+    # a failure a replica answered (500, 503, 504) keeps its replica and version, as in the twin
+    replica = full["replica"].to_numpy(dtype=np.int64)
     batch = np.where(served, full["batch_size"].to_numpy(dtype=np.int64), 0)
     group = _batch_groups(replica, full["batch_id"].to_numpy(dtype=np.int64), served)
     start = _batch_starts(group, derived, intended, send, finish, service)
     batch_id = _number_by_start(group, start, replica)
     _check_order(intended, start, finish, served)
-    version = np.where(served, full["version"].to_numpy(dtype=object), "")
+    version = full["version"].to_numpy(dtype=object)
     # right or wrong only for an answer (HTTP 200), as the worker judged it; unknown otherwise
     correct = np.where(served, full["correct"].to_numpy(dtype=np.int64), -1)
     requests = requests_frame({
@@ -275,6 +276,14 @@ def fetch_shadow(gateway_url: str, *, wait_s: float = 5.0, timeout_s: float = 30
         if not doc.get("in_flight") or time.monotonic() >= deadline:
             return doc
         time.sleep(0.1)
+
+
+def shadow_dropped(doc: dict[str, Any]) -> int:
+    """The copies a shadow document counts as due but never sent (over the in-flight bound, or
+    no replica of the shadow version routable), since the gateway started: what the twin's
+    `Twin.shadow_dropped` counts. A copy sent but not recorded (the record limit) is not one."""
+    dropped = doc.get("dropped") or {}
+    return int(dropped.get("in_flight_limit", 0)) + int(dropped.get("no_replica", 0))
 
 
 def shadow_requests(doc: dict[str, Any], t0_unix: float, timeout_s: float, primaries: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from real.launcher import absolute, child_path, free_ports, log_tail, stop_all
-from real.loadgen.merge import Merged, fetch_shadow, merge, with_shadow
+from real.loadgen.merge import Merged, fetch_shadow, merge, shadow_dropped, with_shadow
 from real.models.digits import test_split
 from real.loadgen.plan import (
     PLAN_ENV,
@@ -65,6 +65,9 @@ class LoadResult:
     t0_wall: float | None  # when the schedule's time 0 was, on the wall clock
     complete: bool  # every worker finished its share by itself
     notes: list[str] = field(default_factory=list)
+    # with a shadow version: copies due but not sent since the gateway started (over
+    # gateway.shadow_max_in_flight, or no replica of the shadow version routable): merge.shadow_dropped
+    shadow_dropped: int | None = None
 
 
 @dataclass
@@ -231,11 +234,16 @@ def run_load(
         with np.load(plan.schedule, allow_pickle=False) as z:
             schedule = (z["times_s"], z["user_ids"])
     merged = merge(files, schedule=schedule, timeout_s=plan.timeout_s)
+    dropped = None
     if cfg.gateway.shadow_version and t0_wall is not None:  # the gateway's copies join the records (shadow=true)
         try:
-            merged.requests = with_shadow(merged.requests, fetch_shadow(url), t0_wall, plan.timeout_s, closed=plan.closed)
+            doc = fetch_shadow(url)
+            merged.requests = with_shadow(merged.requests, doc, t0_wall, plan.timeout_s, closed=plan.closed)
+            dropped = shadow_dropped(doc)
+            if (doc.get("dropped") or {}).get("record_limit"):
+                notes.append(f"{doc['dropped']['record_limit']} shadow copies were answered but not recorded (the gateway's record limit)")
         except (OSError, ValueError) as exc:
             notes.append(f"the gateway's shadow records ({url}/v2/gateway/shadow) could not be read: {exc}")
     if merged.duplicates:
         notes.append(f"{merged.duplicates} duplicate records were dropped (a load generator bug)")
-    return LoadResult(merged, plan, t0_wall, complete, notes)
+    return LoadResult(merged, plan, t0_wall, complete, notes, dropped)

@@ -285,7 +285,7 @@ async def answer_infer(
         return 500, error_body(str(exc)), None
     finally:
         m.in_flight.dec()
-    judged = rep.quality.judge(result.outputs, req.label) if rep.quality is not None else None
+    judged = rep.quality.judge(result.outputs, req.label, req.id) if rep.quality is not None else None
     if judged is not None and judged.failed:  # the version's error rate: a model failure after the batch ran
         m.errors.labels("500").inc()
         m.requests.labels("error").inc()
@@ -405,7 +405,7 @@ async def set_fault(request: Request) -> Response:
     """Token-guarded fault drill: a replica that is down, or slow, from now on.
 
     `{"t0_unix": T}` tells the replica the wall time (time.time()) of the run's time 0, from
-    which its version's scheduled faults (the config's `faults`) count; until it is told, none
+    which its version's scheduled faults (model.versions[...].faults) count; until it is told, none
     applies and its version fails no request (its error rate is the run's, not the warm-up's).
     The run's driver sends it at load start, and to a replica started mid-run before it takes
     traffic. A body holding only `t0_unix` leaves a fault drill as it is; with

@@ -54,7 +54,7 @@ class Mirror:
     def version_name(self) -> str:
         return self.router.membership.versions[self.version]
 
-    def target(self, primary_version: int, outstanding: Sequence[int], now: float) -> int:
+    def target(self, primary_version: int, outstanding: Sequence[int], now: float, rng: UniformSource | None = None) -> int:
         """The replica that takes a copy of a request whose primary went to `primary_version`
         (-1: no replica could take the primary, which is then not copied either), or
         NOT_MIRRORED / NO_REPLICA.
@@ -62,11 +62,13 @@ class Mirror:
         One decision draw per call whatever the outcome (then the balancer's draws, if a copy
         is made), so the twin and the gateway, calling it once per primary request, draw alike.
         The in-flight bound is the caller's to check (`admits`): only the transport knows when a
-        copy is done."""
-        if self.rng.random() >= self.share or primary_version < 0 or primary_version == self.version:
+        copy is done. `rng` replaces the mirror's stream for one request that is no part of the
+        run (the real stack's warm-up), so the run's requests draw as the twin's do."""
+        rng = rng or self.rng
+        if rng.random() >= self.share or primary_version < 0 or primary_version == self.version:
             return NOT_MIRRORED
         try:
-            return self.router.route(None, outstanding, now, self.rng, version=self.version)
+            return self.router.route(None, outstanding, now, rng, version=self.version)
         except NoReplica:
             return NO_REPLICA
 

@@ -139,6 +139,10 @@ class NoReplica(LookupError):
 
 
 VERSION_HEADER = "x-model-version"
+# a request that is no part of the run (the warm-up before the load): the gateway routes it (and
+# decides its shadow copy) with a throwaway stream, so the run's first request takes the routing
+# stream's first draw, as the twin's first request does
+WARMUP_HEADER = "x-servelab-warmup"
 
 
 class BadPin(ValueError):

@@ -32,7 +32,8 @@ from starlette.routing import Route
 from real.gateway import create_app
 from real.gateway.control import view_from_doc
 from real.server.app import served_version
-from sim.config import ScenarioConfig
+from sim.config import ScenarioConfig, validate
+from sim.policy.split import WARMUP_HEADER
 from sim.twin import Twin
 from tests.test_gateway_routing import CASES, loads_seen, routing_cfg
 
@@ -442,6 +443,50 @@ def test_gateway_over_http_routes_every_request_as_the_twin(case: str) -> None:
     with harness(cfg) as h:
         gateway = [int(h.infer(user=int(u)).headers["x-replica"]) for u in cols["user_id"]]
     assert gateway == twin
+
+
+def versions_after_warm_up(cfg: ScenarioConfig, users: list[int], *, marked: bool) -> tuple[list[str], set[int]]:
+    """The version each of `users`' requests (ids w0-0, w0-1, ...) reached after a warm-up burst of
+    30 requests, as run_real.warm_up sends it, and which of them the gateway copied to the shadow."""
+    warm = {WARMUP_HEADER: "1"} if marked else {}
+    with harness(cfg) as h:
+        for k in range(30):
+            assert h.http.post(h.url + "/v2/models/digits/infer", json={"inputs": BODY["inputs"]},
+                               headers={"x-user-id": str(k), **warm}, timeout=10).status_code == 200
+        versions = []
+        for i, user in enumerate(users):
+            r = h.http.post(h.url + "/v2/models/digits/infer", json={**BODY, "id": f"w0-{i}"},
+                            headers={"x-user-id": str(user)}, timeout=10)
+            versions.append(r.json()["parameters"]["version"])
+        deadline = time.monotonic() + 5
+        while (doc := h.http.get(h.url + "/v2/gateway/shadow", timeout=5).json())["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    copied = {int(rid.split("-")[1]) for rid in doc["records"]["request_id"] if rid.startswith("w0-")}
+    return versions, copied
+
+
+def test_a_marked_warm_up_leaves_the_runs_routing_and_shadow_draws_as_the_twins() -> None:
+    """run_real warms the stack up through the gateway before the load. Marked (WARMUP_HEADER),
+    those requests route and decide their copies with a throwaway stream, so the run's request i
+    takes the i-th draws of the seed's routing and shadow streams, as the twin's request i does:
+    the same version and the same copy for every request. Unmarked, they would take the first
+    draws and shift every later decision."""
+    cfg = routing_cfg(policy="random", versions=["1", "2", "3"], version_weights=[0.5, 0.5, 0.0], rate=25.0, duration_s=3.0)
+    cfg.arrival.kind, cfg.service.kind = "constant", "deterministic"
+    cfg.gateway.shadow_version, cfg.gateway.shadow_percent = "3", 40.0
+    cfg.health.probe_interval_s = 60.0
+    validate(cfg)
+    cols = Twin(cfg).run().columns
+    primary = ~cols["shadow"]
+    twin_versions = [str(v) for v in cols["version"][primary]]
+    index_of = {t: i for i, t in enumerate(cols["arrival_s"][primary])}  # constant arrivals: distinct
+    twin_copied = {index_of[t] for t in cols["arrival_s"][cols["shadow"]]}
+    users = [int(u) for u in cols["user_id"][primary]]
+    assert len(users) == 75 and {"1", "2"} == set(twin_versions) and 10 < len(twin_copied) < 60
+    versions, copied = versions_after_warm_up(cfg, users, marked=True)
+    assert versions == twin_versions and copied == twin_copied
+    shifted, shifted_copies = versions_after_warm_up(cfg, users, marked=False)
+    assert shifted != twin_versions and shifted_copies != twin_copied
 
 
 # -- the control API ----------------------------------------------------------------------------

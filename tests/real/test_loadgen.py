@@ -29,6 +29,7 @@ from real.loadgen.merge import merge, outcome, send_lag_summary
 from real.loadgen.plan import records_path, worker_share, write_arrays
 from real.loadgen.recordfile import CLIENT_TIMEOUT, CONNECTION_ERROR, CUT_SHORT, RECORD_FIELDS
 from real.loadgen.runner import LoadResult, run_load
+from real.server.quality import schedule_index
 from sim.arrivals import make_schedule
 from sim.config import ArrivalConfig, LoadgenConfig, ScenarioConfig
 from sim.policy.users import ThinkTime
@@ -149,6 +150,8 @@ def test_open_loop_sends_the_twins_schedule_once_each_and_measures_from_intended
     assert (frame["status"] == "ok").all()
     # what reached the server: every request once, with the schedule's user in x-user-id
     assert sorted(received) == sorted((f"w0-{i}", str(u)) for i, u in enumerate(users))
+    # what a replica reads from the id is the schedule's (the twin's) request index: the common numbers' key
+    assert sorted(schedule_index(rid) for rid, _ in received) == list(range(len(times)))
     lat = frame["latency_s"].to_numpy()
     assert (lat >= 0.004).all() and np.median(lat) < 0.25  # uvloop's ms timers may end a 5 ms sleep early
     sends = result.merged.sends
@@ -268,6 +271,21 @@ def test_merge_keeps_every_scheduled_request_once_and_maps_outcomes(tmp_path: Pa
     assert f.loc[0, "latency_s"] == pytest.approx(0.02)
     assert np.isnan(f.loc[6, "finish_s"]) and f.loc[6, "replica"] == -1
     assert f.loc[1:, "replica"].eq(-1).all() and f.loc[1:, "batch_size"].eq(0).all()
+
+
+def test_a_failure_a_replica_answered_keeps_its_replica_and_version(tmp_path: Path) -> None:
+    """A 500 (the version's error rate) or a 503 from a full queue came from a replica the
+    gateway names (x-replica, x-model-version): the row keeps both, as the twin's does, so the
+    version's error rate counts it; no batch (none answered). No answer at all names nobody."""
+    times, users, nan = np.array([0.0, 0.1, 0.2]), np.array([1, 2, 3]), float("nan")
+    rows = [(0, 1, 0.0, 0.001, 0.02, 500, nan, nan, nan, nan, 0, -1, 1, "2"),
+            (1, 2, 0.1, 0.101, 0.11, 503, nan, nan, nan, nan, 0, -1, 0, "1"),
+            (2, 3, 0.2, 0.201, 0.21, CONNECTION_ERROR, nan, nan, nan, nan, 0, -1, -1, "")]
+    _record_file(records_path(tmp_path, 0), rows)
+    f = merge([records_path(tmp_path, 0)], schedule=(times, users), timeout_s=1.0).requests
+    assert f["status"].tolist() == ["error", "shed", "error"]
+    assert f["replica"].tolist() == [1, 0, -1] and f["version"].tolist() == ["2", "1", ""]
+    assert f["batch_id"].eq(-1).all() and f["batch_size"].eq(0).all()
 
 
 def test_outcome_late_answer_is_a_timeout() -> None:

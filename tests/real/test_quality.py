@@ -23,8 +23,8 @@ from real.models.digits import VERSIONS, load_model
 from real.models.digits import test_split as held_out_digits  # not a test: keep pytest from collecting it
 from real.server.app import create_app as create_replica
 from real.server.asgi_client import AsgiClient
-from sim.config import validate
-from sim.policy.versions import NUMPY_DIGITS_ACCURACY
+from sim.config import ArrivalConfig, validate
+from sim.policy.versions import CORRECT_DRAW, ERROR_DRAW, NUMPY_DIGITS_ACCURACY, common_unit
 from tests.real.conftest import real_cfg
 from tests.real.test_gateway import ServerThread, free_port
 
@@ -45,8 +45,8 @@ def within(observed: int, trials: int, p: float, sigmas: float = 4.0) -> bool:
     return abs(observed - trials * p) <= sigmas * math.sqrt(trials * p * (1 - p))
 
 
-def cfg_with(versions: list[Any], faults: list[dict[str, Any]] | None = None, backend: str = "emulated", **kw: Any) -> Any:
-    cfg = real_cfg(model=dict(versions=versions, backend=backend), server=dict(token=TOKEN), faults=faults or [], **kw)
+def cfg_with(versions: list[Any], backend: str = "emulated", **kw: Any) -> Any:
+    cfg = real_cfg(model=dict(versions=versions, backend=backend), server=dict(token=TOKEN), **kw)
     validate(cfg)
     return cfg
 
@@ -97,6 +97,35 @@ def test_emulated_replica_judges_labelled_requests_with_its_accuracy(serve: Call
     assert "correct" not in plain.json()["parameters"] and "x-correct" not in plain.headers
 
 
+def test_a_load_generator_request_fails_and_is_judged_by_the_twins_common_numbers(serve: Callable[..., AsgiClient]) -> None:
+    """Request i of the schedule (OIP id `w<worker>-<i>`, whichever worker sent it) fails exactly
+    when the twin's request i on that version does, and is right exactly when the twin's is:
+    both read common_unit(seed, i, version, purpose). Ids that name no schedule index draw from
+    the replica's own stream, at the configured rates."""
+    cfg = cfg_with(["1", {"name": "2", "error_rate": 0.3, "accuracy": 0.6}], seed=4)
+    c = serve(cfg, replica=1)
+    assert c.post_json("/v2/fault", {"t0_unix": time.time()}, headers=AUTH).status == 200
+    for i in range(300):
+        r = c.post_json(INFER, {**infer_body(label=i % 10), "id": f"w{i % 3}-{i}"})
+        fails = common_unit(4, i, 1, ERROR_DRAW) < 0.3
+        assert (r.status == 500) == fails, i
+        if not fails:
+            assert r.json()["id"] == f"w{i % 3}-{i}"
+            assert r.json()["parameters"]["correct"] == (common_unit(4, i, 1, CORRECT_DRAW) < 0.6), i
+    others = [c.post_json(INFER, {**infer_body(label=3), **({"id": rid} if rid else {})}).status
+              for rid in [None, "req-7", "w0-x"] * 100]
+    assert within(others.count(500), len(others), 0.3)
+
+
+def test_a_closed_loop_run_has_no_schedule_ids_and_draws_from_the_replicas_stream(serve: Callable[..., AsgiClient]) -> None:
+    cfg = cfg_with(["1", {"name": "2", "error_rate": 0.5}], seed=4, arrival=ArrivalConfig(kind="closed", users=4))
+    c = serve(cfg, replica=1)
+    assert c.post_json("/v2/fault", {"t0_unix": time.time()}, headers=AUTH).status == 200
+    # the same id over and over: the common number would decide it the same way every time
+    statuses = {c.post_json(INFER, {**infer_body(), "id": "w0-1"}).status for _ in range(60)}
+    assert statuses == {200, 500}
+
+
 def test_a_version_without_accuracy_is_not_judged_and_bad_labels_are_400(serve: Callable[..., AsgiClient]) -> None:
     c = serve(cfg_with(["1"]))
     r = c.post_json(INFER, infer_body(label=3))
@@ -119,7 +148,7 @@ def test_numpy_replica_judges_its_real_prediction(serve: Callable[..., AsgiClien
 
 def test_numpy_accuracy_drop_makes_right_answers_wrong_in_proportion(serve: Callable[..., AsgiClient]) -> None:
     x, y = held_out_digits()
-    c = serve(cfg_with(["2"], [{"at_s": 1.0, "version": "2", "accuracy_drop": 0.5}], backend="numpy"))
+    c = serve(cfg_with([{"name": "2", "faults": [{"at_s": 1.0, "accuracy_drop": 0.5}]}], backend="numpy"))
     assert c.post_json("/v2/fault", {"t0_unix": time.time() - 5.0}, headers=AUTH).status == 200
     answers = [c.post_json(INFER, infer_body(x[i], int(y[i]))) for i in range(len(y))]
     right = sum(r.json()["parameters"]["correct"] for r in answers)
@@ -129,8 +158,8 @@ def test_numpy_accuracy_drop_makes_right_answers_wrong_in_proportion(serve: Call
 def test_replica_applies_the_fault_schedule_from_the_time_0_it_is_told(serve: Callable[..., AsgiClient]) -> None:
     """Deterministic 2 ms device: from 5 s of run time 3x slower, from 100 s every request fails.
     Before time 0 is known the version is as configured; a time 0 alone keeps a drill as it is."""
-    faults = [{"at_s": 5.0, "version": "1", "slowdown": 3.0}, {"at_s": 100.0, "version": "1", "error_rate": 1.0}]
-    c = serve(cfg_with(["1"], faults, duration_s=300.0))
+    faults = [{"at_s": 5.0, "slowdown": 3.0}, {"at_s": 100.0, "error_rate": 1.0}]
+    c = serve(cfg_with([{"name": "1", "faults": faults}], duration_s=300.0))
 
     def service_s() -> float:
         r = c.post_json(INFER, infer_body())
@@ -150,7 +179,7 @@ def test_replica_applies_the_fault_schedule_from_the_time_0_it_is_told(serve: Ca
 
 
 def test_a_bad_time_0_is_refused_and_changes_nothing(serve: Callable[..., AsgiClient]) -> None:
-    c = serve(cfg_with(["1"], [{"at_s": 1.0, "version": "1", "error_rate": 1.0}]))
+    c = serve(cfg_with([{"name": "1", "faults": [{"at_s": 1.0, "error_rate": 1.0}]}]))
     assert c.post_json("/v2/fault", {"t0_unix": time.time() - 5.0}).status == 401  # no token
     for bad in ("soon", -1, 0, True, [1.0]):
         r = c.post_json("/v2/fault", {"t0_unix": bad}, headers=AUTH)

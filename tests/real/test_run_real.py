@@ -100,3 +100,26 @@ def test_ctrl_c_leaves_no_stack_or_locust_process(tmp_path: Path) -> None:
     while any(alive(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in children if alive(p)]
+
+
+def test_without_a_rollout_versions_fail_at_their_error_rate_and_shadow_drops_are_counted(tmp_path: Path) -> None:
+    """No rollout, so no controller driver: the replicas still learn the load's time 0, so
+    version 2 fails at about its error rate, each failure counted against the version that
+    answered it (the gateway names it), as in the twin; the shadow's drops are in the summary."""
+    out = tmp_path / "run"
+    args = ["mode=real", "duration_s=4", "warmup_s=0.5", "arrival.rate=150", "replicas=3", "progress=false",
+            "service.kind=deterministic", "service.base_s=0.004", "service.per_item_s=0", "loadgen.max_lag_p99_s=1.0",
+            "model.versions=[1,{name:2,error_rate:0.3},3]", "gateway.version_weights=[1,1,0]",
+            "gateway.shadow_version=3", "gateway.shadow_percent=50", f"out_dir={out}"]
+    done = subprocess.run([*SERVELAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    versions = summary["versions"]
+    assert list(versions) == ["1", "2", "3"]
+    assert versions["1"]["error_rate"] == 0.0 and versions["2"]["requests"] > 100
+    assert 0.15 < versions["2"]["error_rate"] < 0.45, versions["2"]
+    assert isinstance(summary["shadow_dropped"], int) and summary["shadow_dropped"] >= 0
+    frame = pd.read_parquet(out / "requests.parquet")
+    failed = frame[frame["status"] == "error"]
+    assert len(failed) and (failed["version"] == "2").all() and (failed["replica"] >= 0).all()
+    assert (frame.loc[frame["shadow"], "version"] == "3").all() and frame["shadow"].any()
