@@ -273,3 +273,14 @@ def test_profiling_runs_the_first_version_without_its_fault_schedule() -> None:
     (only,) = version_specs(profiled.model)
     assert (only.name, only.error_rate, only.faults) == ("1", 0.01, [])
     assert VersionBehaviour.from_config(profiled).static
+
+
+def test_profiling_a_rollout_scenario_profiles_the_stack_without_the_rollout() -> None:
+    """The profile is of one version's stack; a rollout over two versions cannot run on it (its
+    replicas refused the config and mode=compare of every rollout preset stopped)."""
+    from scenarios.profile import _profiling_config
+
+    cfg = preflight(["replicas=2", "model.versions=[1,2]", "rollout.strategy=canary", "rollout.steps=[{set_weight:50}]"])
+    profiled = _profiling_config(cfg, 1)
+    validate(profiled)
+    assert profiled.rollout.strategy == "none" and version_specs(profiled.model)[0].name == "1"
