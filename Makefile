@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-rehearse install clean
+.PHONY: demo test test-fast bench bench-rehearse bench-fidelity install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench: $(STAMP)
 
 bench-rehearse: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_rehearse
+
+bench-fidelity: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_fidelity
 
 clean:
 	rm -rf $(VENV) runs outputs multirun

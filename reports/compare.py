@@ -169,6 +169,20 @@ def run_warnings(summary: Summary, who: str = "") -> list[str]:
     return notes
 
 
+def measurement_validity(measured: Summary | None) -> dict[str, Any]:
+    """`{"valid": bool, "invalid_reasons": [...]}` of one measured point: invalid when its
+    summary or its load generator says `valid: false` (mode=real's `_validity`: send lag,
+    requests never sent, a failed rollout, replicas not told time 0); the reasons are the
+    summary's own warnings, which name the cause. A point with no measurement (twin-only) is
+    valid: nothing was measured that could mislead."""
+    if measured is None:
+        return {"valid": True, "invalid_reasons": []}
+    loadgen = measured.get("loadgen")
+    flags = [measured.get("valid"), loadgen.get("valid") if isinstance(loadgen, Mapping) else None]
+    valid = not any(flag is False for flag in flags)
+    return {"valid": valid, "invalid_reasons": [] if valid else run_warnings(measured)}
+
+
 def compare_summaries(
     predicted: Summary,
     measured: Summary,
@@ -198,6 +212,7 @@ def compare_summaries(
         "within_target": within,
         "all_within_target": bool(within) and all(ok is True for ok in within.values()),
         "warnings": warnings,
+        **measurement_validity(measured),  # of the measured side: "valid", "invalid_reasons"
     }
 
 
@@ -281,7 +296,10 @@ HEADER = ["metric", "predicted (twin)", "measured (real)", "error", "target", "v
 
 
 def format_comparison_table(comparison: Mapping[str, Any], *, markdown: bool = False) -> str:
-    """The fidelity table: fixed-width for a terminal, or a Markdown pipe table."""
+    """The fidelity table: fixed-width for a terminal, or a Markdown pipe table; after a blank
+    line, the verdict, the predicted capacity of the stack as deployed, the measured load
+    points (each marked valid or INVALID), one line per invalid measured point saying why, and
+    the warnings."""
     rows = comparison_rows(comparison)
     numeric = [False, True, True, True, True, False]
     if markdown:
@@ -289,15 +307,124 @@ def format_comparison_table(comparison: Mapping[str, Any], *, markdown: bool = F
                  "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     else:
-        widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
-
-        def line(cells: list[str]) -> str:
-            return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)).rstrip()
-
-        lines = [line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows]
+        lines = _fixed_width(HEADER, rows, numeric)
     verdict = comparison_verdict(comparison)
-    lines += ["", verdict] + [f"WARNING: {w}" for w in comparison.get("warnings", [])]
+    capacity = format_stack_capacity(comparison)
+    lines += ["", verdict] + ([capacity] if capacity else [])
+    header, curve = load_curve_rows(comparison)
+    if curve:
+        lines += ["", f"load curve ({len(curve)} measured point{'s' if len(curve) > 1 else ''}; "
+                      f"load = offered / {capacity_name(comparison)}):"]
+        lines += _fixed_width(header, curve, [True, True, True, True, True, False, False])
+    invalid = invalid_measurements(comparison)
+    lines += ([""] if invalid else []) + invalid
+    lines += [f"WARNING: {w}" for w in comparison.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _fixed_width(header: list[str], rows: list[list[str]], numeric: list[bool]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)).rstrip()
+
+    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+# ---------------------------------------------------------------- capacity, load points, validity
+
+
+def deployed_capacity_rps(comparison: Mapping[str, Any]) -> float | None:
+    """What load fractions are fractions of: the predicted capacity of the stack as deployed
+    (`stack_capacity.rps`, the lesser of the device and host limits) when the comparison has
+    it, else the device capacity (`capacity_rps`) of comparisons written before it existed."""
+    stack = comparison.get("stack_capacity")
+    rps = _number(stack.get("rps")) if isinstance(stack, Mapping) else None
+    return rps if rps is not None and rps > 0 else _number(comparison.get("capacity_rps"))
+
+
+def capacity_name(comparison: Mapping[str, Any]) -> str:
+    stack = comparison.get("stack_capacity")
+    return "stack capacity" if isinstance(stack, Mapping) and _number(stack.get("rps")) else "capacity"
+
+
+def _rps(value: Any) -> str:
+    x = _number(value)
+    return "unknown" if x is None else f"{x:,.0f} req/s"
+
+
+def format_stack_capacity(comparison: Mapping[str, Any]) -> str | None:
+    """"predicted capacity of the stack as deployed: 1,050 req/s (host binds; device limit
+    2,453 req/s, host limit 1,050 req/s)", or None for a comparison without `stack_capacity`.
+    A host limit that is null or infinite was not measured: "unknown"."""
+    stack = comparison.get("stack_capacity")
+    if not isinstance(stack, Mapping) or _number(stack.get("rps")) is None:
+        return None
+    binds = f"{stack['binds']} binds; " if stack.get("binds") else ""
+    by = f" by its {stack['host_limit']}" if stack.get("host_limit") and _number(stack.get("host_rps")) else ""
+    return (f"predicted capacity of the stack as deployed: {_rps(stack.get('rps'))} "
+            f"({binds}device limit {_rps(stack.get('device_rps'))}, host limit {_rps(stack.get('host_rps'))}{by})")
+
+
+def point_load(entry: Mapping[str, Any], comparison: Mapping[str, Any]) -> float | None:
+    """A load-curve entry's offered load, as a fraction of `deployed_capacity_rps`."""
+    rate, capacity = _number(entry.get("offered_rate")), deployed_capacity_rps(comparison)
+    if isinstance(comparison.get("stack_capacity"), Mapping) and rate is not None and capacity:
+        return rate / capacity
+    load = _number(entry.get("load"))
+    return load if load is not None or rate is None or not capacity else rate / capacity
+
+
+def point_label(entry: Mapping[str, Any], comparison: Mapping[str, Any]) -> str:
+    """"load point 85% (680 req/s)": how a table line and the exit message name a point."""
+    load, rate = point_load(entry, comparison), _number(entry.get("offered_rate"))
+    share = "" if load is None else f" {load:.0%}"
+    return f"load point{share} ({_rps(rate)})"
+
+
+def invalid_measurements(comparison: Mapping[str, Any]) -> list[str]:
+    """One line per measured point flagged invalid (the main run, then the load points), naming
+    it and why: "load point 85% (680 req/s): INVALID: load generator fell behind: ..."."""
+    points = [("main run", comparison)] + [(point_label(e, comparison), e) for e in comparison.get("load_curve") or []]
+    return [f"{name}: INVALID: {'; '.join(p.get('invalid_reasons') or ['flagged invalid'])}"
+            for name, p in points if p.get("valid") is False]
+
+
+def invalid_point_names(comparison: Mapping[str, Any]) -> list[str]:
+    return [line.split(": INVALID: ", 1)[0] for line in invalid_measurements(comparison)]
+
+
+def _targets_text(comparison: Mapping[str, Any]) -> str:
+    within = comparison.get("within_target") or {}
+    metrics = comparison.get("metrics") or {}
+    if not within:
+        within = {k: e.get("within_target") for k, e in metrics.items() if e.get("target") is not None}
+    missed = [metrics.get(k, {}).get("label", k) for k, ok in within.items() if ok is not True]
+    if not within:
+        return "-"
+    return "met" if not missed else "MISSED: " + ", ".join(missed)
+
+
+LOAD_CURVE_HEADER = ["load point", "offered", "p50 error", "p99 error", "throughput error", "targets", "measurement"]
+
+
+def load_curve_rows(comparison: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the measured load points (`comparison.load_curve`), for the terminal
+    and the report: each point's errors on the targeted metrics, whether it met them, and
+    whether its measurement is valid ("INVALID" here; why, in `invalid_measurements`)."""
+    rows = []
+    for entry in comparison.get("load_curve") or []:
+        inner = entry.get("comparison") or {}
+        metrics = inner.get("metrics") or {}
+        load = point_load(entry, comparison)
+
+        def error(key: str) -> str:
+            return _error_text(metrics[key]) if key in metrics else "-"
+
+        rows.append(["-" if load is None else f"{load:.0%}", _rps(entry.get("offered_rate")),
+                     error("latency_p50"), error("latency_p99"), error("throughput"), _targets_text(inner),
+                     "INVALID" if entry.get("valid") is False else "valid"])
+    return LOAD_CURVE_HEADER, rows
 
 
 def format_comparison_markdown(comparison: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
-from reports.compare import Run
+from reports.compare import Run, measurement_validity
 from reports.rollout import draw_rollout, plot_rollout, read_rollout, rollout_axes
 from sim.files import atomic_write
 
@@ -206,8 +206,9 @@ def plot_timeseries(path: str | Path, runs: Mapping[str, Run], *, title: str | N
             ends.append(float(run.config["duration_s"]))
     last = max((float(r.timeseries["window_start_s"].max()) for r in runs.values()
                 if not r.timeseries.empty and "window_start_s" in r.timeseries), default=0.0)
-    for ax, ylabel, name in ((rate_ax, "req/s", "throughput per window"),
-                             (lat_ax, "latency (ms)", "latency per window (answered requests)"),
+    per = f"per {_window_width(runs):g}-s window"  # the series' window, not always window_s (a long horizon widens it)
+    for ax, ylabel, name in ((rate_ax, "req/s", f"throughput {per}"),
+                             (lat_ax, "latency (ms)", f"latency {per} (answered requests)"),
                              (queue_ax, "requests", "queue length and in-flight at window end")):
         if warmups:
             ax.axvspan(0, max(warmups), color="0.85", alpha=0.5, lw=0, label="warm-up" if ax is rate_ax else None)
@@ -260,14 +261,27 @@ def _capacities(curves: Mapping[str, CurvePoints], capacity: float | Mapping[str
     return {k: v for k, v in given.items() if v and np.isfinite(v)}
 
 
+INVALID_COLOR = "#d62728"
+
+
+def _mark_invalid(ax: Axes, x: np.ndarray, y: np.ndarray, marker: str, label: str | None) -> None:
+    """Hollow markers, ringed in red, over the points whose measurement is flagged invalid (the
+    load generator fell behind, ...): drawn, since dropping them would hide what happened, but
+    never to be read as the server's figures."""
+    if len(x):
+        ax.plot(x, y, ls="none", marker=marker, ms=10, mfc="white", mec=INVALID_COLOR, mew=1.8, zorder=5,
+                label=None if label is None else f"{label}: INVALID measurement")
+
+
 def plot_load_curves(
     path: str | Path,
     curves: Mapping[str, CurvePoints],
     *,
     capacity: float | Mapping[str, float] | None = None,
     title: str | None = None,
+    capacity_name: str = "capacity",
 ) -> Path:
-    return _save(load_curve_figure(curves, capacity=capacity, title=title), path)
+    return _save(load_curve_figure(curves, capacity=capacity, title=title, capacity_name=capacity_name), path)
 
 
 def load_curve_figure(
@@ -275,6 +289,7 @@ def load_curve_figure(
     *,
     capacity: float | Mapping[str, float] | None = None,
     title: str | None = None,
+    capacity_name: str = "capacity",
 ) -> Figure:
     """Left: p50 and p99 against offered rate (log latency: the knee near capacity spans decades).
     Right: throughput (completions in the window per second) against offered rate: it follows
@@ -282,7 +297,8 @@ def load_curve_figure(
     both (a vertical line where the knee should be, and the ceiling on the right), and when one
     capacity holds for every curve the top axis reads offered load as a fraction of it.
     `capacity`: one figure for all curves, or label -> capacity; default each curve's summaries'
-    `capacity_rps`."""
+    `capacity_rps`; `capacity_name` what it is ("stack capacity": the lesser of the device and
+    host limits). A measured point flagged invalid is ringed in red, hollow (`_mark_invalid`)."""
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     lat_ax, rate_ax = fig.subplots(1, 2)
     caps = _capacities(curves, capacity)
@@ -294,11 +310,14 @@ def load_curve_figure(
         x = np.array([p[0] for p in pts])
         xs_all += list(x)
         color = color_for(label, i)
+        invalid = np.array([not measurement_validity(s)["valid"] for _, s in pts])
         for key, style, marker in (("p50", "-", "o"), ("p99", "--", "s")):
             y = np.array([_latency_ms(s, key) for _, s in pts])
             lat_ax.plot(x, y, color=color, ls=style, marker=marker, ms=4, lw=1.6, label=f"{label} {key}")
-        rate_ax.plot(x, [_number(s, "throughput") for _, s in pts], color=color, marker="o", ms=4, lw=1.6,
-                     label=f"{label} throughput")
+            _mark_invalid(lat_ax, x[invalid], y[invalid], marker, label if key == "p50" else None)
+        throughput = np.array([_number(s, "throughput") for _, s in pts])
+        rate_ax.plot(x, throughput, color=color, marker="o", ms=4, lw=1.6, label=f"{label} throughput")
+        _mark_invalid(rate_ax, x[invalid], throughput[invalid], "o", label)
     if xs_all:
         hi = max(xs_all)
         rate_ax.plot([0, hi], [0, hi], color="0.5", lw=1, ls=":", label="throughput = offered")
@@ -306,7 +325,7 @@ def load_curve_figure(
     for cap in distinct:
         owners = [label for label, c in caps.items() if c == cap]
         color = "0.3" if len(distinct) == 1 else color_for(owners[0], list(curves).index(owners[0]))
-        name = f"capacity {cap:.0f} req/s" + ("" if len(distinct) == 1 else f" ({', '.join(owners)})")
+        name = f"{capacity_name} {cap:,.0f} req/s" + ("" if len(distinct) == 1 else f" ({', '.join(owners)})")
         for ax in (lat_ax, rate_ax):
             ax.axvline(cap, color=color, ls="-.", lw=1.1, label=name if ax is lat_ax else None)
         rate_ax.axhline(cap, color=color, ls="-.", lw=1.1, alpha=0.6, label=name)
@@ -314,7 +333,7 @@ def load_curve_figure(
         cap = distinct[0]
         for ax in (lat_ax, rate_ax):
             top = ax.secondary_xaxis("top", functions=(lambda v, c=cap: v / c, lambda f, c=cap: f * c))
-            top.set_xlabel("offered / capacity", fontsize=8)
+            top.set_xlabel(f"offered / {capacity_name}", fontsize=8)
             top.tick_params(labelsize=8)
     lat_ax.set_yscale("log")
     _plain_log(lat_ax.yaxis)
@@ -340,6 +359,7 @@ def plot_load_curve(
     *,
     capacity: float | None = None,
     title: str | None = None,
+    capacity_name: str = "capacity",
 ) -> Path:
     """A compare's load curve: the twin's points and the measured ones (a point may have only
     one side, e.g. twin-only points past capacity). `points` are LoadPoint or (offered_rate,
@@ -348,7 +368,7 @@ def plot_load_curve(
     curves = {label: [(p.offered_rate, s) for p in pts if (s := pick(p)) is not None]
               for label, pick in (("sim", lambda p: p.sim), ("real", lambda p: p.real))}
     return plot_load_curves(path, {k: v for k, v in curves.items() if v}, capacity=capacity,
-                            title=title or "Latency-versus-load curve")
+                            title=title or "Latency-versus-load curve", capacity_name=capacity_name)
 
 
 def plot_rollout_comparison(path: str | Path, runs: Mapping[str, Path]) -> Path | None:
@@ -388,6 +408,7 @@ def write_compare_figures(
     *,
     load_curve: Sequence[LoadPoint | tuple[Any, ...]] | None = None,
     capacity: float | None = None,
+    capacity_name: str = "capacity",
 ) -> dict[str, Path]:
     """The figure set of a compare run: name -> path, in the order a report shows them."""
     out = Path(out_dir)
@@ -397,7 +418,7 @@ def write_compare_figures(
         "timeseries": plot_timeseries(out / TIMESERIES_PNG, runs),
     }
     if load_curve:
-        figs["load_curve"] = plot_load_curve(out / LOAD_CURVE_PNG, load_curve, capacity=capacity)
+        figs["load_curve"] = plot_load_curve(out / LOAD_CURVE_PNG, load_curve, capacity=capacity, capacity_name=capacity_name)
     rollout = plot_rollout_comparison(out / ROLLOUT_COMPARE_PNG, {"twin (predicted)": sim.path, "real (measured)": real.path})
     if rollout is not None:
         figs["rollout_compare"] = rollout

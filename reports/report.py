@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from reports.compare import HEADER, Run, comparison_rows, comparison_verdict, format_comparison_table
+from reports.compare import (HEADER, Run, capacity_name, comparison_rows, comparison_verdict, deployed_capacity_rps,
+                             format_comparison_table, format_stack_capacity, invalid_measurements, load_curve_rows)
 from reports.figures import LoadPoint, write_compare_figures, write_run_figures
 from sim.config import KeyHelp, ScenarioConfig, schema_help
 from sim.files import write_text
@@ -55,7 +56,7 @@ FIGURE_CAPTIONS = {
     "rollout": "Rollout timeline: traffic weight, p99, error rate (and accuracy) and replicas ready / live per version and window; "
                "the decision dashed (green promoted, red rolled back).",
     "load_curve": "p50 and p99 against offered rate, and throughput against offered rate: the knee where it "
-                  "flattens at capacity (dash-dot) is saturation.",
+                  "flattens at capacity (dash-dot) is saturation. A measured point flagged invalid is hollow, ringed in red.",
     "rollout_compare": "The rollout in the twin (left) and on the real stack (right), on one time axis and one scale per "
                        "panel: weights, p99, errors, replicas, and each side's decision dashed.",
     "rehearsal": "Rehearsals: when each rollout decided (filled: rolled back, outline: promoted), and how many requests "
@@ -133,7 +134,7 @@ def _round(value: Any) -> str:
     return "-" if value is None else _fmt(round(float(value), 3))
 
 
-SHOWN_KEYS = {"requests_total", "requests_measured", "window_s", "offered_rate", "throughput", "capacity_rps",
+SHOWN_KEYS = {"requests_total", "requests_measured", "window_s", "timeseries_window_s", "offered_rate", "throughput", "capacity_rps",
               "offered_load", "latency_s", "queue_s_mean", "service_s_mean", "status_counts", "shed_fraction",
               "batches", "batch_size_mean_per_batch", "batch_size_mean_per_request", "utilisation",
               "utilisation_mean", "warnings"}
@@ -150,6 +151,7 @@ def summary_rows(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list
         row("backend", lambda s: _fmt(s.get("backend"))),
         row("requests (measured / total)", lambda s: f"{s.get('requests_measured', '-')} / {s.get('requests_total', '-')}"),
         row("measurement window", lambda s: "-" if s.get("window_s") is None else f"{s['window_s']:.1f} s"),
+        row("time-series window", lambda s: "-" if s.get("timeseries_window_s") is None else f"{s['timeseries_window_s']:g} s"),
         row("offered rate", lambda s: _rate(s.get("offered_rate"))),
         row("throughput (completions in window)", lambda s: _rate(s.get("throughput"))),
         row("capacity", lambda s: _rate(s.get("capacity_rps"))),
@@ -204,6 +206,8 @@ class _Doc:
     summaries: list[tuple[str, list[str]]]
     figures: dict[str, Path]
     tables: Sequence[tuple[str, list[str], list[list[str]]]] = ()  # (heading, header, rows): an experiment's results
+    notes: Sequence[str] = ()  # lines under the fidelity table: the stack's capacity, the main run's validity
+    load_curve: tuple[list[str], list[list[str]]] | None = None  # measured load points (header, rows), last cell validity
 
 
 CSS = """
@@ -218,6 +222,7 @@ tr.met td.verdict{background:#e3f4e1;color:#1b5e20;font-weight:600}
 tr.missed td.verdict{background:#fde2e1;color:#b71c1c;font-weight:600}
 tr.nodata td.verdict{background:#fff4d6;color:#7a5b00;font-weight:600}
 tr.differs td{background:#fff4d6}
+tr.invalid td{background:#fde2e1;color:#b71c1c} tr.invalid td.validity{font-weight:600}
 .banner{padding:.7em 1em;border-radius:6px;font-weight:600;margin:1em 0}
 .ok{background:#e3f4e1;color:#1b5e20;border:1px solid #a5d6a7}
 .bad{background:#fde2e1;color:#b71c1c;border:1px solid #ef9a9a}
@@ -259,6 +264,16 @@ def _render_html(doc: _Doc) -> str:
             out.append(f"<tr class=\"{cls}\">{''.join(tds)}</tr>")
         out.append("</tbody></table><p class=\"sub\">error = (predicted - measured) / measured; "
                    "positive: the twin over-predicts.</p>")
+        out += [f"<p>{e(note)}</p>" for note in doc.notes]
+    if doc.load_curve is not None:
+        header, rows = doc.load_curve
+        out.append("<h2>Load curve: measured points</h2><table id=\"load-curve\"><thead><tr>"
+                   + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
+        for row in rows:
+            cls = " class=\"invalid\"" if row[-1].startswith("INVALID") else ""
+            out.append(f"<tr{cls}>" + "".join(f"<td class=\"num\">{e(c)}</td>" for c in row[:-1])
+                       + f"<td class=\"validity\">{e(row[-1])}</td></tr>")
+        out.append("</tbody></table>")
     for heading, header, rows in doc.tables:
         out.append(f"<h2>{e(heading)}</h2><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
         out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
@@ -304,6 +319,11 @@ def _render_md(doc: _Doc, md_dir: Path) -> str:
         table = format_comparison_table(doc.comparison, markdown=True)
         out += [table.split("\n\n")[0], "",
                 "error = (predicted - measured) / measured; positive: the twin over-predicts.", ""]
+        out += [line for note in doc.notes for line in (note, "")]
+    if doc.load_curve is not None:
+        header, rows = doc.load_curve
+        out += ["## Load curve: measured points", ""] + md_table(
+            header, [[*r[:-1], f"**{r[-1]}**" if r[-1].startswith("INVALID") else r[-1]] for r in rows]) + [""]
     for heading, header, rows in doc.tables:
         out += [f"## {heading}", ""] + md_table(header, rows) + [""]
     if doc.figures:
@@ -342,9 +362,13 @@ def write_report(
     """A compare run's report: `report.html` (self-contained) and `report.md` with its figures
     in `figures/`. Returns (html_path, md_path)."""
     out = Path(out_dir)
-    figures = write_compare_figures(out / FIGURES_DIR, sim_run, real_run, load_curve=load_curve, capacity=capacity)
+    if "stack_capacity" in comparison:  # load fractions are of what the stack as deployed carries
+        capacity = deployed_capacity_rps(comparison) or capacity
+    figures = write_compare_figures(out / FIGURES_DIR, sim_run, real_run, load_curve=load_curve, capacity=capacity,
+                                    capacity_name=capacity_name(comparison))
     config = config_rows([sim_run.config, real_run.config])
-    warnings = list(comparison.get("warnings", []))
+    invalid = invalid_measurements(comparison)  # first: a point's figures are not to be quoted
+    warnings = invalid + list(comparison.get("warnings", []))
     warnings += [f"sim: {w}" for w in sim_run.warnings if f"predicted: {w}" not in warnings]
     warnings += [f"real: {w}" for w in real_run.warnings if f"measured: {w}" not in warnings]
     # the twin's calibration (it replays the measured profile) is meant to differ
@@ -355,15 +379,36 @@ def write_report(
         title=title,
         subtitle=f"predicted by {sim_run.backend} ({sim_run.path}) · measured on {real_run.backend} ({real_run.path})",
         verdict=comparison_verdict(comparison),
-        verdict_ok=bool(comparison.get("all_within_target")),
+        verdict_ok=bool(comparison.get("all_within_target")) and not invalid,
         warnings=warnings,
         comparison=comparison,
         labels=["sim (predicted)", "real (measured)"],
         config=config,
         summaries=summary_rows([sim_run.summary, real_run.summary]),
         figures=figures,
+        notes=compare_notes(comparison),
+        load_curve=_load_curve_table(comparison),
     )
     return _write(out, doc)
+
+
+def compare_notes(comparison: Mapping[str, Any]) -> list[str]:
+    """Under the fidelity table: the predicted capacity of the stack as deployed (when the
+    comparison has it) and whether the measurement the table compares against is valid."""
+    capacity = format_stack_capacity(comparison)
+    main = [line for line in invalid_measurements(comparison) if line.startswith("main run: ")]
+    valid = ["main run: measurement valid"] if comparison.get("valid") is True else []  # older files do not say
+    return ([capacity] if capacity else []) + (main or valid)
+
+
+def _load_curve_table(comparison: Mapping[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """The measured load points, the validity cell of an invalid one holding why."""
+    header, rows = load_curve_rows(comparison)
+    if not rows:
+        return None
+    why = [(e.get("invalid_reasons") or ["flagged invalid"]) for e in comparison.get("load_curve") or []]
+    return header, [[*row[:-1], f"INVALID: {'; '.join(reasons)}" if row[-1] == "INVALID" else row[-1]]
+                    for row, reasons in zip(rows, why)]
 
 
 def write_run_report(out_dir: str | Path, run: Run, *, title: str | None = None) -> tuple[Path, Path]:

@@ -20,6 +20,7 @@ from sim.arrivals import peak_rate, read_trace, trace_in_window, unknown_trace_v
 from sim.config import (MODES, ConfigError, KeyHelp, ScenarioConfig, format_value, schema_help, setting,
                         validate, version_names)
 from sim.profile import Profile, check_overheads, load_profile
+from sim.records import series_window_s
 from sim.service import capacity_rps
 
 
@@ -243,7 +244,10 @@ def check_memory(cfg: ServelabConfig, trace_rows: int | None = None, profile: Pr
     available = available_memory_bytes() if available is None else available
     limit = MEMORY_SHARE * available
     requests, how, key = expected_requests(cfg, trace_rows, profile)
-    windows = cfg.duration_s / cfg.window_s
+    # the time series at its own window (at most ~1,000 unless chosen); a rollout's rollout.parquet at window_s
+    window, window_key = ((cfg.window_s, "window_s") if cfg.rollout.strategy != "none" else
+                          (series_window_s(cfg.duration_s, cfg.window_s, cfg.timeseries_window_s), "timeseries_window_s"))
+    windows = cfg.duration_s / window
     need_requests, need_windows = requests * BYTES_PER_REQUEST, windows * BYTES_PER_WINDOW
     if need_requests + need_windows <= limit:
         return
@@ -252,9 +256,9 @@ def check_memory(cfg: ServelabConfig, trace_rows: int | None = None, profile: Pr
         lower = "arrival.path or arrival.time_scale" if key == "arrival.path" else f"{key} or duration_s"
         raise ConfigError(key, f"~{requests:.3g} requests ({how}) would need ~{_size(need_requests)} "
                                f"at {BYTES_PER_REQUEST} B each, {over}; lower {lower}")
-    raise ConfigError("duration_s", f"{windows:.3g} time-series windows (duration_s={cfg.duration_s:g} / window_s={cfg.window_s:g}) "
+    raise ConfigError("duration_s", f"{windows:.3g} time-series windows (duration_s={cfg.duration_s:g} / {window_key}={window:g}) "
                                     f"would need ~{_size(need_windows)} at {BYTES_PER_WINDOW} B each, {over}; "
-                                    "lower duration_s or raise window_s")
+                                    f"lower duration_s or raise {window_key}")
 
 
 def check_inputs(cfg: ServelabConfig, files: InputFiles | None = None) -> None:

@@ -22,18 +22,24 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
+import pandas as pd
 
 from scenarios.config import CompareConfig, ServelabConfig
 from sim.config import BatchingConfig, RolloutConfig, ScenarioConfig, version_names, version_specs
 from sim.files import write_json
+from sim.host import GATEWAY, LOADGEN, REPLICA, ROLES, CpuPoint, HostCosts, fit_host_costs, stack_capacity
 from sim.profile import Profile
 from sim.service import capacity_rps
 
+if TYPE_CHECKING:
+    from real.cpu import CpuTrace
+
+FIRST_POINT_MAX_RPS = 200.0  # the first CPU point: light for any stack this project has run on 2 cores
 FEATURES = 64  # the digits models' input width; the emulated backend takes the same tensors
 # How much is measured (samples, warm-up, seconds per point) are config keys: compare.profile_*
 # and compare.overhead_fractions (mode=profile is also mode=compare's calibration).
@@ -74,12 +80,14 @@ def profile_warnings(profile: Profile, cfg: ScenarioConfig) -> list[str]:
     got = profile.meta
     notes = []
     keys = ["backend", "model", "version"]
-    if cfg.service.kind != "empirical":  # a run that replays the profile has no model of its own
+    # a run that replays the profile's device times has no model of its own; one with the host
+    # model and the emulated device has its own, and takes only the host from the profile
+    if cfg.service.kind != "empirical" and profile.host is None:
         keys.append("service")
     for key in keys:
         if key in got and key in expected and got[key] != expected[key]:
             notes.append(f"profile {key} {got[key]!r} differs from this run's {expected[key]!r}")
-    if got.get("max_batch_size", expected["max_batch_size"]) < expected["max_batch_size"]:
+    if cfg.service.kind == "empirical" and got.get("max_batch_size", expected["max_batch_size"]) < expected["max_batch_size"]:
         notes.append(f"profile measured batches up to {got['max_batch_size']}, this run allows {expected['max_batch_size']}")
     theirs, ours = got.get("machine", {}), expected["machine"]
     for key in ("cpu", "cores"):
@@ -184,14 +192,39 @@ def measure_overheads(cfg: ScenarioConfig, run_dir: Path, samples: int, warmup: 
     return hops
 
 
+def _t0_wall(loadgen_dir: Path, workers: int) -> float | None:
+    """The load's time 0 on the wall clock, as the local workers wrote it when they started."""
+    from real.loadgen.plan import started_path
+
+    try:
+        return min(float(orjson.loads(started_path(loadgen_dir, i).read_bytes())["t0_wall"]) for i in range(workers))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _cpu_point(cfg: ScenarioConfig, frame: pd.DataFrame, trace: CpuTrace, t0_wall: float) -> CpuPoint:
+    """What each role of the stack used of the host over a point's measurement window, per
+    second, and the rates of requests and batches sent in it. A CPU backend's model time is
+    the replica's compute, not its framework's: taken out (the twin runs it as the batch)."""
+    span = cfg.duration_s - cfg.warmup_s
+    used = trace.between(t0_wall + cfg.warmup_s, t0_wall + cfg.duration_s)
+    window = frame[(frame["arrival_s"] >= cfg.warmup_s) & (frame["arrival_s"] < cfg.duration_s)]
+    batches = window.loc[window["batch_id"] >= 0].drop_duplicates(["replica", "batch_id"])
+    cores = {role: used[role] / span for role in ROLES}
+    if cfg.model.backend == "numpy":
+        cores[REPLICA] = max(cores[REPLICA] - float(batches["service_s"].sum()) / span, 0.0)
+    return CpuPoint(requests_per_s=len(window) / span, batches_per_s=len(batches) / span, cores_used=cores)
+
+
 def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[float], point_s: float,
-                                warmup_s: float) -> list[dict[str, Any]]:
-    """The stack's per-request overhead (latency less queue and model time) at each rate, driven
-    by the same load generator as a measurement, on seeds of its own (never the schedule a
-    comparison will replay). On a shared host the overhead grows with the rate: this is the
-    twin's model of the host's CPU contention. The points are calibration, not the run: their
-    replicas are told the load's time 0 as any measurement's are, so no version fails (its
-    error_rate) or turns bad (its faults) here."""
+                                warmup_s: float, first_rate: float | None = None) -> list[dict[str, Any]]:
+    """The stack's per-request overhead (latency less queue and model time) and each process's
+    CPU at each rate, driven by the same load generator as a measurement, on seeds of its own
+    (never the schedule a comparison will replay). `rates` may be a function of the first
+    point (`first_rate`, measured first): the host's capacity is known only once its CPU costs
+    are. The points are calibration, not the run: their replicas are told the load's time 0 as
+    any measurement's are, so no version fails (its error_rate) or turns bad (its faults) here."""
+    from real.cpu import CpuSampler
     from scenarios.run_real import measure
 
     healthy = [dataclasses.asdict(dataclasses.replace(v, error_rate=0.0, faults=[])) for v in version_specs(cfg.model)]
@@ -204,26 +237,82 @@ def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[
             cfg, seed=cfg.seed + 1000 + k, warmup_s=warmup_s, duration_s=warmup_s + point_s,
             arrival=dataclasses.replace(cfg.arrival, kind="poisson", rate=rate),
         )
-        frame, summary, _ = measure(point_cfg, run_dir / f"load-{rate:.0f}")
+        out = run_dir / f"load-{rate:.0f}"
+        with CpuSampler() as sampler:
+            frame, summary, _ = measure(point_cfg, out)
         ok = frame[(frame["status"] == "ok") & (frame["arrival_s"] >= point_cfg.warmup_s)]
         total = (ok["latency_s"] - ok["queue_s"] - ok["service_s"]).to_numpy(dtype=float)
         total = total[np.isfinite(total)]
+        t0 = _t0_wall(out / "loadgen", cfg.loadgen.workers - cfg.loadgen.remote_workers)
         if len(total):
-            points.append({"rate": float(rate), "total_s": np.clip(total, 0.0, None).tolist(),
-                           "send_lag_p99_s": summary.get("send_lag_s", {}).get("p99"), "valid": summary.get("valid", True)})
+            point: dict[str, Any] = {"rate": float(rate), "total_s": np.clip(total, 0.0, None).tolist(),
+                                     "queue_p50_s": float(ok["queue_s"].median()),
+                                     "send_lag_p99_s": summary.get("send_lag_s", {}).get("p99"), "valid": summary.get("valid", True)}
+            if t0 is not None:
+                cpu = _cpu_point(point_cfg, frame, sampler.trace, t0)
+                point |= {"requests_per_s": cpu.requests_per_s, "batches_per_s": cpu.batches_per_s, "cores_used": cpu.cores_used}
+            points.append(point)
     return points
+
+
+def host_costs(points: list[dict[str, Any]], cores: int, cfg: ScenarioConfig) -> HostCosts | None:
+    """The host model from the valid points' CPU (sim.host.fit_host_costs), and its non-CPU part
+    from the lightest point (the least queueing for a loop or a core): its overhead less the
+    CPU its request spends on the way is the wake-ups of the processes it passes, asleep at
+    that rate with the odds each was idle (1 - its busy share), and what is left (loopback,
+    the odd late wake-up), replayed as samples."""
+    cpu = [p for p in points if "cores_used" in p and p.get("valid", True)]
+    if not cpu:
+        return None
+    fitted = fit_host_costs([CpuPoint(p["requests_per_s"], p["batches_per_s"], p["cores_used"]) for p in cpu], cores, [0.0])
+    lightest = min(cpu, key=lambda p: p["rate"])
+    batch = lightest["requests_per_s"] / max(lightest["batches_per_s"], 1e-9)
+    on_path = fitted.per_request_s(batch) * fitted.slowdown
+    fixed = np.clip(np.asarray(lightest["total_s"], dtype=float) - on_path, 0.0, None)
+    used = lightest["cores_used"]
+    busy = {LOADGEN: used[LOADGEN] / max(cfg.loadgen.workers, 1), GATEWAY: used[GATEWAY], REPLICA: used[REPLICA] / max(cfg.replicas, 1)}
+    idle = {role: 1.0 - min(share, 0.95) for role, share in busy.items()}
+    # per request: the generator twice, the gateway twice, the replica's loop once in; per
+    # batch: the loop taking the batch back (sim.host_path)
+    wakes = 2 * idle[LOADGEN] + 2 * idle[GATEWAY] + idle[REPLICA] + idle[REPLICA] / batch
+    wake = float(np.median(fixed)) / wakes
+    rest = np.clip(fixed - wake * wakes, 0.0, None)
+    # an idle instance's thread wakes for its batch: the replica counts it as queue time, and
+    # at the lightest rate most batches find an instance idle
+    handoff = float(lightest.get("queue_p50_s", 0.0))
+    return dataclasses.replace(fitted, fixed_s=rest.tolist(), wake_s=wake, handoff_s=handoff)
 
 
 def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig | None = None) -> Profile:
     """The whole profile, measured as `settings` (the compare.* keys; default their defaults) ask:
-    device times, idle overheads, and overheads under load at compare.overhead_fractions."""
+    device times, idle overheads, and overheads and CPU under load at compare.overhead_fractions
+    of the stack's capacity: the first point at the first fraction of the devices' capacity (at
+    most FIRST_POINT_MAX_RPS), the others at fractions of the stack capacity it predicts."""
     s = settings if settings is not None else CompareConfig()
     times = measure_device_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
     overheads = measure_overheads(cfg, run_dir, s.profile_idle_samples, s.profile_idle_warmup)
-    by_rate = measure_overhead_under_load(cfg, run_dir, overhead_rates(cfg, s.overhead_fractions),
-                                          s.profile_point_duration_s, s.profile_point_warmup_s)
     meta = profile_meta(cfg) | {"replicas": cfg.replicas}
-    return Profile(times_s=times, overheads_s=overheads, meta=meta, overhead_by_rate=by_rate)
+    device_only = Profile(times_s=times, overheads_s=overheads, meta=meta)
+    fractions = sorted(s.overhead_fractions)
+    cores = os.cpu_count() or 1
+    first = min(fractions[0] * capacity_rps(cfg, device_only), FIRST_POINT_MAX_RPS)
+    by_rate = measure_overhead_under_load(cfg, run_dir, [first], s.profile_point_duration_s, s.profile_point_warmup_s)
+    host = host_costs(by_rate, cores, cfg)
+    capacity = stack_capacity(cfg, dataclasses.replace(device_only, host=host)).rps
+    rest = [f * capacity for f in fractions[1:]]
+    by_rate += measure_overhead_under_load(cfg, run_dir, rest, s.profile_point_duration_s, s.profile_point_warmup_s)
+    host = host_costs(by_rate, cores, cfg)
+    if host is not None and cfg.model.backend == "emulated":
+        host = dataclasses.replace(host, device_wake_s=device_wake_s(cfg, times))
+    return Profile(times_s=times, overheads_s=overheads, meta=meta, overhead_by_rate=by_rate, host=host)
+
+
+def device_wake_s(cfg: ScenarioConfig, times: dict[int, list[float]]) -> float:
+    """How much later than its service model the emulated device answers, on average over
+    the measured batch sizes: the sleep's overshoot and the hand-back to the server's loop."""
+    factor = version_specs(cfg.model)[0].service_factor
+    late = [float(np.mean(v)) - (cfg.service.base_s + cfg.service.per_item_s * b) * factor for b, v in times.items()]
+    return max(float(np.mean(late)), 0.0)
 
 
 def format_profile(profile: Profile) -> str:
@@ -240,15 +329,19 @@ def format_profile(profile: Profile) -> str:
         lines.append("overhead per request under load, outside queue and model (ms):")
         for point in profile.overhead_by_rate:
             a = np.asarray(point["total_s"]) * 1e3
+            cpu = point.get("cores_used")
+            used = "" if cpu is None else "  cores used " + " ".join(f"{role} {cpu[role]:.2f}" for role in ROLES)
             lines.append(f"  {point['rate']:>7.0f} req/s  p50 {np.percentile(a, 50):.3f}  p90 {np.percentile(a, 90):.3f}  "
-                         f"p99 {np.percentile(a, 99):.3f}  (n {len(a)})")
+                         f"p99 {np.percentile(a, 99):.3f}  (n {len(a)}){used}{'' if point.get('valid', True) else '  INVALID'}")
+    host = profile.host
+    if host is not None:
+        fixed = np.asarray(host.fixed_s) * 1e3
+        lines.append(f"host: {host.cores} cores, {host.background_cores:.2f} of them busy without requests; CPU per request (ms): "
+                     + ", ".join(f"{role} {host.cpu_per_request_s[role] * 1e3:.3f}" for role in ROLES)
+                     + f", replica per batch {host.replica_cpu_per_batch_s * 1e3:.3f}; "
+                     f"a sleeping process wakes in {host.wake_s * 1e3:.3f}; the rest, not CPU (loopback) "
+                     f"p50 {np.percentile(fixed, 50):.3f} p99 {np.percentile(fixed, 99):.3f}")
     return "\n".join(lines)
-
-
-def overhead_rates(cfg: ScenarioConfig, fractions: list[float]) -> list[float]:
-    """Rates at which to measure overhead under load: fractions of the scenario's capacity."""
-    capacity = capacity_rps(cfg)
-    return [f * capacity for f in fractions]
 
 
 def run(cfg: ServelabConfig, out_dir: Path) -> int:

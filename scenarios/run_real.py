@@ -38,16 +38,18 @@ from real.controller import BackgroundDriver, ControllerDriver, TimeZeroTeller
 from real.launcher import LaunchError, RunningStack, absolute, launch
 from real.loadgen.merge import fetch_shadow, send_lag_summary, shadow_dropped
 from real.loadgen.runner import LoadgenError, LoadResult, check, infer_path, run_load
+from reports.compare import measurement_validity
 from reports.text import format_summary
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, report_run, write_parquet, write_run
 from scenarios.run_sim import format_rollout_line, rollout_summary, write_rollout
 from sim.config import ConfigError, ScenarioConfig, rollout_versions, version_names
+from sim.host import stack_capacity
 from sim.policy.rollout import controller_from_config
 from sim.policy.split import WARMUP_HEADER
 from sim.policy.strategy import RolloutController
 from sim.profile import load_profile
-from sim.records import summarize, timeseries
+from sim.records import series_window_s, summarize, timeseries
 from sim.service import capacity_rps
 
 EXIT_FAILED = 1
@@ -132,8 +134,8 @@ def known_capacity(cfg: ScenarioConfig) -> float | None:
     """The stack's capacity when something describes its device times: a measured profile
     (overhead.profile, or service.kind=empirical), or the emulated backend, whose device sleeps
     the service model. A numpy model's speed is known only once profiled: None."""
-    if cfg.overhead.profile:
-        return capacity_rps(cfg, load_profile(cfg.overhead.profile))
+    if cfg.overhead.profile:  # with a host model: the lesser of the devices' and the host's
+        return stack_capacity(cfg, load_profile(cfg.overhead.profile)).rps
     if cfg.service.kind == "empirical" or cfg.model.backend == "emulated":
         return capacity_rps(cfg)
     return None
@@ -315,7 +317,8 @@ def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None
     })
     finish = frame["finish_s"].to_numpy(dtype=float)
     end = max(cfg.duration_s, float(np.nanmax(finish))) if np.isfinite(finish).any() else cfg.duration_s
-    series = timeseries(frame, cfg.window_s, end_s=end, versions=version_names(cfg.model))
+    summary["timeseries_window_s"] = series_window_s(end, cfg.window_s, cfg.timeseries_window_s)
+    series = timeseries(frame, summary["timeseries_window_s"], end_s=end, versions=version_names(cfg.model))
     return frame, summary, series
 
 
@@ -371,4 +374,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     paths = report_run(out_dir, cfg, frame, summary, series,
                        title=f"servelab real: {cfg.model.backend} backend, {cfg.replicas} replicas, {cfg.lb.policy}")
     print(format_report_paths(out_dir, paths))
-    return 0 if summary["valid"] else EXIT_INVALID_MEASUREMENT
+    validity = measurement_validity(summary)
+    if not validity["valid"]:  # the last line says why, as mode=compare's names its invalid points
+        print(f"servelab: measurement INVALID (exit status {EXIT_INVALID_MEASUREMENT}): {'; '.join(validity['invalid_reasons'])}")
+    return 0 if validity["valid"] else EXIT_INVALID_MEASUREMENT

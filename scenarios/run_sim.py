@@ -22,7 +22,8 @@ from sim.policy.rollout import controller_from_config
 from sim.policy.split import Router
 from sim.policy.strategy import RolloutController
 from sim.profile import load_profile
-from sim.records import primary, requests_frame, summarize, timeseries, version_windows
+from sim.records import primary, requests_frame, series_window_s, summarize, timeseries, version_windows
+from sim.host import host_capacity
 from sim.service import capacity_rps
 from sim.twin import Twin, default_progress
 
@@ -48,10 +49,12 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
     expected = None if cfg.arrival.kind in ("closed", "trace") else int(cfg.arrival.rate * cfg.duration_s)
     bar = default_progress(expected) if progress else None
     wall = time.perf_counter()
-    samples = overhead.overhead_samples(mean_offered_rate(cfg)) if overhead else None
+    host = overhead.host if overhead is not None and cfg.overhead.model == "host" else None
+    samples = overhead.overhead_samples(mean_offered_rate(cfg)) if overhead is not None and host is None else None
     controller = controller_from_config(cfg)
-    result = Twin(cfg, profile=profile, progress=bar, overhead_samples=samples, controller=controller).run()
+    result = Twin(cfg, profile=profile, progress=bar, overhead_samples=samples, controller=controller, host=host).run()
     wall = time.perf_counter() - wall
+    capacity = capacity_rps(cfg, profile)  # the devices'; with the host modelled, the lesser of both
     frame = requests_frame(result.columns)
     summary = summarize(
         frame,
@@ -59,7 +62,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
         duration_s=cfg.duration_s,
         replicas=len(result.busy_s),  # with a rollout's replicas: every one that existed
         concurrency=cfg.concurrency,
-        capacity_rps=capacity_rps(cfg, profile),
+        capacity_rps=capacity if host is None else min(capacity, host_capacity(cfg, host)[0]),
         versions=version_names(cfg.model),
         extra={
             "source": "sim",
@@ -75,7 +78,9 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
                                            window_s=cfg.window_s, duration_s=cfg.duration_s)} if controller is not None else {}),
         },
     )
-    series = timeseries(frame, cfg.window_s, end_s=max(cfg.duration_s, result.end_s), versions=version_names(cfg.model))
+    end = max(cfg.duration_s, result.end_s)
+    summary["timeseries_window_s"] = series_window_s(end, cfg.window_s, cfg.timeseries_window_s)
+    series = timeseries(frame, summary["timeseries_window_s"], end_s=end, versions=version_names(cfg.model))
     return frame, summary, series
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 ARRIVAL_KINDS = ("poisson", "constant", "bursty", "diurnal", "trace", "closed")
 SERVICE_KINDS = ("deterministic", "exponential", "lognormal", "empirical")
+OVERHEAD_MODELS = ("host", "replay")
 BACKENDS = ("numpy", "emulated")
 MODES = ("sim", "real", "compare", "serve", "profile", "rehearse")
 LOADGEN_DISPATCH = ("dispatcher", "timers")
@@ -75,7 +76,8 @@ class OverheadConfig:
 
     before_s: float = setting(0.0, "time from the intended send to enqueued at the replica, s")
     after_s: float = setting(0.0, "time from the model done to the answer at the client, s")
-    profile: str = setting("", "a profile file: replay its measured overheads instead (mode=compare: its calibration)")
+    profile: str = setting("", "a profile file: model (or replay) the stack it measured instead (mode=compare: its calibration)")
+    model: str = setting("host", "with a profile: host = its processes' CPU costs on the host's cores (sim.host), replay = its overheads measured at a few rates, interpolated by rate (profiles without a host part replay)")
 
 
 @dataclass
@@ -271,6 +273,7 @@ class LoadgenConfig:
     remote_start_timeout_s: float = setting(600.0, "loadgen.start_timeout_s when loadgen.remote_workers > 0 (started by hand elsewhere), s")
     stop_grace_s: float = setting(10.0, "a stopped worker has this long to write its records before it is killed, s")
     nice: int = setting(-10, "the generator's CPU priority, -20..19 (lower: it preempts the stack sooner, less send lag; without the privilege it stays 0)")
+    spin_s: float = setting(0.0, "a worker sleeps until this long before each send and spins the rest, yielding to answers (a late wake-up is send lag), s")
 
 
 @dataclass
@@ -283,7 +286,11 @@ class ScenarioConfig:
     replicas: int = setting(2, "model-server replicas")
     concurrency: int = setting(1, "model instances per replica sharing its queue (Triton's instance count)")
     timeout_s: float = setting(5.0, "client deadline: unanswered by then = timeout (0 = none), s")
-    window_s: float = setting(1.0, "time-series window, s")
+    window_s: float = setting(1.0, "the controllers' analysis window (what a rollout analysis reads; rollout.parquet's window), and the "
+                                    "time series' unless timeseries_window_s says otherwise, s")
+    timeseries_window_s: float = setting(0.0, "time-series window (timeseries.parquet, its figures), s; 0 = auto: window_s, "
+                                              "or on a long horizon the smallest window_s x 1, 2, 5 x 10^k giving <= 1,000 "
+                                              "windows; the controllers keep window_s")
     arrival: ArrivalConfig = field(default_factory=ArrivalConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     lb: LbConfig = field(default_factory=LbConfig)
@@ -457,6 +464,7 @@ def _validate_service(cfg: ScenarioConfig) -> None:
     _require(s.shared_cores >= 0, "service.shared_cores", f"must be >= 0 (0 = a device per instance), got {s.shared_cores}")
     _non_negative(cfg.overhead.before_s, "overhead.before_s")
     _non_negative(cfg.overhead.after_s, "overhead.after_s")
+    _choice(cfg.overhead.model, "overhead.model", OVERHEAD_MODELS)
 
 
 def _validate_shadow(cfg: ScenarioConfig) -> None:
@@ -533,6 +541,7 @@ def _validate_loadgen_timing(lg: LoadgenConfig) -> None:
     for name in ("start_lead_s", "drain_s", "start_timeout_s", "remote_start_timeout_s", "stop_grace_s"):
         _positive(getattr(lg, name), f"loadgen.{name}")
     _require(-20 <= lg.nice <= 19, "loadgen.nice", f"must be in [-20, 19], got {lg.nice}")
+    _require(0 <= lg.spin_s <= 0.01, "loadgen.spin_s", f"must be in [0, 0.01] (spinning longer only burns the stack's CPU), got {lg.spin_s}")
 
 
 ROLLOUT_STRATEGIES = ("none", "canary", "linear", "blue_green", "rolling", "recreate")
@@ -638,6 +647,7 @@ def validate(cfg: ScenarioConfig) -> None:
     _require(cfg.concurrency >= 1, "concurrency", f"must be >= 1, got {cfg.concurrency}")
     _non_negative(cfg.timeout_s, "timeout_s")
     _positive(cfg.window_s, "window_s")
+    _non_negative(cfg.timeseries_window_s, "timeseries_window_s")
     _validate_arrival(cfg.arrival)
     _validate_service(cfg)
     _validate_routing(cfg)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sim.config import ConfigError
+from sim.host import HostCosts
 
 
 @dataclass
@@ -28,6 +29,9 @@ class Profile:
     # the stack's own per-request overhead measured under load: [{"rate": req/s, "total_s": [...]}]
     # (on a shared host it grows with the request rate: every hop competes for the same cores)
     overhead_by_rate: list[dict[str, Any]] = field(default_factory=list)
+    # the host's cores and each process's CPU per request (sim.host): None in profiles older
+    # than the host model, which the twin then replays by rate
+    host: HostCosts | None = None
 
     def __post_init__(self) -> None:
         if not self.times_s or any(not v for v in self.times_s.values()):
@@ -73,8 +77,11 @@ class Profile:
         return {"before_s": half, "after_s": half}
 
     def to_json(self) -> dict[str, Any]:
-        return {"times_s": {str(b): v for b, v in self.times_s.items()}, "overheads_s": self.overheads_s,
-                "overhead_by_rate": self.overhead_by_rate, "meta": self.meta}
+        doc = {"times_s": {str(b): v for b, v in self.times_s.items()}, "overheads_s": self.overheads_s,
+               "overhead_by_rate": self.overhead_by_rate, "meta": self.meta}
+        if self.host is not None:
+            doc["host"] = self.host.to_json()
+        return doc
 
 
 PROFILE_HINT = "write one with mode=profile"
@@ -133,11 +140,19 @@ def _parse(raw: dict[str, Any], path: str, key: str) -> Profile:
         raise ConfigError(key, f"profile {path}: overheads_s and meta must be objects, overhead_by_rate a list")
     if not all(isinstance(p, dict) and isinstance(p.get("rate"), (int, float)) and math.isfinite(p["rate"]) for p in by_rate):
         raise ConfigError(key, f"profile {path}: each overhead_by_rate entry needs a finite 'rate' and 'total_s' samples")
+    host = None
+    if "host" in raw:
+        try:
+            host = HostCosts.from_json(raw["host"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(key, f"profile {path}: 'host' is not a host model mode=profile wrote ({exc}); {PROFILE_HINT}") from exc
     return Profile(
+        host=host,
         times_s={_batch_size(b, path, key): _samples(v, f"times_s[{b}]", path, key) for b, v in times.items()},
         overheads_s={str(k): _samples(v, f"overheads_s[{k}]", path, key, -math.inf) for k, v in overheads.items()},
         meta=dict(meta),
-        overhead_by_rate=[{"rate": float(p["rate"]), "total_s": _samples(p.get("total_s"), "overhead_by_rate total_s", path, key, -math.inf)}
+        # a point's CPU figures and validity ride along: they are what the host model was fitted to
+        overhead_by_rate=[p | {"rate": float(p["rate"]), "total_s": _samples(p.get("total_s"), "overhead_by_rate total_s", path, key, -math.inf)}
                           for p in by_rate],
     )
 
@@ -148,8 +163,8 @@ def load_profile(path: str, key: str = "service.profile") -> Profile:
 
 
 def check_overheads(profile: Profile, path: str, key: str = "overhead.profile") -> None:
-    """A profile named to replay overheads must hold some, else the twin would silently run
-    with the constant overhead.before_s/after_s."""
-    if not profile.overhead_by_rate and not {"before_s", "after_s"} & set(profile.overheads_s):
+    """A profile named for overheads must hold a host model or overheads to replay, else the
+    twin would silently run with the constant overhead.before_s/after_s."""
+    if profile.host is None and not profile.overhead_by_rate and not {"before_s", "after_s"} & set(profile.overheads_s):
         raise ConfigError(key, f"profile {path} has no overhead samples (overhead_by_rate, or overheads_s "
                                f"before_s/after_s) to replay; {PROFILE_HINT}")

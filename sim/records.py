@@ -305,6 +305,33 @@ def _version_series(frame: pd.DataFrame, edges: np.ndarray, window_s: float, ver
     return columns
 
 
+# A time series no figure can show is no use: past this many windows the automatic window widens.
+MAX_SERIES_WINDOWS = 1000
+_NICE_FACTORS = (1, 2, 5)
+
+
+def series_window_s(end_s: float, window_s: float, chosen_s: float = 0.0,
+                    max_windows: int = MAX_SERIES_WINDOWS) -> float:
+    """The window of a run's time series over [0, end_s): `chosen_s` when the user chose one
+    (timeseries_window_s > 0), else `window_s` (the controllers' analysis window) while that
+    gives at most `max_windows`, else the smallest window_s x 1, 2, 5 x 10^k that does. A
+    multiple of window_s, so each series window holds whole analysis windows (rollout.parquet's
+    rows nest in it), and a nice number of seconds when window_s is one: 142,857 s of one-second
+    windows become 200-second ones (715 windows), the series stays readable, and the
+    controllers, which read window_s, are unchanged."""
+    if chosen_s > 0:
+        return chosen_s
+    if not math.isfinite(end_s) or math.ceil(end_s / window_s) <= max_windows:
+        return window_s
+    exponent = math.floor(math.log10(end_s / (window_s * max_windows)))
+    while True:  # at most four steps: this decade's 1, 2, 5 or the next one's 1
+        for factor in _NICE_FACTORS:
+            width = float(f"{window_s * factor * 10.0 ** exponent:.12g}")  # 200.0, not 200.00000000000003
+            if math.ceil(end_s / width) <= max_windows:  # as `timeseries` counts them
+                return width
+        exponent += 1
+
+
 def timeseries(frame: pd.DataFrame, window_s: float, end_s: float | None = None,
                versions: Sequence[str] = ()) -> pd.DataFrame:
     """Per-window offered rate (by send time), throughput (answers completed in the window,

@@ -23,6 +23,7 @@ from sim.records import ERROR, OK, SHED, TIMEOUT
 from sim.service import ServiceTime
 
 if TYPE_CHECKING:
+    from sim.host_path import ReplicaLane
     from sim.requests import RequestLog
 
 
@@ -104,7 +105,7 @@ class BatchJudge:
 
 class SimReplica:
     __slots__ = ("index", "queue", "env", "log", "service", "cores", "version_factor", "down", "slowdown", "busy_s",
-                 "timer_at", "on_release", "timeout_s", "constant_after_s", "_batches", "judge")
+                 "timer_at", "on_release", "timeout_s", "constant_after_s", "_batches", "judge", "cpu", "lane")
 
     def __init__(
         self,
@@ -122,6 +123,8 @@ class SimReplica:
         batch_counter: list[int],
         constant_after_s: float | None,
         judge: BatchJudge | None = None,
+        cpu: Callable[[float, Callable[[], None]], None] | None = None,
+        lane: ReplicaLane | None = None,
     ) -> None:
         self.index = index
         self.queue: ReplicaQueue[int] = ReplicaQueue(batcher, instances, max_queue_size)
@@ -143,6 +146,13 @@ class SimReplica:
         self._batches = batch_counter  # one counter shared by all replicas: batch ids unique in the run
         # failures and right/wrong answers per finished batch; None: no version fails or is judged
         self.judge = judge
+        # with the host modelled, a model that computes on this replica's own loop (numpy):
+        # `cpu(cost, then)` runs a batch as the replica process's job on the host's cores
+        self.cpu = cpu
+        # with the host modelled: a finished batch is handed back to the server's loop, which
+        # answers it and only then frees the instance (real/server/batcher.py), as a job of
+        # the replica's process: a busy loop or host keeps a done instance from its next batch
+        self.lane = lane
 
     # -- arrivals --------------------------------------------------------------------------
 
@@ -223,6 +233,22 @@ class SimReplica:
             bsz[j] = size
             bid[j] = batch_id
             svc[j] = service_s
+        if self.cpu is not None:
+            self.cpu(service_s, partial(self._on_complete, batch, service_s, None))
+            return
+        if self.lane is not None:  # the instance's thread wakes up, and takes its process's GIL
+            self.env.timeout(self.lane.handoff_s).callbacks.append(
+                lambda _e: self.lane.host.run(self.lane.process, 0.0, partial(self._on_device, batch, service_s), wakes=False))
+            return
+        self.env.timeout(service_s).callbacks.append(partial(self._on_complete, batch, service_s))
+
+    def _on_device(self, batch: list[int], service_s: float) -> None:
+        """On the modelled host: the instance's thread has the batch: the device starts now,
+        and the replica's queue time runs to here, as the real replica measures it."""
+        start = self.log.start
+        now = self.env._now
+        for j in batch:
+            start[j] = now
         self.env.timeout(service_s).callbacks.append(partial(self._on_complete, batch, service_s))
 
     def _run(self, batch: list[int], service_s: float, dispatched: float, now: float) -> None:
@@ -233,7 +259,7 @@ class SimReplica:
             svc[j] = wall_s
         self.env.timeout(service_s).callbacks.append(partial(self._on_complete, batch, wall_s))
 
-    def _on_complete(self, batch: list[int], service_s: float, _event: simpy.Event) -> None:
+    def _on_complete(self, batch: list[int], service_s: float, _event: simpy.Event | None) -> None:
         now = self.env._now
         cores = self.cores
         if cores.count:
@@ -242,6 +268,14 @@ class SimReplica:
                 waiting_rep._run(waiting_batch, waiting_s, dispatched, now)
             else:
                 cores.free += 1
+        if self.lane is not None:
+            self.lane.run(self.lane.answer_s(len(batch)), partial(self._answered, batch, service_s))
+            return
+        self._answered(batch, service_s)
+
+    def _answered(self, batch: list[int], service_s: float) -> None:
+        """The server has the batch's answers: they leave, and its instance takes the next."""
+        now = self.env._now
         log = self.log
         arrival, finish, status, after = log.arrival, log.finish, log.status, log.after_s
         deadline = self.timeout_s

@@ -19,8 +19,9 @@ _BUFFER = 65536
 
 
 class ServiceTime:
-    def __init__(self, cfg: ServiceConfig, rng: np.random.Generator, profile: Profile | None = None) -> None:
+    def __init__(self, cfg: ServiceConfig, rng: np.random.Generator, profile: Profile | None = None, extra_s: float = 0.0) -> None:
         self.cfg = cfg
+        self.extra_s = extra_s  # added to every draw: a device's measured lateness (sim.host.HostCosts.device_wake_s)
         self._rng = rng
         self._buf: list[float] = []
         self._pos = 0
@@ -40,8 +41,8 @@ class ServiceTime:
 
     def mean(self, batch_size: int) -> float:
         if self._profile is not None:
-            return self._profile.mean_s(batch_size)
-        return self.cfg.base_s + self.cfg.per_item_s * batch_size
+            return self._profile.mean_s(batch_size) + self.extra_s
+        return self.cfg.base_s + self.cfg.per_item_s * batch_size + self.extra_s
 
     def _next_unit(self) -> float:
         if self._pos >= len(self._buf):
@@ -54,8 +55,8 @@ class ServiceTime:
     def draw(self, batch_size: int) -> float:
         u = self._next_unit()
         if self._profile is not None:
-            return self._profile.sample_s(batch_size, u)
-        return (self.cfg.base_s + self.cfg.per_item_s * batch_size) * u
+            return self._profile.sample_s(batch_size, u) + self.extra_s
+        return (self.cfg.base_s + self.cfg.per_item_s * batch_size) * u + self.extra_s
 
 
 class Overhead:

@@ -30,6 +30,8 @@ import simpy
 from sim.arrivals import ArrivalSchedule, make_schedule, unknown_trace_versions
 from sim.config import ScenarioConfig, version_specs
 from sim.control import ControlPlane, Event, ReplicaCount
+from sim.host import HostCosts
+from sim.host_path import HostPath
 from sim.policy.batching import DynamicBatcher
 from sim.policy.controller import Controller
 from sim.policy.health import HealthPolicy
@@ -80,6 +82,7 @@ class Twin:
         overhead_samples: dict[str, list[float]] | None = None,
         controller: Controller | None = None,
         stop_when_done: bool = False,
+        host: HostCosts | None = None,
     ) -> None:
         self.cfg = cfg
         self.streams: Streams = make_streams(cfg.seed)
@@ -91,6 +94,9 @@ class Twin:
         self.outstanding = [0] * cfg.replicas
         self.hop_s = cfg.gateway.hop_s
         self.overhead = Overhead(cfg.overhead.before_s, cfg.overhead.after_s, self.streams.overhead, overhead_samples)
+        # with the host modelled, a request's time outside queue and model is its path through
+        # the stack's processes on the host's cores (sim.host_path), not a replayed overhead
+        self.path: HostPath | None = None
         self.timeout_s = cfg.timeout_s if cfg.timeout_s > 0 else math.inf
         self.health = HealthPolicy(cfg.replicas, cfg.health.failure_threshold, cfg.health.success_threshold)
         self.controller = controller
@@ -114,8 +120,10 @@ class Twin:
         self.behaviour = behaviour = VersionBehaviour.from_config(cfg)
         version_of = self.membership.version_of
         batcher = DynamicBatcher(cfg.batching.max_batch_size, cfg.batching.max_queue_delay_s)
-        service = ServiceTime(cfg.service, self.streams.service, profile)
-        cores = CpuCores(cfg.service.shared_cores)
+        # the emulated device sleeps its service model; a modelled host adds its measured lateness
+        wake_s = host.device_wake_s if host is not None and cfg.model.backend == "emulated" and cfg.service.kind != "empirical" else 0.0
+        service = ServiceTime(cfg.service, self.streams.service, profile, extra_s=wake_s)
+        cores = CpuCores(0 if host is not None else cfg.service.shared_cores)  # a modelled host holds the cores
         batches = [0]
         version_factor: Callable[[int], float] | None = None  # None: every version at speed 1, always
         if not behaviour.uniform_speed:
@@ -127,22 +135,38 @@ class Twin:
                 version_factor = lambda rep: behaviour.device_factor(version_of[rep], env._now)  # noqa: E731
         # None keeps the batch completion path as it was: nothing fails, nothing is judged
         self.judge = BatchJudge(behaviour, version_of, self.log, cfg.seed) if behaviour.judges else None
-        if self.hop_s > 0:
-            on_release: Callable[[int, list[int]], None] = self._on_release
+        if host is not None:
+            self.path = HostPath(self.env, self.log, host, cfg.loadgen.workers, self.streams.overhead, self.timeout_s,
+                                 self._gateway_saw, self._client_has)
+            on_release: Callable[[int, list[int]], None] = self.path.relay
+        elif self.hop_s > 0:
+            on_release = self._on_release
         elif controller is None and cfg.arrival.kind != "closed":  # nobody else waits on answers
             on_release = self._release_count
         else:
             on_release = self._on_answer
-        constant_after = None if self.overhead.active else self.hop_s
+        # on the host path the answer's way back is the path's, after the batch: 0 here
+        constant_after = 0.0 if self.path is not None else None if self.overhead.active else self.hop_s
+        # a model that computes on the replica's own loop (numpy) runs as that process's job
+        on_cpu = self.path is not None and cfg.model.backend == "numpy"
 
         def make_replica(r: int) -> SimReplica:  # those of the start, and those a rollout starts
             return SimReplica(r, self.env, self.log, batcher, cfg.concurrency, cfg.batching.max_queue_size, service, cores,
-                              version_factor, on_release, self.timeout_s, batches, constant_after, self.judge)
+                              version_factor, on_release, self.timeout_s, batches, constant_after, self.judge,
+                              **self._host_lanes(r, on_cpu))
 
         self._make_replica = make_replica
         self.replicas = [make_replica(r) for r in range(cfg.replicas)]
         self.control = ControlPlane(self.env, self.router, self.health, self.replicas, self._start_replica, self.events,
                                     outstanding=self.outstanding)
+
+    def _host_lanes(self, replica: int, on_cpu: bool) -> dict[str, Any]:
+        """A replica's process on the modelled host: its batches' hand-back, and with a CPU
+        model its compute (SimReplica's `lane` and `cpu`); nothing without a host model."""
+        if self.path is None:
+            return {}
+        lane = self.path.lane(replica)
+        return {"lane": lane, "cpu": lane.run if on_cpu else None}
 
     # -- the gateway -------------------------------------------------------------------------
 
@@ -161,6 +185,11 @@ class Twin:
         log.replica[i] = r
         log.version[i] = self.membership.version_of[r]
         self.outstanding[r] += 1
+        if self.path is not None:
+            self.path.send(i, self.replicas[r])
+            if self.mirror is not None:
+                self._mirror(i, log.version[i], now, 0.0)
+            return
         delay = self.hop_s
         if self.overhead.active:
             before, after = self.overhead.draw()
@@ -222,6 +251,20 @@ class Twin:
         """`_on_answer` when no controller reads windows and no closed-loop user waits."""
         self.outstanding[r] -= len(requests)
 
+    def _gateway_saw(self, r: int, j: int) -> None:
+        """On the host path: the gateway relays request j's answer (its count and windows)."""
+        self.outstanding[r] -= 1
+        if self.controller is not None:
+            now = self.env._now
+            self._window_answer(j, now)
+            if not self.outstanding[r] and self.membership.removed[r]:
+                self.control.emptied(r, now)
+
+    def _client_has(self, j: int) -> None:
+        """On the host path: the client has request j's answer."""
+        if self._waiters:
+            self._notify(j, self.log.finish[j])
+
     def _on_answer(self, r: int, requests: list[int], _event: simpy.Event | None = None) -> None:
         self.outstanding[r] -= len(requests)
         if self.controller is not None:
@@ -281,7 +324,8 @@ class Twin:
         # request reaches its replica the instant it is sent, with no deadline to carry, and no
         # controller can change routing, membership or faults during the run (without one,
         # nothing does); otherwise every request goes through the gateway's full path.
-        inline = self.hop_s == 0 and not self.overhead.active and self.timeout_s == math.inf and self.controller is None \
+        inline = self.hop_s == 0 and not self.overhead.active and self.path is None and self.timeout_s == math.inf \
+            and self.controller is None \
             and self.membership.uniform and self.mirror is None and self._pins is None
         if inline:
             self.log.enqueued = times  # enqueued == sent for every request: one list serves both

@@ -217,7 +217,7 @@ def test_rate_from_a_preset_or_the_default_is_not_explicit() -> None:
     "overrides, key",
     [
         (["arrival.rate=1e9"], "arrival.rate"),
-        (["duration_s=1e9", "arrival.rate=0.001"], "duration_s"),
+        (["duration_s=1e9", "arrival.rate=0.001", "timeseries_window_s=1"], "duration_s"),  # auto would be 1e6 s
         (["arrival.kind=bursty", "arrival.high_rate=1e9"], "arrival.high_rate"),
         (["arrival.kind=diurnal", "arrival.rate=5e8", "arrival.amplitude=1"], "arrival.rate"),
         (["arrival.kind=closed", "arrival.users=100000000", "arrival.think_s=0.001"], "arrival.users"),
