@@ -136,13 +136,17 @@ def _profiling_config(cfg: ScenarioConfig, replicas: int) -> ScenarioConfig:
     )
 
 
-def measure_device_times(cfg: ScenarioConfig, run_dir: Path, samples: int, warmup: int) -> dict[int, list[float]]:
-    """`samples` device times per batch size, after `warmup` discarded requests (sizes in turn)."""
+def measure_device_times(cfg: ScenarioConfig, run_dir: Path, samples: int,
+                         warmup: int) -> tuple[dict[int, list[float]], list[float]]:
+    """`samples` device times per batch size, after `warmup` discarded requests (sizes in turn),
+    and each request's queue time: with one request at a time and no batching delay, that is
+    the instance's thread waking for its batch (the host model's `handoff_s`)."""
     from real.launcher import launch
 
     rng = np.random.default_rng(cfg.seed)
     sizes = list(range(1, cfg.batching.max_batch_size + 1))
     times: dict[int, list[float]] = {b: [] for b in sizes}
+    handoffs: list[float] = []
     path = f"/v2/models/{cfg.model.name}/infer"
     with launch(_profiling_config(cfg, 1), run_dir=run_dir / "device") as stack:
         client = _Client(stack.replica_urls[0])
@@ -157,9 +161,10 @@ def measure_device_times(cfg: ScenarioConfig, run_dir: Path, samples: int, warmu
                     if params["batch_size"] != b:
                         raise RuntimeError(f"profiling expected a batch of {b}, the replica formed {params['batch_size']}")
                     times[b].append(float(params["service_s"]))
+                    handoffs.append(float(params["queue_s"]))
         finally:
             client.close()
-    return times
+    return times, handoffs
 
 
 def measure_overheads(cfg: ScenarioConfig, run_dir: Path, samples: int, warmup: int) -> dict[str, list[float]]:
@@ -246,7 +251,6 @@ def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[
         t0 = _t0_wall(out / "loadgen", cfg.loadgen.workers - cfg.loadgen.remote_workers)
         if len(total):
             point: dict[str, Any] = {"rate": float(rate), "total_s": np.clip(total, 0.0, None).tolist(),
-                                     "queue_p50_s": float(ok["queue_s"].median()),
                                      "send_lag_p99_s": summary.get("send_lag_s", {}).get("p99"), "valid": summary.get("valid", True)}
             if t0 is not None:
                 cpu = _cpu_point(point_cfg, frame, sampler.trace, t0)
@@ -277,10 +281,7 @@ def host_costs(points: list[dict[str, Any]], cores: int, cfg: ScenarioConfig) ->
     wakes = 2 * idle[LOADGEN] + 2 * idle[GATEWAY] + idle[REPLICA] + idle[REPLICA] / batch
     wake = float(np.median(fixed)) / wakes
     rest = np.clip(fixed - wake * wakes, 0.0, None)
-    # an idle instance's thread wakes for its batch: the replica counts it as queue time, and
-    # at the lightest rate most batches find an instance idle
-    handoff = float(lightest.get("queue_p50_s", 0.0))
-    return dataclasses.replace(fitted, fixed_s=rest.tolist(), wake_s=wake, handoff_s=handoff)
+    return dataclasses.replace(fitted, fixed_s=rest.tolist(), wake_s=wake)
 
 
 def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig | None = None) -> Profile:
@@ -289,12 +290,12 @@ def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig 
     of the stack's capacity: the first point at the first fraction of the devices' capacity (at
     most FIRST_POINT_MAX_RPS), the others at fractions of the stack capacity it predicts."""
     s = settings if settings is not None else CompareConfig()
-    times = measure_device_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
-    overheads = measure_overheads(cfg, run_dir, s.profile_idle_samples, s.profile_idle_warmup)
+    times, handoffs = measure_device_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
+    overheads = measure_overheads(cfg, run_dir, s.profile_idle_samples, s.profile_idle_warmup) | {"handoff_s": handoffs}
     meta = profile_meta(cfg) | {"replicas": cfg.replicas}
     device_only = Profile(times_s=times, overheads_s=overheads, meta=meta)
     fractions = sorted(s.overhead_fractions)
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))  # the cores this process (and the stack it starts) may run on
     first = min(fractions[0] * capacity_rps(cfg, device_only), FIRST_POINT_MAX_RPS)
     by_rate = measure_overhead_under_load(cfg, run_dir, [first], s.profile_point_duration_s, s.profile_point_warmup_s)
     host = host_costs(by_rate, cores, cfg)
@@ -302,6 +303,8 @@ def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig 
     rest = [f * capacity for f in fractions[1:]]
     by_rate += measure_overhead_under_load(cfg, run_dir, rest, s.profile_point_duration_s, s.profile_point_warmup_s)
     host = host_costs(by_rate, cores, cfg)
+    if host is not None:  # an idle instance's thread wakes for its batch: the device measurement's queue time
+        host = dataclasses.replace(host, handoff_s=float(np.median(handoffs)))
     if host is not None and cfg.model.backend == "emulated":
         host = dataclasses.replace(host, device_wake_s=device_wake_s(cfg, times))
     return Profile(times_s=times, overheads_s=overheads, meta=meta, overhead_by_rate=by_rate, host=host)

@@ -199,12 +199,12 @@ def test_the_profile_splits_overhead_into_cpu_wakes_and_the_rest() -> None:
     for rate in (100.0, 300.0, 600.0):
         used = {"loadgen": 0.01 + 1e-4 * rate, "gateway": 0.01 + 2e-4 * rate, "replica": 0.01 + 2e-4 * rate}
         points.append({"rate": rate, "requests_per_s": rate, "batches_per_s": rate, "cores_used": used,
-                       "total_s": [0.002] * 50, "queue_p50_s": 6e-5, "valid": True})
+                       "total_s": [0.002] * 50, "valid": True})
     points.append(dict(points[-1], rate=900.0, valid=False, cores_used={"loadgen": 9, "gateway": 9, "replica": 9}))
     host = host_costs(points, 2, cfg)
     assert host is not None
     assert host.cpu_per_request_s == pytest.approx({"loadgen": 1e-4, "gateway": 2e-4, "replica": 2e-4})
-    assert host.wake_s > 0 and host.handoff_s == pytest.approx(6e-5)
+    assert host.wake_s > 0
     # at the lightest point, CPU + expected wakes + the remainder's median is what was measured
     assert host.per_request_s() * host.slowdown + np.median(host.fixed_s) < 0.002
 
