@@ -23,7 +23,7 @@ from sim.policy.split import Router
 from sim.policy.strategy import RolloutController
 from sim.profile import load_profile
 from sim.records import primary, requests_frame, series_window_s, summarize, timeseries, version_windows
-from sim.host import host_capacity
+from sim.host import stack_capacity
 from sim.service import capacity_rps
 from sim.twin import Twin, default_progress
 
@@ -62,7 +62,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
         duration_s=cfg.duration_s,
         replicas=len(result.busy_s),  # with a rollout's replicas: every one that existed
         concurrency=cfg.concurrency,
-        capacity_rps=capacity if host is None else min(capacity, host_capacity(cfg, host)[0]),
+        capacity_rps=capacity if overhead is None or host is None else stack_capacity(cfg, overhead).rps,
         versions=version_names(cfg.model),
         extra={
             "source": "sim",

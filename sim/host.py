@@ -168,19 +168,20 @@ class StackCapacity:
                 f"host limit {self.host_rps:,.0f} req/s by its {self.host_limit})")
 
 
-def host_capacity(cfg: ScenarioConfig, host: HostCosts) -> tuple[float, str]:
+def host_capacity(cfg: ScenarioConfig, host: HostCosts, compute_s: float = 0.0) -> tuple[float, str]:
     """The most requests per second the host carries, and what limits it: all cores busy, or one
-    process's loop busy all the time (the gateway; a load-generator worker; a replica)."""
+    process's loop busy all the time (the gateway; a load-generator worker; a replica).
+    `compute_s`: a CPU model's own time per request, spent on its replica's loop (numpy)."""
     slow = host.slowdown
     c = host.cpu_per_request_s
     # at the host's limit the devices are not busy: batches form only by the delay; take 1
     batch = 1.0
+    replica_s = slow * (c[REPLICA] + host.replica_cpu_per_batch_s / batch) + compute_s
     limits = {
-        "cores": host.cores / (slow * host.per_request_s(batch)),
+        "cores": host.cores / (slow * host.per_request_s(batch) + compute_s),
         "gateway": 1.0 / (slow * c[GATEWAY]) if c[GATEWAY] > 0 else math.inf,
         "loadgen": cfg.loadgen.workers / (slow * c[LOADGEN]) if c[LOADGEN] > 0 else math.inf,
-        "replicas": cfg.replicas / (slow * (c[REPLICA] + host.replica_cpu_per_batch_s / batch))
-        if c[REPLICA] + host.replica_cpu_per_batch_s > 0 else math.inf,
+        "replicas": cfg.replicas / replica_s if replica_s > 0 else math.inf,
     }
     name = min(limits, key=limits.__getitem__)
     return limits[name], name
@@ -203,7 +204,9 @@ def stack_capacity(cfg: ScenarioConfig, profile: Profile | None = None) -> Stack
         device = capacity_rps(cfg) * model_s / (model_s + host.device_wake_s)
     else:
         device = capacity_rps(cfg, profile)
-    host_rps, limit = host_capacity(cfg, host)
+    # a numpy model computes on its replica's loop: its time is the host's too (sim.host_path)
+    compute = profile.mean_s(1) if cfg.model.backend == "numpy" and profile is not None else 0.0
+    host_rps, limit = host_capacity(cfg, host, compute)
     binds = "host" if host_rps < device else "device"
     return StackCapacity(min(device, host_rps), device, host_rps, binds, limit)
 
