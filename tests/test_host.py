@@ -223,8 +223,8 @@ def test_a_run_with_a_host_profile_reports_the_stack_capacity(tmp_path) -> None:
 
 def test_a_cpu_model_s_compute_counts_against_the_host() -> None:
     """numpy computes on its replica's loop: its time per request is the host's, not a device's."""
-    cfg = _cfg("model.backend=numpy", "replicas=2")
+    cfg = _cfg("model.backend=numpy", "replicas=1")
     profile = Profile(times_s={1: [0.002]}, host=_host(1e-5, 1e-5, 1e-5))
     capacity = stack_capacity(cfg, profile)
     assert (capacity.binds, capacity.host_limit) == ("host", "replicas")
-    assert capacity.rps == pytest.approx(2 / (0.002 + 1e-5), rel=1e-6)
+    assert capacity.rps == pytest.approx(1 / (0.002 + 1e-5), rel=1e-6)
