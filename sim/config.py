@@ -273,7 +273,7 @@ class LoadgenConfig:
     remote_start_timeout_s: float = setting(600.0, "loadgen.start_timeout_s when loadgen.remote_workers > 0 (started by hand elsewhere), s")
     stop_grace_s: float = setting(10.0, "a stopped worker has this long to write its records before it is killed, s")
     nice: int = setting(-10, "the generator's CPU priority, -20..19 (lower: it preempts the stack sooner, less send lag; without the privilege it stays 0)")
-    spin_s: float = setting(0.0, "a worker sleeps until this long before each send and spins the rest, yielding to answers (a late wake-up is send lag), s")
+    spin_s: float = setting(0.0001, "a worker sleeps until this long before a send due >= 10x this away and spins the rest, reading answers meanwhile (a late wake-up is send lag; 0 = never; dispatch=timers never spins), s")
 
 
 @dataclass

@@ -172,6 +172,8 @@ def test_out_dir_in_a_read_only_directory_is_refused(read_only_dir: Path) -> Non
         (["loadgen.drain_s=0"], "loadgen.drain_s", "must be > 0, got 0"),
         (["loadgen.start_timeout_s=inf"], "loadgen.start_timeout_s", "must be a finite number > 0, got inf"),
         (["loadgen.nice=-21"], "loadgen.nice", "must be in [-20, 19], got -21"),
+        (["loadgen.spin_s=0.5"], "loadgen.spin_s", "must be in [0, 0.01]"),
+        (["loadgen.spin_s=-0.001"], "loadgen.spin_s", "must be in [0, 0.01]"),
         (["compare.profile_idle_samples=2"], "compare.profile_idle_samples", "must be >= 5, got 2"),
         (["compare.profile_device_warmup=-1"], "compare.profile_device_warmup", "must be >= 0, got -1"),
         (["compare.profile_point_warmup_s=nan"], "compare.profile_point_warmup_s", "must be a finite number >= 0"),

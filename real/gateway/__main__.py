@@ -14,6 +14,7 @@ import sys
 import uvicorn
 
 from real.gateway.app import create_app
+from real.server.transport import CoalescingHttpToolsProtocol
 from sim.config import load_config
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(cfg, upstreams)
     host = args.host or cfg.gateway.host
     uvicorn.run(
-        app, host=host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
+        app, host=host, port=args.port, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="on",
         log_level="warning", access_log=False, timeout_keep_alive=30, backlog=4096,
     )
     return 0

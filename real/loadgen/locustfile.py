@@ -6,14 +6,28 @@ gevent. `real.loadgen.runner` starts it and reads back what it writes.
 Why not Locust's own scheduling: a User with `constant_throughput` waits *after* its request, so
 a slow answer delays the next send (coordinated omission) and many such users do not add up to a
 Poisson process. Here each worker process runs exactly one driver User that replays its share of
-the precomputed schedule: every request is sent at `t0 + arrival_s` in its own greenlet whatever
-the server does, and latency is measured from that intended time. Locust still provides the
-process model (master/workers over ZeroMQ, also across hosts), the run lifecycle and its stats.
+the precomputed schedule: every request is sent at `t0 + arrival_s` whatever the server does,
+and latency is measured from that intended time. Locust still provides the process model
+(master/workers over ZeroMQ, also across hosts), the run lifecycle and its stats.
 
-The HTTP client is geventhttpclient's `HTTPClient` used directly rather than `FastHttpSession`:
-the session's cookie jar, redirect handling and compat request objects cost CPU on every request,
-and on a 2-core box that CPU is taken from the server being measured. Every request still fires
+Why not an HTTP client library: the generator shares two cores with the stack it measures, and
+what it spends per request is taken from the server and added to every latency it measures.
+geventhttpclient with a greenlet and a timeout per request cost ~230 µs of CPU per request and
+~0.6 ms of each latency at a low rate (against `null_server`; now ~125 µs and ~0.25 ms, see
+scenarios/bench_loadgen.py). So the driver speaks HTTP/1.1 itself on gevent's event loop, with
+no greenlet per request: the dispatcher greenlet writes each request's bytes (`wire.RequestEncoder`,
+from parts built once) on a pooled keep-alive connection the instant it is due, and the answer
+is read and recorded in the connection's read callback on the hub (`wire.AnswerReader`, httptools'
+C parser). One greenlet enforces every client deadline from a heap. Every request still fires
 Locust's `request` event, so Locust's own statistics and UI stay meaningful.
+
+Waking up on time: a sleeping process wakes late (the kernel's timer slack, 50 µs by default,
+which the runner sets to 1 ns for these processes, and the vCPU's wake-up), and that lateness is
+send lag *and* latency (~0.1 ms here, and ~0.05 ms more through gevent's hub). With
+`loadgen.spin_s` > 0 the dispatcher sleeps until that long before a send and spins the rest,
+reading any answer that comes in meanwhile; only before a send due at least SPIN_GATE spins away,
+so at high rates, where that CPU would be the stack's, it does not spin. Closed-loop users spin
+as the dispatcher does; `loadgen.dispatch=timers` never spins.
 
 Each worker writes `records-<i>.npz` (atomically) when its share is done, or when Locust quits
 early (SIGTERM, Ctrl-C); a request still in flight then is recorded as cut short.
@@ -26,17 +40,22 @@ label the server answered is the one it sent (when the server judged the answer:
 
 from __future__ import annotations
 
+import _socket
+import errno
+import heapq
 import json
 import os
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.pool
+import httptools
 import numpy as np
 import orjson
 from gevent.event import AsyncResult
-from geventhttpclient import HTTPClient
 from locust import User, events, task
 from locust.env import Environment
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
@@ -56,11 +75,17 @@ from real.loadgen.plan import (
     write_json_file,
 )
 from real.loadgen.recordfile import CLIENT_TIMEOUT, CONNECTION_ERROR, CUT_SHORT, RECORD_FIELDS
+from real.loadgen.wire import Answer, AnswerReader, RequestEncoder
 from sim.policy.users import ThinkTime
 from sim.rng import make_streams
 
 T0_MESSAGE = "servelab_t0"
 clock = time.perf_counter
+READ, WRITE = 1, 2  # libev's event bits
+RECV_BYTES = 65536
+REAPER_MAX_SLEEP_S = 0.05  # the deadline greenlet looks at least this often (new requests join its heap)
+IDLE_POLL_S = 0.01  # how often a finished dispatch looks whether the last answers are in
+SPIN_GATE = 10  # loadgen.spin_s spins only before a send due at least this many spins away
 
 _t0_wall: AsyncResult = AsyncResult()  # set once the master (or the local runner) says go
 
@@ -69,132 +94,368 @@ def _plan() -> LoadPlan:
     return LoadPlan.read(os.environ[PLAN_ENV])
 
 
+class _Request:
+    """One request from its due time to its outcome."""
+
+    __slots__ = ("key", "request_id", "user_id", "intended_s", "send_s", "deadline", "conn", "done", "on_done")
+
+    def __init__(self, key: int, request_id: int, user_id: int, intended_s: float, deadline: float,
+                 on_done: Callable[[], None] | None) -> None:
+        self.key = key
+        self.request_id = request_id
+        self.user_id = user_id
+        self.intended_s = intended_s
+        self.send_s = float("nan")
+        self.deadline = deadline  # on the worker's clock; inf = none
+        self.conn: _Conn | None = None
+        self.done = False
+        self.on_done = on_done
+
+    def __lt__(self, other: _Request) -> bool:  # heap ties on the deadline
+        return self.key < other.key
+
+
+class _Conn:
+    """A keep-alive connection: a raw non-blocking socket, its read and write watchers on the
+    hub's loop, its answer reader, and the request it carries (one at a time, no pipelining)."""
+
+    __slots__ = ("sock", "reader", "read_watcher", "write_watcher", "request", "pending", "closed")
+
+    def __init__(self, sock: Any, loop: Any) -> None:
+        self.sock = sock
+        self.reader = AnswerReader()
+        fd = sock.fileno()
+        self.read_watcher = loop.io(fd, READ)
+        self.write_watcher = loop.io(fd, WRITE)
+        self.request: _Request | None = None
+        self.pending = b""  # bytes not yet written (connecting, or a short write)
+        self.closed = False
+
+
 class Driver:
-    """One worker's share of the load: sends, waits, records. One per process."""
+    """One worker's share of the load: sends, reads, records. One per process."""
 
     def __init__(self, plan: LoadPlan, worker: int, environment: Environment) -> None:
         self.plan = plan
         self.worker = worker
         self.fire = environment.events.request.fire
-        timeout = plan.timeout_s if plan.timeout_s > 0 else plan.drain_s
-        self.client = HTTPClient.from_url(
-            plan.url, concurrency=plan.max_connections, connection_timeout=max(timeout, 1.0),
-            network_timeout=timeout + 5.0, headers={"Content-Type": "application/json"},
-        )
-        self._head = b'{"id":"'
-        # per input: the body between the id and the timeout's value, and the label it carries
-        self._mids, self._labels = _bodies(plan)
+        parts = urlsplit(plan.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        family, _, _, _, self.address = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)[0]
+        self.family = family
+        mids, self._labels = _bodies(plan)
+        self.encoder = RequestEncoder(parts.netloc, plan.infer_path, mids)
+        self.loop = gevent.get_hub().loop
+        # free connections, taken in the order they were freed (FIFO): while uvicorn wrote each
+        # answer in two segments, reusing the one just freed (LIFO) put ~1.8 ms on the p50 through
+        # the gateway at 1000 req/s (4.3 vs 2.5 ms); with one write per answer both measure alike
+        self.idle: deque[_Conn] = deque()
+        self.open = 0
+        self.waiting: deque[_Request] = deque()  # due, but every allowed connection is busy
+        self.deadlines: list[tuple[float, _Request]] = []
         self.rows: list[tuple[Any, ...]] = []
         self.pins = read_schedule_pins(plan.schedule) if plan.schedule else {}  # request_id -> x-model-version
-        self.in_flight: dict[int, tuple[int, int, float, float]] = {}
+        self.in_flight: dict[int, _Request] = {}
         self.group = gevent.pool.Group()
         # the twin's closed users draw from the very same per-user streams
         self.think = ThinkTime(plan.think_s, make_streams(plan.seed).think) if plan.closed else None
         self.t0 = 0.0
         self.flushed = False
         self._next_key = 0
+        self._armed = 0  # dispatch=timers: timers armed that have not sent yet
+        self._max_sleep = min(REAPER_MAX_SLEEP_S, plan.timeout_s / 4) if plan.timeout_s > 0 else REAPER_MAX_SLEEP_S
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, request_id: int, user_id: int, intended_s: float) -> None:
-        """One request, from intended send to outcome; never raises (an outcome is a record)."""
-        t0 = self.t0
-        early = t0 + intended_s - clock()
-        if early > 0:  # a timer may fire a little early when the loop's cached time is stale
-            gevent.sleep(early)
+    def send(self, request_id: int, user_id: int, intended_s: float, on_done: Callable[[], None] | None = None) -> None:
+        """Send one request now (its due time): on an idle connection, a new one, or, when
+        loadgen.max_connections are all busy, the first that frees. Never raises."""
         key = self._next_key
         self._next_key += 1
-        send_s = clock() - t0
-        self.in_flight[key] = (request_id, user_id, intended_s, send_s)
         timeout_s = self.plan.timeout_s
-        remaining = timeout_s - (send_s - intended_s) if timeout_s > 0 else 0.0
-        # the server drops a request whose deadline passes in its queue (504); 0 would mean none
-        micros = max(int(remaining * 1e6), 1) if timeout_s > 0 else 0
-        rid = request_id if request_id >= 0 else key
-        k = input_index(rid, len(self._mids))
-        label = self._labels[k]
-        body = self._head + f"w{self.worker}-{rid}".encode() + self._mids[k] + str(micros).encode() + b"}}"
-        status, params, gateway_s, length, exc = CONNECTION_ERROR, None, float("nan"), 0, None
-        replica, version = -1, ""  # who answered, when the answer's parameters do not say (an error)
-        correct = -1
-        timer = gevent.Timeout.start_new(max(remaining, 1e-6)) if timeout_s > 0 else None
-        response = None
+        req = _Request(key, request_id, user_id, intended_s,
+                       self.t0 + intended_s + timeout_s if timeout_s > 0 else float("inf"), on_done)
+        self.in_flight[key] = req
+        if timeout_s > 0:
+            heapq.heappush(self.deadlines, (req.deadline, req))
+        if self.idle:
+            self._write(self.idle.popleft(), req)
+        elif self.open < self.plan.max_connections:
+            self._connect(req)
+        else:
+            self.waiting.append(req)
+
+    def _bytes(self, req: _Request, now: float) -> bytes:
+        timeout_s = self.plan.timeout_s
+        # the server drops a request whose deadline passes in its queue (504); 0 means none
+        micros = max(int((req.deadline - now) * 1e6), 1) if timeout_s > 0 else 0
+        rid = req.request_id if req.request_id >= 0 else req.key
+        pin = self.pins.get(req.request_id) if self.pins else None  # a trace row's version: header routing
+        return self.encoder.encode(f"w{self.worker}-{rid}", req.user_id, input_index(rid, len(self._labels)), micros, pin)
+
+    def _write(self, conn: _Conn, req: _Request) -> None:
+        now = clock()
+        if req.send_s != req.send_s:  # NaN: not yet attempted (a new connection's connect was)
+            req.send_s = now - self.t0
+        req.conn = conn
+        conn.request = req
+        data = self._bytes(req, now)
         try:
-            headers = {"x-user-id": str(user_id)}
-            pin = self.pins.get(request_id) if self.pins else None
-            if pin is not None:  # a trace row's version: header routing, as the twin pins it
-                headers["x-model-version"] = pin
-            response = self.client.request("POST", self.plan.infer_path, body=body, headers=headers)
-            payload = response.read()
-            status = response.status_code
-            length = len(payload)
-            gw = response.get("x-gateway-s")
-            if gw is not None:
-                gateway_s = float(gw)  # type: ignore[arg-type]
-            if status == 200:
-                doc = orjson.loads(payload)
+            n = conn.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self._broken(conn, exc)
+            return
+        if n < len(data):
+            conn.pending = data[n:]
+            conn.write_watcher.start(self._on_writable, conn)
+
+    def _connect(self, req: _Request) -> None:
+        """A new connection for `req`: its send time is now, when the generator acts (a
+        client's connect is part of the request's latency, not of the generator's lag)."""
+        self.open += 1
+        req.send_s = clock() - self.t0
+        try:
+            sock = _socket.socket(self.family, _socket.SOCK_STREAM)
+        except OSError as exc:
+            self.open -= 1
+            self._finish(req, CONNECTION_ERROR, None, exc)
+            return
+        sock.setblocking(False)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        conn = _Conn(sock, self.loop)
+        conn.read_watcher.start(self._on_readable, conn)
+        err = sock.connect_ex(self.address)
+        if err == 0:
+            self._write(conn, req)
+        elif err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+            conn.request = req
+            req.conn = conn
+            conn.write_watcher.start(self._on_connected, conn)
+        else:
+            req.conn = conn
+            conn.request = req
+            self._broken(conn, ConnectionError(err, os.strerror(err)))
+
+    def _on_connected(self, conn: _Conn) -> None:
+        conn.write_watcher.stop()
+        req = conn.request
+        err = conn.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if req is None:  # its deadline passed while connecting
+            self._close(conn)
+        elif err:
+            self._broken(conn, ConnectionError(err, os.strerror(err)))
+        else:
+            self._write(conn, req)
+
+    def _on_writable(self, conn: _Conn) -> None:
+        try:
+            n = conn.sock.send(conn.pending)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._broken(conn, exc)
+            return
+        conn.pending = conn.pending[n:]
+        if not conn.pending:
+            conn.write_watcher.stop()
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def _on_readable(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._broken(conn, exc)
+            return
+        if not data:
+            self._broken(conn, ConnectionResetError("the server closed the connection"))
+            return
+        try:
+            answers = conn.reader.feed(data)
+        except httptools.HttpParserError as exc:
+            self._broken(conn, exc)
+            return
+        for answer in answers:
+            req = conn.request
+            if req is None:  # an answer nobody asked for: the connection cannot be trusted
+                self._broken(conn, ConnectionError("an answer without a request"))
+                return
+            conn.request = None
+            self._answered(req, answer)
+            if not answer.keep_alive:
+                self._close(conn)
+                return
+        if answers and not conn.closed:
+            self._release(conn)
+
+    def _answered(self, req: _Request, answer: Answer) -> None:
+        status = answer.status
+        params: dict[str, Any] | None = None
+        correct = -1
+        replica, version = -1, ""  # who answered, when the answer's parameters do not say (an error)
+        exc: BaseException | None = None
+        if status == 200:
+            try:
+                doc = orjson.loads(answer.body)
                 params = doc.get("parameters")
+                rid = req.request_id if req.request_id >= 0 else req.key
+                label = self._labels[input_index(rid, len(self._labels))]
                 if label is not None and "correct" in (params or {}):
                     correct = _judge(doc, label)
-            else:  # the gateway names the replica and version behind any answer of theirs (500, 503, 504)
-                served_by, served_version = response.get("x-replica"), response.get("x-model-version")
-                if served_by is not None and served_version is not None:
-                    replica, version = int(served_by), str(served_version)  # type: ignore[arg-type]
-            response.release()
-            response = None
-        except gevent.Timeout as t:
-            if t is not timer:
-                raise
-            status, exc = CLIENT_TIMEOUT, t
-        except Exception as e:  # connection refused/reset, parse error: the outcome is an error
-            status, exc = CONNECTION_ERROR, e
-        finally:
-            if timer is not None:
-                timer.close()
-            if response is not None:
-                _discard(response)
-        finish_s = clock() - t0
-        self.in_flight.pop(key, None)
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+                status, exc = CONNECTION_ERROR, e
+        elif answer.replica is not None and answer.version is not None:
+            # the gateway names the replica and version behind any answer of theirs (500, 503, 504)
+            try:
+                replica, version = int(answer.replica), answer.version.decode("latin-1")
+            except ValueError:
+                pass
+        gateway_s = float("nan")
+        if answer.gateway_s is not None:
+            try:
+                gateway_s = float(answer.gateway_s)
+            except ValueError:
+                pass
+        self._finish(req, status, params, exc, gateway_s, replica, version, correct, len(answer.body))
+
+    def _release(self, conn: _Conn) -> None:
+        """A connection free again: the longest-waiting request takes it, else it idles."""
+        while self.waiting:
+            req = self.waiting.popleft()
+            if not req.done:
+                self._write(conn, req)
+                return
+        self.idle.append(conn)
+
+    def _broken(self, conn: _Conn, exc: BaseException) -> None:
+        """The connection failed (refused, reset, not HTTP): its request, if any, is an error."""
+        req = conn.request
+        conn.request = None
+        self._close(conn)
+        if req is not None and not req.done:
+            self._finish(req, CONNECTION_ERROR, None, exc)
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self.open -= 1
+        conn.read_watcher.stop()
+        conn.write_watcher.stop()
+        conn.read_watcher.close()
+        conn.write_watcher.close()
+        conn.sock.close()
+        if conn in self.idle:  # an idle connection the server closed
+            self.idle.remove(conn)
+        if self.waiting and self.open < self.plan.max_connections:
+            req = self.waiting.popleft()
+            if not req.done:
+                self._connect(req)
+
+    def _finish(self, req: _Request, status: int, params: dict[str, Any] | None, exc: BaseException | None,
+                gateway_s: float = float("nan"), replica: int = -1, version: str = "", correct: int = -1,
+                length: int = 0) -> None:
+        """Record the outcome, fire Locust's event, wake a closed-loop user."""
+        finish_s = clock() - self.t0
+        req.done = True
+        self.in_flight.pop(req.key, None)
         p = params or {}
-        self.rows.append((request_id, user_id, intended_s, send_s, finish_s, status,
+        self.rows.append((req.request_id, req.user_id, req.intended_s, req.send_s, finish_s, status,
                           float(p.get("queue_s", np.nan)), float(p.get("service_s", np.nan)),
                           float(p.get("server_s", np.nan)), float(p.get("gateway_s", gateway_s)),
                           int(p.get("batch_size", 0)), int(p.get("batch_id", -1)), int(p.get("replica", replica)),
                           str(p.get("version", version)), correct))
         if exc is None and status >= 400:
             exc = RuntimeError(f"HTTP {status}")
-        self.fire(request_type="POST", name="infer", response_time=(finish_s - intended_s) * 1e3,
-                  response_length=length, exception=exc, context={})
+        try:
+            self.fire(request_type="POST", name="infer", response_time=(finish_s - req.intended_s) * 1e3,
+                      response_length=length, exception=exc, context={})
+        finally:
+            if req.on_done is not None:
+                req.on_done()
+
+    def _reap(self) -> None:
+        """The client deadline (timeout_s from the intended send): a request still unanswered
+        then is a client timeout, and its connection is closed (the rest of its answer would
+        reach the next request)."""
+        heap = self.deadlines
+        while True:
+            now = clock()
+            while heap and (heap[0][1].done or heap[0][0] <= now):
+                _, req = heapq.heappop(heap)
+                if req.done:
+                    continue
+                conn = req.conn
+                if conn is not None and conn.request is req:
+                    conn.request = None
+                    self._close(conn)
+                if req.send_s != req.send_s:  # never left: it waited for a connection until its deadline
+                    req.send_s = now - self.t0
+                self._finish(req, CLIENT_TIMEOUT, None, TimeoutError(f"no answer within {self.plan.timeout_s:g} s"))
+            gevent.sleep(min(heap[0][0] - now, self._max_sleep) if heap else self._max_sleep)
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def _wait_until(self, due: float) -> None:
+        """Sleep until `due` (worker clock). With loadgen.spin_s, a wait of more than
+        SPIN_GATE x spin_s sleeps until spin_s before `due` and spins the rest, so a late
+        wake-up of the process is not a late send; shorter waits (a high rate, when the spin's
+        CPU would be the stack's) only sleep. Spinning costs at most 1/SPIN_GATE of the time
+        the worker would have slept."""
+        spin = self.plan.spin_s
+        if spin > 0 and due - clock() < SPIN_GATE * spin:
+            spin = 0.0
+        while True:  # a timer may also fire a little early on the loop's cached time
+            left = due - clock()
+            if left <= 0:
+                return
+            if left > spin:
+                gevent.sleep(left - spin)
+            else:  # ~5 µs a turn: the loop reads whatever answers are in, then comes back
+                gevent.idle()
 
     def run_open(self) -> None:
         times, users, ids = read_schedule(self.plan.schedule)
         mine = worker_share(ids, self.worker, self.plan.workers)
         times, users, ids = times[mine].tolist(), users[mine].tolist(), ids[mine].tolist()
-        spawn = self.group.spawn
-        t0 = self.t0
         if self.plan.dispatch == "timers":
             self._run_timers(times, users, ids)
             return
+        t0 = self.t0
+        send = self.send
+        wait = self._wait_until
         for k in range(len(times)):
             due = t0 + times[k]
-            delay = due - clock()
-            if delay > 0:
-                gevent.sleep(delay)
-            spawn(self.send, ids[k], users[k], times[k])
+            if due > clock():
+                wait(due)
+            send(ids[k], users[k], times[k])
 
     def _run_timers(self, times: list[float], users: list[int], ids: list[int], horizon_s: float = 0.5) -> None:
-        """A timer per request, armed half a second ahead (so a long run never holds all of them)."""
+        """A libev timer per request, armed half a second ahead (so a long run never holds all
+        of them); its callback sends on the hub."""
         t0 = self.t0
-        group = self.group
+        loop = self.loop
         k, n = 0, len(times)
         while k < n:
             limit = clock() - t0 + horizon_s
             while k < n and times[k] < limit:
-                g = gevent.Greenlet(self.send, ids[k], users[k], times[k])
-                group.add(g)
-                g.start_later(max(t0 + times[k] - clock(), 0.0))
+                timer = loop.timer(max(t0 + times[k] - clock(), 0.0))
+                timer.start(self._timer_send, timer, ids[k], users[k], times[k], update=True)
+                self._armed += 1
                 k += 1
             gevent.sleep(horizon_s / 2)
+
+    def _timer_send(self, timer: Any, request_id: int, user_id: int, intended_s: float) -> None:
+        timer.close()
+        self._armed -= 1
+        due = self.t0 + intended_s
+        while clock() < due:  # libev's cached time may fire a timer a little early
+            pass
+        self.send(request_id, user_id, intended_s)
 
     def run_closed(self) -> None:
         plan = self.plan
@@ -213,10 +474,11 @@ class Driver:
             next_s += think.draw(user)
             if next_s >= plan.duration_s:
                 return
-            delay = t0 + next_s - clock()
-            if delay > 0:
-                gevent.sleep(delay)
-            self.send(-1, user, next_s)
+            if t0 + next_s > clock():
+                self._wait_until(t0 + next_s)
+            answered = AsyncResult()
+            self.send(-1, user, next_s, on_done=lambda: answered.set(None))
+            answered.get()
             next_s = clock() - t0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -225,6 +487,7 @@ class Driver:
         t0_wall = _t0_wall.get()
         self.t0 = clock() + (t0_wall - time.time())
         write_json_file(started_path(self.plan.out_dir, self.worker), {"worker": self.worker, "t0_wall": t0_wall})
+        reaper = gevent.spawn(self._reap) if self.plan.timeout_s > 0 else None
         try:
             if self.plan.closed:
                 self.run_closed()
@@ -234,7 +497,12 @@ class Driver:
             if self.plan.closed:
                 drain += self.plan.duration_s
             self.group.join(timeout=drain)
+            end = clock() + drain
+            while (self.in_flight or self._armed) and clock() < end:
+                gevent.sleep(IDLE_POLL_S)
         finally:
+            if reaper is not None:
+                reaper.kill(block=False)
             self.flush()
 
     def flush(self) -> None:
@@ -243,8 +511,9 @@ class Driver:
             return
         self.flushed = True
         rows = list(self.rows)
-        for rid, user, intended, send_s in list(self.in_flight.values()):
-            rows.append((rid, user, intended, send_s, np.nan, CUT_SHORT, np.nan, np.nan, np.nan, np.nan, 0, -1, -1, "", -1))
+        for req in list(self.in_flight.values()):
+            rows.append((req.request_id, req.user_id, req.intended_s, req.send_s, np.nan, CUT_SHORT,
+                         np.nan, np.nan, np.nan, np.nan, 0, -1, -1, "", -1))
         columns = list(zip(*rows)) if rows else [[] for _ in RECORD_FIELDS]
         arrays = {name: np.asarray(col, dtype=dtype) for (name, dtype), col in zip(RECORD_FIELDS.items(), columns)}
         write_arrays(records_path(self.plan.out_dir, self.worker), arrays)
@@ -268,15 +537,6 @@ def _judge(doc: dict[str, Any], label: int) -> int:
         if output.get("name") == "label" and output.get("data"):
             return int(output["data"][0] == label)
     return -1
-
-
-def _discard(response: Any) -> None:
-    """Close a connection whose answer was not read to the end: back in the pool it would hand
-    the rest of that answer to the next request."""
-    pool, sock = getattr(response, "_pool", None), getattr(response, "_sock", None)
-    if pool is not None and sock is not None:
-        pool.release_socket(sock)
-        response._pool = response._sock = None
 
 
 _driver: Driver | None = None

@@ -47,6 +47,7 @@ class LoadPlan:
     max_connections: int  # loadgen.max_connections, per worker
     drain_s: float  # loadgen.drain_s: without a client deadline, how long to wait for the last answers
     inputs: str = ""  # labelled images to send (`write_inputs`); "" = one synthetic unlabelled row
+    spin_s: float = 0.0  # loadgen.spin_s: sleep to this long before a send, spin the rest
 
     @property
     def drain_after_s(self) -> float:

@@ -19,6 +19,7 @@ from typing import Iterator
 import uvicorn
 
 from real.server.app import create_app, served_version
+from real.server.transport import CoalescingHttpToolsProtocol
 from sim.config import ConfigError, load_config, version_names
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # one write per response (real.server.transport)
         lifespan="on",
         log_level=args.log_level,
         access_log=False,

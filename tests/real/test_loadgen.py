@@ -1,5 +1,6 @@
 """The load generator against a stub OIP server: schedule fidelity, no coordinated omission,
-every request exactly once, closed loop, distributed workers, and the merge's bookkeeping.
+every request exactly once, closed loop, distributed workers, client deadlines and refused
+connections, the null server it is measured against, and the merge's bookkeeping.
 
 The stub (Starlette on uvicorn, in a subprocess) answers after a fixed delay; Locust only ever
 runs in subprocesses started by `real.loadgen.runner`, never in this process.
@@ -12,11 +13,13 @@ generator is belongs to `python -m scenarios.bench_loadgen`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,10 +28,12 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from real.launcher import free_ports
 from real.loadgen.merge import merge, outcome, send_lag_summary
+from real.loadgen.null_server import null_server
 from real.loadgen.plan import records_path, worker_share, write_arrays
 from real.loadgen.recordfile import CLIENT_TIMEOUT, CONNECTION_ERROR, CUT_SHORT, RECORD_FIELDS
-from real.loadgen.runner import LoadResult, run_load
+from real.loadgen.runner import TIMER_SLACK_NS, LoadResult, run_load, spawn
 from real.server.quality import schedule_index
 from sim.arrivals import make_schedule
 from sim.config import ArrivalConfig, LoadgenConfig, ScenarioConfig
@@ -222,6 +227,112 @@ def test_two_workers_cover_the_schedule_exactly_once(tmp_path: Path) -> None:
     assert (sends["worker"] == sends["request_id"] % 2).all()
     expected = sorted((f"w{i % 2}-{i}", str(u)) for i, u in enumerate(users))
     assert sorted(received) == expected
+
+
+@pytest.mark.real
+def test_a_request_unanswered_by_its_deadline_is_a_client_timeout_and_later_ones_go_on(tmp_path: Path) -> None:
+    """The server stalls 0.6 s with a 0.2 s client deadline: what was due early in the stall
+    is recorded as a timeout, never before its deadline (from the intended send), and once
+    the server is back, requests are answered again (the timed-out connections were closed,
+    so no late answer reaches a later request). Every request is recorded once."""
+    cfg = load_cfg(arrival=ArrivalConfig(kind="constant", rate=100.0, users=10), timeout_s=0.2)
+    times, _ = schedule_of(cfg)
+    result, _ = drive(cfg, tmp_path, delay_s=0.002, stall_after=50, stall_s=0.6)
+    frame = result.merged.requests
+    assert len(frame) == len(times) and result.merged.never_sent == 0 and result.merged.duplicates == 0
+    assert set(frame["status"]) <= {"ok", "timeout"}
+    timed_out = frame[frame["status"] == "timeout"]
+    assert len(timed_out) >= 10  # ~40 were due more than 0.2 s before the stall ended
+    assert (timed_out["latency_s"] >= cfg.timeout_s - 1e-9).all()
+    assert (frame.tail(20)["status"] == "ok").all()  # due 0.7 s after the stall
+
+
+@pytest.mark.real
+def test_a_refused_connection_is_an_error_for_each_request_and_none_is_lost(tmp_path: Path) -> None:
+    port = free_ports("127.0.0.1", 1)[0]  # nothing listens there
+    cfg = load_cfg(duration_s=1.0)
+    times, _ = schedule_of(cfg)
+    result = run_load(cfg, f"http://127.0.0.1:{port}", tmp_path / "loadgen", path="/v2/models/digits/infer")
+    frame = result.merged.requests
+    assert result.complete and len(frame) == len(times) and result.merged.never_sent == 0
+    assert (frame["status"] == "error").all()
+
+
+# -- the null server: what the generator costs by itself --------------------------------------
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _post(url: str, body: bytes) -> dict[str, object]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=5) as r:
+        assert r.status == 200 and r.headers["content-type"] == "application/json"
+        return json.loads(r.read())
+
+
+@pytest.mark.real
+def test_the_null_server_answers_a_valid_oip_infer_and_counts_it() -> None:
+    body = b'{"id":"w0-1","inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[0]}]}'
+    with null_server("digits") as url:
+        first = _post(url + "/v2/models/digits/infer", body)
+        second = _post(url + "/v2/models/digits/versions/1/infer", body)
+        assert _get(url + "/v2/health/ready")[0] == 200
+        assert json.loads(_get(url + "/v2/null/stats")[1]) == {"infers": 2}
+        status, error = _get(url + "/v2/models/digits")
+    assert status == 404 and "error" in json.loads(error)
+    # the OIP response shape (real/openapi.yaml's InferResponse), and every field a record reads
+    assert first["model_name"] == "digits" and isinstance(first["outputs"], list)
+    for output in first["outputs"]:  # type: ignore[union-attr]
+        assert {"name", "datatype", "shape", "data"} <= set(output)
+        assert len(output["data"]) == int(np.prod(output["shape"]))
+    params = first["parameters"]
+    assert params["queue_s"] == params["service_s"] == params["server_s"] == 0.0  # type: ignore[index]
+    assert params["batch_size"] == 1 and params["replica"] == 0 and params["version"] == "1"  # type: ignore[index]
+    assert params["batch_id"] != second["parameters"]["batch_id"]  # type: ignore[index]  # each a batch of its own
+
+
+def test_the_null_server_binds_loopback_only() -> None:
+    done = subprocess.run([sys.executable, "-m", "real.loadgen.null_server", "--host", "0.0.0.0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "loopback only" in done.stderr
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("dispatch, spin_s", [("dispatcher", 0.0), ("dispatcher", 1e-4), ("timers", 0.0)])
+def test_against_the_null_server_every_request_is_recorded_once_and_none_leaves_early(
+        tmp_path: Path, dispatch: str, spin_s: float) -> None:
+    cfg = load_cfg(arrival=ArrivalConfig(kind="poisson", rate=400.0, users=50),
+                   loadgen=LoadgenConfig(workers=1, max_lag_p99_s=0.05, dispatch=dispatch, spin_s=spin_s))
+    times, users = schedule_of(cfg)
+    with null_server() as url:
+        result = run_load(cfg, url, tmp_path / "loadgen", path="/v2/models/digits/infer")
+        infers = json.loads(_get(url + "/v2/null/stats")[1])["infers"]
+    frame, sends = result.merged.requests, result.merged.sends
+    assert result.complete and result.merged.never_sent == 0 and result.merged.duplicates == 0
+    assert infers == len(frame) == len(times) and (frame["status"] == "ok").all()
+    np.testing.assert_array_equal(frame["arrival_s"].to_numpy(), times)
+    np.testing.assert_array_equal(frame["user_id"].to_numpy(), users)
+    assert frame["batch_id"].nunique() == len(frame)
+    assert (sends["send_lag_s"] >= 0).all()  # a request never leaves before its time
+    assert (frame["finish_s"] >= sends["send_s"]).all()
+
+
+def test_the_generators_processes_run_with_the_least_timer_slack(tmp_path: Path) -> None:
+    """Linux may fire a sleeping thread's timer up to its timer slack late (50 µs by default):
+    send lag. The runner starts the generator's processes with 1 ns."""
+    if not Path("/proc/self/timerslack_ns").exists():
+        pytest.skip("no /proc/self/timerslack_ns on this system")
+    out = tmp_path / "slack.txt"
+    code = f"open({str(out)!r}, 'w').write(open('/proc/self/timerslack_ns').read())"
+    proc = spawn("slack", [sys.executable, "-c", code], {}, tmp_path / "slack.log", nice=0)
+    assert proc.popen.wait(timeout=60) == 0
+    assert int(out.read_text()) == TIMER_SLACK_NS == 1
 
 
 # -- no Locust: the bookkeeping ---------------------------------------------------------------
