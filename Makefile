@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-rehearse bench-fidelity install clean
+.PHONY: demo test test-fast bench bench-rehearse bench-fidelity bench-server install clean proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,12 @@ bench-rehearse: $(STAMP)
 
 bench-fidelity: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_fidelity
+
+bench-server: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_server
+
+proto: $(STAMP)
+	$(BIN)/python -m real.grpc.generate
 
 clean:
 	rm -rf $(VENV) runs outputs multirun

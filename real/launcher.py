@@ -69,8 +69,8 @@ class PortInUse(LaunchError, ConfigError):
     """`gateway.port` is taken: a launch failure that the user fixes in the config, so it is
     also a ConfigError (one line naming the key, exit status 2 in every mode)."""
 
-    def __init__(self, host: str, port: int, reason: str) -> None:
-        ConfigError.__init__(self, "gateway.port", f"{port} is in use, cannot bind {host}:{port} ({reason}); "
+    def __init__(self, host: str, port: int, reason: str, key: str = "gateway.port") -> None:
+        ConfigError.__init__(self, key, f"{port} is in use, cannot bind {host}:{port} ({reason}); "
                                                    "pick another port, or 0 for a free one")
 
 
@@ -88,6 +88,7 @@ class _ReplicaStarter:
     grace_s: float
     spawner: ThreadPoolExecutor
     lock: threading.Lock = field(default_factory=threading.Lock)
+    grpc: bool = False  # replicas serve GRPCInferenceService too (server.grpc), each on a free port
 
 
 @dataclass
@@ -101,6 +102,18 @@ class RunningStack:
     replicas: list[subprocess.Popen[bytes]] = field(default_factory=list)  # by replica index
     replica_logs: list[Path] = field(default_factory=list)  # by replica index
     _starter: _ReplicaStarter | None = field(default=None, repr=False)
+    # gRPC targets (host:port, what grpc and tritonclient.grpc take) with server.grpc, else ""
+    grpc_gateway_url: str = ""
+    replica_grpc_urls: list[str] = field(default_factory=list)  # by replica index
+
+    def load_target(self, protocol: str) -> str:
+        """Where the load generator sends (loadgen.protocol): the gateway's REST URL, or its gRPC
+        target (host:port)."""
+        if protocol == "grpc":
+            if not self.grpc_gateway_url:
+                raise LaunchError("loadgen.protocol=grpc, but the stack serves no gRPC (server.grpc=false)")
+            return self.grpc_gateway_url
+        return self.gateway_url
 
     @property
     def pids(self) -> list[int]:
@@ -116,8 +129,11 @@ class RunningStack:
             raise LaunchError("this stack cannot start replicas at run time")
         with starter.lock:  # one index per replica, whoever asks
             index = len(self.replica_urls)
-            port = free_ports(starter.host, 1)[0]
+            port, grpc_port = free_ports(starter.host, 2)
             argv = starter.command(starter.config_path, index, port, starter.host) + ["--version", version]
+            if starter.grpc:
+                argv += ["--grpc-port", str(grpc_port)]
+                self.replica_grpc_urls.append(f"{url_host(starter.host)}:{grpc_port}")
             log = starter.stack_dir / f"replica-{index}.log"
             proc = starter.spawner.submit(_spawn, argv, log, starter.env).result()
             self.processes.append(proc)
@@ -218,14 +234,14 @@ def free_ports(host: str, n: int) -> list[int]:
             s.close()
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, key: str = "gateway.port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise PortInUse(host, port, exc.strerror or str(exc)) from exc
+            raise PortInUse(host, port, exc.strerror or str(exc), key) from exc
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -377,15 +393,24 @@ def launch_with(
         with _sigterm_raises():
             replica_host = cfg.server.host
             gateway_host = cfg.gateway.host
-            replica_ports = free_ports(replica_host, cfg.replicas)
+            grpc = cfg.server.grpc
+            ports = free_ports(replica_host, cfg.replicas * (2 if grpc else 1))
+            replica_ports, replica_grpc_ports = ports[:cfg.replicas], ports[cfg.replicas:]
             if cfg.gateway.port:
                 gateway_port = cfg.gateway.port
                 _check_port_free(gateway_host, gateway_port)
             else:
                 gateway_port = free_ports(gateway_host, 1)[0]
+            gateway_grpc_port = 0
+            if grpc and cfg.gateway.grpc_port:
+                gateway_grpc_port = cfg.gateway.grpc_port
+                _check_port_free(gateway_host, gateway_grpc_port, "gateway.grpc_port")
+            elif grpc:
+                gateway_grpc_port = next(p for p in free_ports(gateway_host, 2) if p != gateway_port)
 
             resolved = copy.deepcopy(cfg)
             resolved.gateway.port = gateway_port
+            resolved.gateway.grpc_port = gateway_grpc_port
             resolved.server.token = ""  # the secret travels in the environment, not in run files
             if resolved.service.profile:  # the one file the replicas read (emulated, kind=empirical)
                 resolved.service.profile = str(absolute(resolved.service.profile))
@@ -401,16 +426,24 @@ def launch_with(
             logs = [stack_dir / f"replica-{r}.log" for r in range(cfg.replicas)] + [stack_dir / "gateway.log"]
             names = [f"replica {r}" for r in range(cfg.replicas)] + ["gateway"]
             starter = _ReplicaStarter(config_path, stack_dir, replica_host, env, replica_command, start_timeout_s,
-                                      grace_s, spawner)
+                                      grace_s, spawner, grpc=grpc)
             stack = RunningStack(gateway_url, replica_urls, token, procs, run_dir=None if temp else base, logs=logs,
                                  replica_logs=logs[:-1], _starter=starter)
+            if grpc:
+                stack.grpc_gateway_url = f"{url_host(gateway_host)}:{gateway_grpc_port}"
+                stack.replica_grpc_urls = [f"{url_host(replica_host)}:{p}" for p in replica_grpc_ports]
 
             deadline = time.monotonic() + start_timeout_s
             for r, port in enumerate(replica_ports):
-                procs.append(_spawn(replica_command(config_path, r, port, replica_host), logs[r], env))
+                argv = replica_command(config_path, r, port, replica_host)
+                if grpc:
+                    argv += ["--grpc-port", str(replica_grpc_ports[r])]
+                procs.append(_spawn(argv, logs[r], env))
             stack.replicas.extend(procs)
             wait_ready(names[:-1], replica_urls, procs, logs[:-1], deadline)
             gw_argv = gateway_command(config_path, gateway_port, gateway_host, replica_urls) + list(gateway_args)
+            if grpc:
+                gw_argv += ["--grpc-port", str(gateway_grpc_port)]
             procs.append(_spawn(gw_argv, logs[-1], env))
             wait_ready(names[-1:], [gateway_url], procs[-1:], logs[-1:], deadline)
             yield stack

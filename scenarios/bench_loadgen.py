@@ -4,6 +4,8 @@
     .venv/bin/python -m scenarios.bench_loadgen --only null,stack1                 # the issue-11 rows, ~3 min
 
 Sections (`--only` picks some; every figure is measured in the same run):
+grpcnull the same own cost with loadgen.protocol=http and =grpc, one after the other (the
+         gRPC null server: `null_server --grpc`).
 null     the generator's own cost: against the null server (real.loadgen.null_server, a server
          that does nothing) at a low rate, what it measures is its own share of every latency
          (p50, p99), beside a bare loopback round trip to the same server (the floor); with
@@ -60,7 +62,7 @@ RATE_TOLERANCE = 0.01
 P50_TOLERANCE_S = 0.001
 
 
-SECTIONS = ("null", "overhead", "main", "reference", "dispatch", "sweep", "stack1")
+SECTIONS = ("null", "grpcnull", "overhead", "main", "reference", "dispatch", "sweep", "stack1")
 OWN_P50_TARGET_S = 0.0005  # the generator's own share of a latency, at p50
 STACK1_TARGET_RATE = 2000.0  # honest through the gateway and one replica
 INFER_PATH = "/v2/models/digits/infer"
@@ -139,16 +141,17 @@ def run_open(name: str, cfg: ScenarioConfig, base: Path) -> tuple[Row, dict[str,
                lat["p50"], lat["p99"], note, cpu), summary
 
 
-def null_cfg(rate: float, duration_s: float, seed: int, spin_s: float = LoadgenConfig().spin_s) -> ScenarioConfig:
+def null_cfg(rate: float, duration_s: float, seed: int, spin_s: float = LoadgenConfig().spin_s,
+             protocol: str = "http") -> ScenarioConfig:
     return ScenarioConfig(seed=seed, duration_s=duration_s, warmup_s=min(1.0, duration_s / 5), timeout_s=2.0,
                           arrival=ArrivalConfig(kind="poisson", rate=rate, users=1000),
-                          loadgen=LoadgenConfig(workers=1, max_lag_p99_s=LAG_P99_TARGET_S, spin_s=spin_s))
+                          loadgen=LoadgenConfig(workers=1, max_lag_p99_s=LAG_P99_TARGET_S, spin_s=spin_s, protocol=protocol))
 
 
 def run_null(name: str, cfg: ScenarioConfig, base: Path) -> Row:
     """The generator alone: open loop against the null server. Its latency is its own cost."""
     out = base / _slug(name)
-    with ContentionMonitor() as monitor, CpuSampler(0.2) as sampler, null_server(log=None) as url:
+    with ContentionMonitor() as monitor, CpuSampler(0.2) as sampler, null_server(log=None, protocol=cfg.loadgen.protocol) as url:
         result = run_load(cfg, url, out / "loadgen", path=INFER_PATH)
     frame, sends = result.merged.requests, result.merged.sends
     lag = send_lag_summary(sends, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s)
@@ -377,6 +380,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.extend(own + alone)
             verdicts.append((f"generator's own p50 at {args.null_rate:g} req/s <= {OWN_P50_TARGET_S * 1e3:g} ms",
                              own[0].lat_p50 is not None and own[0].lat_p50 <= OWN_P50_TARGET_S))
+        if "grpcnull" in args.only:  # loadgen.protocol=grpc's own cost, beside HTTP's at the same rate
+            for protocol in ("http", "grpc"):
+                print(f"[grpcnull] own cost over {protocol}: {args.null_rate:g} req/s against the null server ...", flush=True)
+                rows.append(run_null(f"own cost {protocol} {args.null_rate:g}/s",
+                                     null_cfg(args.null_rate, args.null_duration, 40, protocol=protocol), base))
         overhead = None
         if "overhead" in args.only or "main" in args.only:
             print("[overhead] ~0 device time, 100 req/s for 10 s ...", flush=True)

@@ -120,6 +120,35 @@ class _Client:
         self._conn.close()
 
 
+class _GrpcClient:
+    """`_Client` over the gateway's GRPCInferenceService (loadgen.protocol=grpc): one channel,
+    one call at a time; the answer's parameters in the same shape."""
+
+    def __init__(self, target: str, model: str) -> None:
+        import grpc
+
+        from real.grpc import grpc_service_pb2_grpc as pb_grpc
+
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._model = model
+
+    def infer(self, path: str, rows: np.ndarray) -> tuple[float, dict[str, Any], dict[str, str]]:
+        from real.grpc import grpc_service_pb2 as pb
+        from real.grpc.convert import param_value
+
+        msg = pb.ModelInferRequest(model_name=self._model)
+        msg.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
+        msg.raw_input_contents.append(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        start = time.perf_counter()
+        resp = self._stub.ModelInfer(msg, timeout=30)
+        elapsed = time.perf_counter() - start
+        return elapsed, {"parameters": {k: param_value(v) for k, v in resp.parameters.items()}}, {}
+
+    def close(self) -> None:
+        self._channel.close()
+
+
 def _profiling_config(cfg: ScenarioConfig, replicas: int) -> ScenarioConfig:
     # the first version without its fault schedule: the stack as it is, not as a fault turns it
     first = dataclasses.asdict(dataclasses.replace(version_specs(cfg.model)[0], faults=[]))
@@ -176,7 +205,8 @@ def measure_overheads(cfg: ScenarioConfig, run_dir: Path, samples: int, warmup: 
     path = f"/v2/models/{cfg.model.name}/infer"
     hops: dict[str, list[float]] = {"total_s": [], "gateway_s": [], "server_s": [], "client_network_s": []}
     with launch(_profiling_config(cfg, 1), run_dir=run_dir / "overhead") as stack:
-        client = _Client(stack.gateway_url)
+        grpc = cfg.loadgen.protocol == "grpc"  # the hops as the load generator's requests take them
+        client = _GrpcClient(stack.grpc_gateway_url, cfg.model.name) if grpc else _Client(stack.gateway_url)
         try:
             for k in range(samples + warmup):
                 elapsed, doc, headers = client.infer(path, rng.uniform(0, 16, (1, FEATURES)).astype(np.float32))

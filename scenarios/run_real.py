@@ -279,7 +279,7 @@ def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None
             else:  # the driver tells the replicas time 0; without one, this does
                 time_zero = RealTimeZero.start(cfg, stack, out_dir / "loadgen")
             try:
-                result = run_load(cfg, stack.gateway_url, out_dir / "loadgen", progress=progress, path=path)
+                result = run_load(cfg, stack.load_target(cfg.loadgen.protocol), out_dir / "loadgen", progress=progress, path=path)
             finally:
                 if rollout is not None:
                     rollout.stop()  # inside the stack: starts and stops under way end before it does

@@ -23,6 +23,7 @@ OVERHEAD_MODELS = ("host", "replay")
 BACKENDS = ("numpy", "emulated")
 MODES = ("sim", "real", "compare", "serve", "profile", "rehearse")
 LOADGEN_DISPATCH = ("dispatcher", "timers")
+LOADGEN_PROTOCOLS = ("http", "grpc")
 # a version is a URL path segment (/v2/models/NAME/versions/VERSION/infer): no '/', '?', '%', ...
 VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 # what sets the offered rate of the kinds that do not read arrival.rate
@@ -207,6 +208,7 @@ def rollout_versions(cfg: ScenarioConfig) -> tuple[str, str]:
 class GatewayConfig:
     host: str = setting("127.0.0.1", "where the real gateway listens")
     port: int = setting(0, "the real gateway's port (0 = a free port)")
+    grpc_port: int = setting(0, "the real gateway's GRPCInferenceService port, with server.grpc (0 = a free port)")
     hop_s: float = setting(0.0, "one-way network delay gateway <-> replica (twin), s")
     version_weights: list[float] = setting([], "traffic share per version (empty: by replica count)")
     sticky: bool = setting(False, "a user always lands on the same version (A/B assignment by user id)")
@@ -257,6 +259,7 @@ class ServerConfig:
     host: str = setting("127.0.0.1", "where the real model servers listen")
     token: str = setting("", "bearer token for the control endpoints (empty: generated per run)")
     max_body_bytes: int = setting(1_048_576, "largest request body the gateway and servers accept (larger: HTTP 413), bytes")
+    grpc: bool = setting(True, "the gateway and every replica also serve the KServe v2 / Triton GRPCInferenceService beside REST (replicas on free ports)")
 
 
 @dataclass
@@ -264,6 +267,7 @@ class LoadgenConfig:
     workers: int = setting(1, "Locust worker processes (> 1: distributed mode, one master)")
     max_lag_p99_s: float = setting(0.005, "a run whose send lag p99 passes this is flagged invalid (exit 3), s")
     dispatch: str = setting("dispatcher", "dispatcher (one greenlet sleeps to each send) | timers (a timer per request)")
+    protocol: str = setting("http", "how the load reaches the gateway: http (OIP REST, JSON) | grpc (GRPCInferenceService ModelInfer; needs server.grpc)")
     remote_workers: int = setting(0, "of loadgen.workers, how many you start yourself on other hosts (see README)")
     master_bind_host: str = setting("127.0.0.1", "where the Locust master listens for workers")
     max_connections: int = setting(2000, "open connections per worker: a request waits for a free one only beyond this many in flight")
@@ -668,6 +672,9 @@ def validate(cfg: ScenarioConfig) -> None:
     lg = cfg.loadgen
     _require(lg.workers >= 1, "loadgen.workers", f"must be >= 1, got {lg.workers}")
     _choice(lg.dispatch, "loadgen.dispatch", LOADGEN_DISPATCH)
+    _choice(lg.protocol, "loadgen.protocol", LOADGEN_PROTOCOLS)
+    _require(lg.protocol != "grpc" or cfg.server.grpc, "loadgen.protocol", "grpc needs server.grpc=true (the gateway's gRPC port)")
+    _require(0 <= cfg.gateway.grpc_port < 65536, "gateway.grpc_port", f"must be in [0, 65535], got {cfg.gateway.grpc_port}")
     _require(0 <= lg.remote_workers < lg.workers, "loadgen.remote_workers",
              f"must be in [0, loadgen.workers - 1] ({lg.workers - 1}): the master's host runs one worker at least; got {lg.remote_workers}")
     _positive(cfg.loadgen.max_lag_p99_s, "loadgen.max_lag_p99_s")

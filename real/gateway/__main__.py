@@ -14,6 +14,7 @@ import sys
 import uvicorn
 
 from real.gateway.app import create_app
+from real.grpc.serve import GrpcBeside
 from real.server.transport import CoalescingHttpToolsProtocol
 from sim.config import load_config
 
@@ -24,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--upstreams", required=True, help="comma-separated replica URLs, index = replica index")
     p.add_argument("--host", default=None, help="bind address (default: gateway.host, 127.0.0.1)")
+    p.add_argument("--grpc-port", type=int, default=None, help="serve GRPCInferenceService on this port too (0 = any free port; default: REST only)")
     return p.parse_args(argv)
 
 
@@ -34,10 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     upstreams = [u.strip() for u in args.upstreams.split(",") if u.strip()]
     app = create_app(cfg, upstreams)
     host = args.host or cfg.gateway.host
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=host, port=args.port, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="on",
         log_level="warning", access_log=False, timeout_keep_alive=30, backlog=4096,
     )
+    server = GrpcBeside(config)
+    if args.grpc_port is not None:  # GRPCInferenceService beside REST, on the same loop and Gateway
+        from real.grpc.gateway import GatewayService
+
+        gateway = app.state.gateway
+        server.grpc_port, server.grpc_host, server.grpc_label = args.grpc_port, host, "servelab.gateway"
+        server.grpc_service = lambda: GatewayService(gateway)
+    server.run()
     return 0
 
 

@@ -1,7 +1,13 @@
 """The gateway's ASGI app: OIP routes, the proxy hot path, health, metrics and control.
 
-Bodies are forwarded as bytes, never parsed: validation is the replica's job (it answers 4xx,
-which the gateway passes through unchanged). The gateway only checks what it must know to
+A complete Open Inference Protocol endpoint (KServe v2 with Triton's extensions): server and
+model metadata and readiness, the repository index (the union of its replicas', see
+`real.gateway.aggregate`), model statistics (summed over its replicas, Triton's shape) and infer.
+Bodies are forwarded as bytes, never parsed or re-encoded, with the headers that say how to
+read them (Content-Type, as the client sent it or none; Inference-Header-Content-Length, Triton's
+binary tensor data extension), and the replica's answer comes back with its own: so the gateway
+accepts exactly what the replicas accept. Validation is the replica's job (it answers 4xx, which
+the gateway passes through unchanged). The gateway only checks what it must know to
 route: the model and version in the path (or the `x-model-version` header, which pins a version
 as the path does), the user id header, and the body size. With `gateway.shadow_version`, a
 share of infers is also copied to that version, never awaited (`real.gateway.shadow`;
@@ -43,7 +49,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, request_response
 
-from real.gateway import control
+from real.gateway import aggregate, control
 from real.gateway.auth import BearerAuth
 from real.gateway.errors import JSON, http_exception, json_response, oip_error, unexpected
 from real.gateway.fastpath import InferFastPath
@@ -68,6 +74,10 @@ COMMANDS_KEPT = 100  # manual rollout commands the state document lists, the lat
 CONTROL_BODY_BYTES = 65536
 RETRY_AFTER_S = "1"
 CORRECT_HEADER = "x-correct"  # a replica's verdict on a labelled request: 1 right, 0 wrong
+INFER_HEADER_LENGTH = "Inference-Header-Content-Length"  # Triton's binary tensors: JSON part's length
+# the replica's answer headers a client needs to read it, passed back as they came
+PASSED_BACK = ("Content-Type", "Retry-After", CORRECT_HEADER, INFER_HEADER_LENGTH)
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 UPSTREAM_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -154,30 +164,45 @@ class Gateway:
         params = request.path_params
         reply = await self.forward("POST", request.url.path, params["model"], params.get("version"),
                                    request.headers.get("x-user-id"), request.headers.get("content-type"), body, t0,
-                                   request.headers.get(VERSION_HEADER), WARMUP_HEADER in request.headers)
+                                   request.headers.get(VERSION_HEADER), WARMUP_HEADER in request.headers,
+                                   request.headers.get(INFER_HEADER_LENGTH))
         return reply.response()
 
     async def metadata(self, request: Request) -> Response:
-        """GET model metadata/readiness from a healthy replica (of the version, if named)."""
+        """GET model metadata/readiness from a healthy replica (of the version, if named). The
+        unversioned metadata lists every version the gateway serves, not only that replica's."""
         params = request.path_params
         reply = await self.forward(
             "GET", request.url.path, params["model"], params.get("version"),
             request.headers.get("x-user-id"), None, b"", perf_counter(), request.headers.get(VERSION_HEADER),
         )
+        if reply.status == 200 and "version" not in params and not request.url.path.endswith("/ready"):
+            try:
+                doc = orjson.loads(reply.body)
+            except orjson.JSONDecodeError:
+                doc = None
+            if isinstance(doc, dict):
+                doc["versions"] = self._deployed_versions()
+                reply.body = orjson.dumps(doc)
         return reply.response()
 
     async def forward(self, method: str, path: str, model: str, version_name: str | None, raw_user: str | None,
-                      ctype: str | None, body: bytes, t0: float, pin: str | None = None, warmup: bool = False) -> Reply:
+                      ctype: str | None, body: bytes, t0: float, pin: str | None = None, warmup: bool = False,
+                      header_length: str | None = None) -> Reply:
         """Route, send, retry as the RetryPolicy says, and map upstream failures to 502/503/504.
 
         `pin` is the x-model-version header; `warmup` the WARMUP_HEADER's presence (a request that
         is no part of the run: routed, and its copy decided, with a throwaway stream). An infer may also be copied to the shadow version
-        (`real.gateway.shadow`): decided at the first pick, sent as a task this never awaits."""
+        (`real.gateway.shadow`): decided at the first pick, sent as a task this never awaits.
+        `ctype` and `header_length` (Inference-Header-Content-Length) go upstream as the client
+        sent them, absent when it sent none."""
         target = self._target(model, version_name, raw_user, pin)
         if isinstance(target, Reply):
             return self._done(t0, target)
         version, user_id = target
         headers = {"Content-Type": ctype} if ctype is not None else {}
+        if header_length is not None:
+            headers[INFER_HEADER_LENGTH] = header_length
         pool = self.pool
         record = method == "POST"  # infers count in the versions' windows; metadata reads do not
         mirror = self.shadow if record else None
@@ -212,7 +237,7 @@ class Gateway:
             # which replica and version answered, whatever the status: a client (the load
             # generator) records a failure's version from these, as the twin does
             out_headers = {"x-replica": str(r), VERSION_HEADER: self.membership.version_name(r)}
-            for name in ("Content-Type", "Retry-After", CORRECT_HEADER):
+            for name in PASSED_BACK:
                 value = up_headers.get(name)
                 if value is not None:
                     out_headers[name] = value
@@ -362,7 +387,61 @@ class Gateway:
         return json_response(asdict(queued), status=202)
 
     async def server_metadata(self, request: Request) -> Response:
-        return json_response({"name": "servelab-gateway", "version": "0.1.0", "extensions": []})
+        return json_response({"name": "servelab-gateway", "version": "0.1.0", "extensions": EXTENSIONS})
+
+    # -- repository index and statistics: the replicas' documents merged --------------------
+
+    def _members(self, version: int | None = None) -> list[int]:
+        """The replicas in the deployment (of `version`, if given), removed ones left out."""
+        m = self.membership
+        return [r for r in range(len(m)) if not m.removed[r] and (version is None or m.version_of[r] == version)]
+
+    def _deployed_versions(self) -> list[str]:
+        m = self.membership
+        return sorted({m.version_name(r) for r in self._members()})
+
+    async def repository_index_doc(self, ready_only: bool = False) -> list[dict[str, object]]:
+        """Triton's index over every replica (`aggregate.merge_index`); the gRPC gateway's too."""
+        answers = await self.pool.ask_each(self._members(), "POST", "/v2/repository/index")
+        docs = [_loads(body) for _, status, body in answers if status == 200]
+        return aggregate.merge_index(self.model, self._deployed_versions(), docs, ready_only)
+
+    async def stats_doc(self, model: str | None, version_name: str | None) -> tuple[int, dict[str, object]]:
+        """(status, Triton's statistics document) summed over the replicas (of the version, if
+        named); `model` None = every model. A 404 body for an unknown model or version."""
+        if model is not None and model != self.model:
+            return 404, {"error": f"unknown model {model!r}; this gateway serves {self.model!r}"}
+        versions = self._deployed_versions()
+        version: int | None = None
+        if version_name is not None:
+            if version_name not in self.version_index or version_name not in versions:
+                return 404, {"error": f"unknown version {version_name!r} of model {self.model!r}; it serves {versions}"}
+            version, versions = self.version_index[version_name], [version_name]
+        answers = await self.pool.ask_each(self._members(version), "GET", "/v2/models/stats")
+        docs = [_loads(body) for _, status, body in answers if status == 200]
+        merged = aggregate.merge_stats(self.model, versions, docs)
+        if version_name is not None:
+            merged["model_stats"] = [e for e in merged["model_stats"] if e["version"] == version_name]
+        return 200, merged
+
+    async def repository_index(self, request: Request) -> Response:
+        """`POST /v2/repository/index` (`{"ready": true}` lists only what is ready)."""
+        try:
+            body = await read_body(request, CONTROL_BODY_BYTES)
+        except BodyTooLarge:
+            return oip_error(413, f"body larger than {CONTROL_BODY_BYTES} bytes")
+        ready_only = False
+        if body.strip():
+            doc = _loads(body)
+            if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
+                return oip_error(400, 'body must be empty or JSON like {"ready": true}')
+            ready_only = bool(doc.get("ready", False))
+        return json_response(await self.repository_index_doc(ready_only))
+
+    async def model_stats(self, request: Request) -> Response:
+        """`GET /v2/models[/{m}[/versions/{v}]]/stats`, summed over the replicas."""
+        status, doc = await self.stats_doc(request.path_params.get("model"), request.path_params.get("version"))
+        return json_response(doc, status)
 
     async def shadow_records(self, request: Request) -> Response:
         """`GET /v2/gateway/shadow[?since=N]`: the shadow copies' records as columns, from
@@ -371,6 +450,14 @@ class Gateway:
         if not (since.isascii() and since.isdigit()):
             return oip_error(400, f"since must be an integer >= 0, got {since[:40]!r}")
         return json_response(self.shadow.document(int(since)) if self.shadow is not None else empty_document())
+
+
+def _loads(body: bytes) -> object:
+    """JSON, or None for what is not."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def create_app(cfg: ScenarioConfig, upstreams: Sequence[str], *, token: str | None = None) -> Starlette:
@@ -403,6 +490,10 @@ def create_app(cfg: ScenarioConfig, upstreams: Sequence[str], *, token: str | No
         Route("/v2/health/live", gw.live, methods=["GET"]),
         Route("/v2/health/ready", gw.ready, methods=["GET"]),
         Route("/v2", gw.server_metadata, methods=["GET"]),
+        Route("/v2/repository/index", gw.repository_index, methods=["POST"]),
+        Route("/v2/models/stats", gw.model_stats, methods=["GET"]),  # before {model}: every model's
+        Route("/v2/models/{model}/stats", gw.model_stats, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/stats", gw.model_stats, methods=["GET"]),
         Route("/v2/models/{model}", gw.metadata, methods=["GET"]),
         Route("/v2/models/{model}/ready", gw.metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}", gw.metadata, methods=["GET"]),

@@ -44,6 +44,7 @@ class InferFastPath:
         user: str | None = None
         pin: str | None = None
         warmup = False
+        header_length: str | None = None
         declared = -1
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -56,6 +57,8 @@ class InferFastPath:
                 pin = value.decode("latin-1")
             elif name == b"x-servelab-warmup":  # sim.policy.split.WARMUP_HEADER: no part of the run
                 warmup = True
+            elif name == b"inference-header-content-length":  # binary tensors: forwarded as sent
+                header_length = value.decode("latin-1")
         limit = gw.max_body
         try:
             body = await receive_body(receive, declared, limit)
@@ -65,7 +68,8 @@ class InferFastPath:
             reply = gw._done(t0, error_reply(413, f"body larger than {limit} bytes"))
         else:
             try:
-                reply = await gw.forward("POST", scope["path"], model, version, user, ctype, body, t0, pin, warmup)
+                reply = await gw.forward("POST", scope["path"], model, version, user, ctype, body, t0, pin, warmup,
+                                         header_length)
             except Exception as exc:  # a bug answers 500 in the OIP shape, never a dropped socket
                 reply = error_reply(500, f"internal gateway error: {type(exc).__name__}")
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]

@@ -91,7 +91,10 @@ class ReplicaPool:
             keepalive_timeout=30.0,
             ttl_dns_cache=None,
         )
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        # no Content-Type of aiohttp's own: a body is forwarded with the client's (tritonclient
+        # sends none; aiohttp's default application/octet-stream would change the request)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             skip_auto_headers=("User-Agent", "Content-Type"))
         self._probe_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=30.0),
             timeout=aiohttp.ClientTimeout(total=self.probe_timeout_s),
@@ -138,6 +141,24 @@ class ReplicaPool:
                 self._url_cache.clear()
             url = self._url_cache[key] = URL(self.urls[r] + path)
         return url
+
+    async def ask_each(self, replicas: Sequence[int], method: str, path: str,
+                       body: bytes = b"") -> list[tuple[int, int, bytes]]:
+        """(replica, status, body) from each of `replicas` for one request, asked at once; a
+        replica that does not answer within the probe timeout is left out (an index or
+        statistics read is best-effort: it must not wait on a dead replica)."""
+        session = self._probe_session
+        assert session is not None
+
+        async def one(r: int) -> tuple[int, int, bytes] | None:
+            try:
+                async with session.request(method, self.urls[r] + path, data=body if method == "POST" else None) as resp:
+                    return r, resp.status, await resp.read()
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return None
+
+        answers = await asyncio.gather(*(one(r) for r in replicas))
+        return [a for a in answers if a is not None]
 
     def any_routable(self) -> bool:
         m = self.membership

@@ -539,6 +539,83 @@ def _judge(doc: dict[str, Any], label: int) -> int:
     return -1
 
 
+class GrpcDriver(Driver):
+    """`loadgen.protocol=grpc`: the same schedule, records and deadlines, over the gateway's
+    GRPCInferenceService. grpc runs on gevent's hub (`grpc.experimental.gevent.init_gevent`):
+    each request is sent when due as a non-blocking call (`future`) on one HTTP/2 channel, and
+    its answer recorded in the call's done callback, so a slow answer never delays the next send
+    (open loop, as the HTTP driver). The client deadline is the call's own gRPC deadline (from
+    the intended send time); the server-side one travels in `parameters.timeout`, as over REST."""
+
+    def __init__(self, plan: LoadPlan, worker: int, environment: Environment) -> None:
+        super().__init__(plan, worker, environment)
+        import grpc
+        from grpc.experimental import gevent as grpc_gevent
+
+        from real.loadgen.grpc_wire import MODEL_INFER, GrpcRequestEncoder
+
+        grpc_gevent.init_gevent()
+        self._grpc = grpc
+        if plan.inputs:
+            images, labels = read_inputs(plan.inputs)
+            label_list: list[int | None] = [int(x) for x in labels]
+        else:
+            images = np.random.default_rng(plan.seed).uniform(0.0, 16.0, (1, 64)).round(3)
+            label_list = [None]
+        self.grpc_encoder = GrpcRequestEncoder(plan.model, images, label_list)
+        self.channel = grpc.insecure_channel(plan.url, options=[("grpc.enable_retries", 0)])
+        # bytes in (GrpcRequestEncoder's), bytes out (read in the callback): no stub objects per call
+        self.call = self.channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+
+    def send(self, request_id: int, user_id: int, intended_s: float, on_done: Callable[[], None] | None = None) -> None:
+        key = self._next_key
+        self._next_key += 1
+        timeout_s = self.plan.timeout_s
+        req = _Request(key, request_id, user_id, intended_s,
+                       self.t0 + intended_s + timeout_s if timeout_s > 0 else float("inf"), on_done)
+        self.in_flight[key] = req
+        now = clock()
+        req.send_s = now - self.t0
+        rid = request_id if request_id >= 0 else key
+        micros = max(int((req.deadline - now) * 1e6), 1) if timeout_s > 0 else 0
+        data = self.grpc_encoder.encode(f"w{self.worker}-{rid}", input_index(rid, len(self._labels)), micros)
+        metadata: tuple[tuple[str, str], ...] = (("x-user-id", str(user_id)),)
+        pin = self.pins.get(request_id) if self.pins else None
+        if pin is not None:
+            metadata += (("x-model-version", pin),)
+        try:
+            future = self.call.future(data, timeout=req.deadline - now if timeout_s > 0 else None, metadata=metadata)
+        except Exception as exc:  # a channel that cannot even start the call
+            self._finish(req, CONNECTION_ERROR, None, exc)
+            return
+        future.add_done_callback(lambda f, req=req: self._grpc_answered(req, f))
+
+    def _grpc_answered(self, req: _Request, future: Any) -> None:
+        from real.loadgen.grpc_wire import read_answer, read_failure
+
+        if req.done:
+            return
+        code = future.code()
+        if code == self._grpc.StatusCode.OK:
+            data = future.result()
+            try:
+                params, label = read_answer(data)
+            except Exception as exc:  # not a ModelInferResponse
+                self._finish(req, CONNECTION_ERROR, None, exc)
+                return
+            rid = req.request_id if req.request_id >= 0 else req.key
+            sent = self._labels[input_index(rid, len(self._labels))]
+            correct = int(label == sent) if sent is not None and label is not None and "correct" in params else -1
+            self._finish(req, 200, params, None, float(params.get("gateway_s", float("nan"))),
+                         correct=correct, length=len(data))
+            return
+        status, replica, version = read_failure(code, future.details(), future.trailing_metadata())
+        exc = TimeoutError(f"no answer within {self.plan.timeout_s:g} s") if status == CLIENT_TIMEOUT else None
+        if status == CONNECTION_ERROR:
+            exc = ConnectionError(f"gRPC {code.name}: {future.details()}")
+        self._finish(req, status, None, exc, replica=replica, version=version)
+
+
 _driver: Driver | None = None
 
 
@@ -551,7 +628,9 @@ class ScheduleUser(User):
     def drive(self) -> None:
         global _driver
         if _driver is None:  # a second user on the same worker must not send the share twice
-            _driver = Driver(_plan(), int(os.environ.get(WORKER_ENV, "0")), self.environment)
+            plan = _plan()
+            driver = GrpcDriver if plan.protocol == "grpc" else Driver
+            _driver = driver(plan, int(os.environ.get(WORKER_ENV, "0")), self.environment)
             _driver.run()
         while True:
             gevent.sleep(3600)

@@ -14,6 +14,11 @@ generator's (`scenarios.bench_loadgen`'s "null server" row).
 Also: `GET /v2/health/live|ready` answer 200, `GET /v2/null/stats` the number of infers answered
 (`{"infers": N}`, so a test can count what arrived); anything else 404 in the OIP error shape.
 Loopback only: it refuses to bind another address.
+
+`--grpc` serves the same over gRPC instead (`loadgen.protocol=grpc`'s floor): a grpc.aio server
+on uvloop whose `GRPCInferenceService/ModelInfer` answers every call with canned bytes (a
+ModelInferResponse with the same zero parameters and its own batch id), never parsing the
+request; it prints `listening on grpc://HOST:PORT`.
 """
 
 from __future__ import annotations
@@ -110,11 +115,51 @@ async def serve(host: str, port: int, model: str) -> None:
         await server.serve_forever()
 
 
+async def serve_grpc(host: str, port: int, model: str) -> None:
+    """The gRPC null server: bytes in, canned bytes out (protobuf concatenation merges the batch
+    id into the fixed part)."""
+    if host not in LOOPBACK:
+        raise SystemExit(f"the null server binds loopback only, not {host!r}")
+    import grpc
+
+    from real.grpc import grpc_service_pb2 as pb
+
+    fixed = pb.ModelInferResponse(model_name=model, model_version="1")
+    fixed.outputs.add(name="label", datatype="INT64", shape=[1])
+    fixed.raw_output_contents.append(b"\0" * 8)
+    for key, value in (("queue_s", 0.0), ("service_s", 0.0), ("server_s", 0.0)):
+        fixed.parameters[key].double_param = value
+    fixed.parameters["batch_size"].int64_param = 1
+    fixed.parameters["replica"].int64_param = 0
+    fixed.parameters["version"].string_param = "1"
+    head = fixed.SerializeToString()
+    infers = 0
+
+    async def model_infer(request: bytes, context: object) -> bytes:
+        nonlocal infers
+        tail = pb.ModelInferResponse()
+        tail.parameters["batch_id"].int64_param = infers
+        infers += 1
+        return head + tail.SerializeToString()
+
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer, request_deserializer=None, response_serializer=None)},
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"{READY_LINE}grpc://{host}:{bound}", flush=True)
+    await server.wait_for_termination()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
     p.add_argument("--model", default="digits", help="the model_name its answers carry")
+    p.add_argument("--grpc", action="store_true", help="serve GRPCInferenceService/ModelInfer instead of HTTP")
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -123,21 +168,24 @@ def main(argv: list[str] | None = None) -> None:
     else:
         runner = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(args.host, args.port, args.model))
+        runner((serve_grpc if args.grpc else serve)(args.host, args.port, args.model))
 
 
 @contextlib.contextmanager
-def null_server(model: str = "digits", *, log: Path | None = None) -> Iterator[str]:
-    """Run a null server in a subprocess on a free loopback port; yields its URL, kills it after."""
+def null_server(model: str = "digits", *, log: Path | None = None, protocol: str = "http") -> Iterator[str]:
+    """Run a null server in a subprocess on a free loopback port; yields its URL (with
+    protocol="grpc": its gRPC target, host:port), kills it after."""
     out = open(log, "ab") if log is not None else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "real.loadgen.null_server", "--model", model], cwd=ROOT,
+    extra = ["--grpc"] if protocol == "grpc" else []
+    proc = subprocess.Popen([sys.executable, "-m", "real.loadgen.null_server", "--model", model, *extra], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
         if not line.startswith(READY_LINE):
             raise RuntimeError(f"the null server did not start (exit {proc.poll()}): {line!r}")
-        yield line[len(READY_LINE):].strip()
+        url = line[len(READY_LINE):].strip()
+        yield url.removeprefix("grpc://")
     finally:
         proc.kill()
         proc.wait()

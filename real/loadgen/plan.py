@@ -48,6 +48,8 @@ class LoadPlan:
     drain_s: float  # loadgen.drain_s: without a client deadline, how long to wait for the last answers
     inputs: str = ""  # labelled images to send (`write_inputs`); "" = one synthetic unlabelled row
     spin_s: float = 0.0  # loadgen.spin_s: sleep to this long before a send, spin the rest
+    protocol: str = "http"  # loadgen.protocol: http (url is http://host:port) | grpc (url is the gRPC target host:port)
+    model: str = "digits"  # the model a gRPC infer names (REST names it in infer_path)
 
     @property
     def drain_after_s(self) -> float:

@@ -18,14 +18,19 @@ from typing import Iterator
 
 import uvicorn
 
+from real.grpc.serve import GrpcBeside
 from real.server.app import create_app, served_version
 from real.server.transport import CoalescingHttpToolsProtocol
 from sim.config import ConfigError, load_config, version_names
 
 
-class _Server(uvicorn.Server):
+class _Server(GrpcBeside):
     """uvicorn re-raises a caught SIGTERM/SIGINT after its graceful shutdown, so the process
-    dies "by signal" (exit -15). A stop the launcher asked for is a success: exit 0 instead."""
+    dies "by signal" (exit -15). A stop the launcher asked for is a success: exit 0 instead.
+
+    With `grpc_port` set, the replica's GRPCInferenceService (real.grpc.replica) starts on the
+    same loop before the REST port listens, and stops (in-flight calls finish) before the
+    lifespan shutdown stops the batcher they wait on (real.grpc.serve)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -45,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--version", default=None, help="the model version to serve (a replica added at run time; default: by --replica)")
     p.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--grpc-port", type=int, default=None, help="serve GRPCInferenceService on this port too (0 = any free port; default: REST only)")
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -88,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=5,
     )
     server = _Server(config)
+    if args.grpc_port is not None:
+        from real.grpc.replica import ReplicaService
+
+        replica = app.state.replica
+        server.grpc_port, server.grpc_host = args.grpc_port, args.host
+        server.grpc_label = f"servelab.server replica={args.replica}"
+        server.grpc_service = lambda: ReplicaService(replica)
     version = args.version if args.version is not None else served_version(cfg, args.replica)
     print(
         f"servelab.server replica={args.replica} version={version} backend={cfg.model.backend} "

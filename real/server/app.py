@@ -5,7 +5,10 @@ asking for another version is a 404, as a Triton repository that does not hold i
 
 Status codes, all with an OIP error body `{"error": "..."}`:
   400 bad request body      404 unknown model, version or route     405 wrong method
-  413 body > server.max_body_bytes                                  415 content type not JSON
+  413 body > server.max_body_bytes
+  415 content type neither JSON nor application/octet-stream (Triton's binary tensor data extension:
+      `Inference-Header-Content-Length` splits the body into JSON and raw tensor bytes; see
+      real.server.protocol)
   401 control call without the bearer token
   503 queue full (shed, with Retry-After), model unloaded, or the replica is down (a fault drill)
   504 the request's `parameters.timeout` (microseconds) ran out while it was queued: it was
@@ -44,7 +47,17 @@ from real.asgi import BodyTooLarge, ClientGone, header_values, infer_target, rec
 from real.server.backends import Backend, make_backend
 from real.server.batcher import AsyncBatcher, BackendFailed, DeadlineExceeded, QueueFull, clock
 from real.server.metrics import CONTENT_TYPE, ServerMetrics
-from real.server.protocol import INPUT_SPEC, ProtocolError, error_body, infer_response, parse_infer
+from real.server.protocol import (
+    INFER_HEADER_LENGTH,
+    INPUT_SPEC,
+    InferRequest,
+    InferResult,
+    ProtocolError,
+    error_body,
+    infer_response,
+    parse_header_length,
+    parse_infer,
+)
 from real.server.quality import ReplicaQuality
 from sim.config import ScenarioConfig
 from sim.policy.batching import DynamicBatcher
@@ -54,6 +67,8 @@ SERVER_NAME = "servelab"
 SERVER_VERSION = "0.1.0"
 JSON = "application/json"
 JSON_BYTES = JSON.encode()
+OCTET_STREAM = "application/octet-stream"  # what Triton's clients send with binary tensors
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 TOKEN_ENV = "SERVELAB_TOKEN"
 
 
@@ -157,12 +172,14 @@ def _check_model(rep: Replica, request: Request) -> Response | None:
 
 
 def check_content_type(ctype: str | None) -> None:
-    """JSON or no content type at all (curl-less clients); anything else is a 415."""
+    """JSON, application/octet-stream (a body with binary tensors) or no content type at all
+    (tritonclient sends none); anything else is a 415. The body's layout is told by the
+    Inference-Header-Content-Length header, not by the content type, as in Triton."""
     if ctype is None:
         return
     media = ctype.split(";", 1)[0].strip().lower()
-    if media != JSON:
-        raise ProtocolError(415, f"content type {media!r} not supported; send {JSON}")
+    if media != JSON and media != OCTET_STREAM:
+        raise ProtocolError(415, f"content type {media!r} not supported; send {JSON} (or {OCTET_STREAM} with binary tensors)")
 
 
 # -- health and metadata -------------------------------------------------------------------
@@ -178,7 +195,7 @@ async def ready(request: Request) -> Response:
 
 
 async def server_metadata(request: Request) -> Response:
-    return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["model_repository", "statistics"]})
+    return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
 async def model_metadata(request: Request) -> Response:
@@ -205,32 +222,36 @@ async def model_ready(request: Request) -> Response:
 
 
 async def model_stats(request: Request) -> Response:
+    """Triton's statistics document; `/v2/models/stats` (no model named) is every model's."""
     rep = _rep(request)
-    if (bad := _check_model(rep, request)) is not None:
+    if "model" in request.path_params and (bad := _check_model(rep, request)) is not None:
         return bad
+    return _json(stats_document(rep))
+
+
+def stats_document(rep: Replica) -> dict[str, object]:
+    """Triton's `/v2/models/{m}/stats` shape from the batcher's counters."""
     st = rep.batcher.stats
-    return _json(
-        {
-            "model_stats": [
-                {
-                    "name": rep.model,
-                    "version": rep.version,
-                    "last_inference": st.last_inference_ms,
-                    "inference_count": st.inference_count,
-                    "execution_count": st.execution_count,
-                    "inference_stats": {
-                        "success": {"count": st.success, "ns": st.success_ns},
-                        "fail": {"count": st.fail, "ns": st.fail_ns},
-                        "queue": {"count": st.queue_count, "ns": st.queue_ns},
-                    },
-                    "batch_stats": [
-                        {"batch_size": size, "compute_infer": {"count": c, "ns": ns}}
-                        for size, (c, ns) in sorted(st.by_batch.items())
-                    ],
-                }
-            ]
-        }
-    )
+    return {
+        "model_stats": [
+            {
+                "name": rep.model,
+                "version": rep.version,
+                "last_inference": st.last_inference_ms,
+                "inference_count": st.inference_count,
+                "execution_count": st.execution_count,
+                "inference_stats": {
+                    "success": {"count": st.success, "ns": st.success_ns},
+                    "fail": {"count": st.fail, "ns": st.fail_ns},
+                    "queue": {"count": st.queue_count, "ns": st.queue_ns},
+                },
+                "batch_stats": [
+                    {"batch_size": size, "compute_infer": {"count": c, "ns": ns}}
+                    for size, (c, ns) in sorted(st.by_batch.items())
+                ],
+            }
+        ]
+    }
 
 
 async def metrics(request: Request) -> Response:
@@ -242,6 +263,61 @@ async def metrics(request: Request) -> Response:
 # -- inference -----------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class InferOutcome:
+    """How one parsed infer ended, whatever the transport: `status` 200 with `result`, or the
+    HTTP status of the refusal and its `message` (gRPC maps the status to its code)."""
+
+    status: int
+    message: str = ""
+    result: InferResult | None = None
+    correct: bool | None = None  # a labelled request's verdict (None: not judged)
+    server_s: float = 0.0  # from `received` to the answer's being ready
+    retry_after: bool = False  # a shed: the answer tells when to retry
+
+
+def refuse(rep: Replica, status: int, message: str) -> InferOutcome:
+    """A refused infer, counted as REST has always counted a ProtocolError."""
+    rep.metrics.errors.labels(str(status)).inc()
+    rep.metrics.requests.labels("error").inc()
+    return InferOutcome(status, message)
+
+
+async def infer_parsed(rep: Replica, req: InferRequest, received: float) -> InferOutcome:
+    """A parsed request through this replica: the transport-neutral half of an infer, shared by
+    REST and gRPC (one batcher, one set of counters). The caller has checked the model and
+    version (`model_problem`) and parsed the body; `received` is when the request arrived
+    (`real.server.batcher.clock`). Counts it in the metrics, in flight while it waits."""
+    m = rep.metrics
+    m.in_flight.inc()
+    try:
+        if rep.fault.down:
+            return refuse(rep, 503, f"replica {rep.index} is down (a fault drill: POST /v2/fault)")
+        if not rep.loaded:
+            return refuse(rep, 503, f"model {rep.model!r} version {rep.version!r} is not loaded")
+        result = await rep.batcher.submit(req, received)
+    except QueueFull:
+        m.shed.inc()
+        m.requests.labels("shed").inc()
+        return InferOutcome(503, "queue full (batching.max_queue_size); retry later", retry_after=True)
+    except DeadlineExceeded:
+        m.timeouts.inc()
+        m.errors.labels("504").inc()
+        m.requests.labels("timeout").inc()
+        return InferOutcome(504, "request timeout (parameters.timeout) expired while queued")
+    except BackendFailed as exc:
+        return refuse(rep, 500, str(exc))
+    finally:
+        m.in_flight.dec()
+    judged = rep.quality.judge(result.outputs, req.label, req.id) if rep.quality is not None else None
+    if judged is not None and judged.failed:  # the version's error rate: a model failure after the batch ran
+        return refuse(rep, 500, f"model version {rep.version!r} failed on this request (its error rate)")
+    server_s = clock() - received
+    m.latency.observe(server_s)
+    m.ok.inc()
+    return InferOutcome(200, result=result, correct=judged.correct if judged is not None else None, server_s=server_s)
+
+
 async def answer_infer(
     rep: Replica,
     model: str,
@@ -249,59 +325,44 @@ async def answer_infer(
     content_type: str | None,
     read_body: Callable[[], Awaitable[bytes]],
     received: float,
+    header_length: str | None = None,
 ) -> tuple[int, bytes, dict[str, str] | None]:
-    """One infer, from the raw request parts to (status, body, extra headers): the one code path
-    behind both the Starlette route and the bare-ASGI fast path."""
-    m = rep.metrics
+    """One REST infer, from the raw request parts to (status, body, extra headers): the one code
+    path behind both the Starlette route and the bare-ASGI fast path. `header_length` is the
+    request's Inference-Header-Content-Length (binary tensors); a binary answer's extra headers
+    carry its own and its content type."""
     if (problem := model_problem(rep, model, version)) is not None:
-        m.errors.labels("404").inc()
+        rep.metrics.errors.labels("404").inc()
         return 404, error_body(problem), None
-    m.in_flight.inc()
     try:
         if rep.fault.down:
             raise ProtocolError(503, f"replica {rep.index} is down (a fault drill: POST /v2/fault)")
         check_content_type(content_type)
+        split = parse_header_length(header_length)
         body = await read_body()
-        req = parse_infer(body, rep.cfg.batching.max_batch_size, rep.output_names)
-        if not rep.loaded:
-            raise ProtocolError(503, f"model {rep.model!r} version {rep.version!r} is not loaded")
-        result = await rep.batcher.submit(req, received)
+        req = parse_infer(body, rep.cfg.batching.max_batch_size, rep.output_names, split)
     except ProtocolError as exc:
-        m.errors.labels(str(exc.status)).inc()
-        m.requests.labels("error").inc()
+        refuse(rep, exc.status, exc.message)
         return exc.status, error_body(exc.message), None
-    except QueueFull:
-        m.shed.inc()
-        m.requests.labels("shed").inc()
-        return 503, error_body("queue full (batching.max_queue_size); retry later"), {"Retry-After": "1"}
-    except DeadlineExceeded:
-        m.timeouts.inc()
-        m.errors.labels("504").inc()
-        m.requests.labels("timeout").inc()
-        return 504, error_body("request timeout (parameters.timeout) expired while queued"), None
-    except BackendFailed as exc:
-        m.errors.labels("500").inc()
-        m.requests.labels("error").inc()
-        return 500, error_body(str(exc)), None
-    finally:
-        m.in_flight.dec()
-    judged = rep.quality.judge(result.outputs, req.label, req.id) if rep.quality is not None else None
-    if judged is not None and judged.failed:  # the version's error rate: a model failure after the batch ran
-        m.errors.labels("500").inc()
-        m.requests.labels("error").inc()
-        return 500, error_body(f"model version {rep.version!r} failed on this request (its error rate)"), None
-    correct = judged.correct if judged is not None else None
-    server_s = clock() - received
-    content = infer_response(rep.model, rep.version, req, result, rep.backend.outputs, rep.index, server_s, correct)
-    m.latency.observe(server_s)
-    m.ok.inc()
-    return 200, content, None if correct is None else {"x-correct": "1" if correct else "0"}
+    outcome = await infer_parsed(rep, req, received)
+    if outcome.result is None:
+        return outcome.status, error_body(outcome.message), {"Retry-After": "1"} if outcome.retry_after else None
+    correct = outcome.correct
+    content, json_length = infer_response(rep.model, rep.version, req, outcome.result, rep.backend.outputs, rep.index,
+                                          outcome.server_s, correct)
+    extra = None if correct is None else {"x-correct": "1" if correct else "0"}
+    if json_length is not None:
+        extra = {**(extra or {}), "content-type": OCTET_STREAM, INFER_HEADER_LENGTH: str(json_length)}
+    return 200, content, extra
 
 
 async def infer(request: Request) -> Response:
     """Never reached: InferFastPath answers every POST to an infer URL before routing. The
     routes exist so that other methods on those URLs get their 405."""
     raise RuntimeError("infer reached the router; InferFastPath is missing from the middleware")
+
+
+INFER_HEADER_BYTES = INFER_HEADER_LENGTH.lower().encode()
 
 
 class InferFastPath:
@@ -321,7 +382,7 @@ class InferFastPath:
     @staticmethod
     async def answer(rep: Replica, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
         received = clock()
-        headers = header_values(scope["headers"], b"content-type", b"content-length")
+        headers = header_values(scope["headers"], b"content-type", b"content-length", INFER_HEADER_BYTES)
         declared = headers.get(b"content-length", "0")
         if not declared.isdigit():
             status, content, extra = 400, error_body("invalid Content-Length"), None
@@ -333,12 +394,15 @@ class InferFastPath:
                     raise ProtocolError(413, f"{exc} (server.max_body_bytes)") from None
 
             try:
-                status, content, extra = await answer_infer(rep, model, version, headers.get(b"content-type"), read_body, received)
+                status, content, extra = await answer_infer(rep, model, version, headers.get(b"content-type"), read_body,
+                                                            received, headers.get(INFER_HEADER_BYTES))
             except ClientGone:
                 return
-        raw = [(b"content-type", JSON_BYTES), (b"content-length", str(len(content)).encode())]
+        raw = [(b"content-length", str(len(content)).encode())]
         if extra:
             raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        if extra is None or "content-type" not in extra:
+            raw.append((b"content-type", JSON_BYTES))
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": content})
 
@@ -347,9 +411,32 @@ class InferFastPath:
 
 
 async def repository_index(request: Request) -> Response:
+    """Triton's index: what this replica holds; `{"ready": true}` lists only what is ready."""
     rep = _rep(request)
+    try:
+        ready_only = parse_index_request(await request.body())
+    except ProtocolError as exc:
+        return _error(exc.status, exc.message)
+    if ready_only and not rep.loaded:
+        return _json([])
     state = "READY" if rep.loaded else "UNAVAILABLE"
     return _json([{"name": rep.model, "version": rep.version, "state": state}])
+
+
+def parse_index_request(body: bytes) -> bool:
+    """A repository index request's `ready` flag: an empty body (tritonclient's) or
+    `{"ready": bool}`; anything else is a 400."""
+    if len(body) > 65536:
+        raise ProtocolError(413, "repository index body larger than 65536 bytes")
+    if not body.strip():
+        return False
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(400, 'body must be empty or JSON like {"ready": true}') from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
+        raise ProtocolError(400, 'body must be empty or JSON like {"ready": true}')
+    return bool(doc.get("ready", False))
 
 
 def _authorised(rep: Replica, request: Request) -> bool:
@@ -508,6 +595,7 @@ def create_app(cfg: ScenarioConfig, replica: int, version: str | None = None) ->
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/models/stats", model_stats, methods=["GET"]),  # before {model}: every model's
         Route(model, model_metadata, methods=["GET"]),
         Route(versioned, model_metadata, methods=["GET"]),
         Route(model + "/ready", model_ready, methods=["GET"]),

@@ -3,6 +3,14 @@
 Every way a body can be wrong ends as a `ProtocolError` carrying a 4xx status, so the app has
 exactly one place that turns bad input into `{"error": ...}` and a malformed request can never
 reach the batcher (or become a 500).
+
+Triton's binary tensor data extension is read and written here too: with the request header
+`Inference-Header-Content-Length: L`, the body is L bytes of JSON, then the raw bytes of every
+input whose `parameters.binary_data_size` says how many (in the order of `inputs`, little-endian,
+row-major). Outputs asked for with `parameters.binary_data` (or the request's
+`parameters.binary_data_output`) come back the same way: a JSON header whose length the response
+header `Inference-Header-Content-Length` gives, then the outputs' raw bytes. One parser for both
+layouts, so a binary request is checked exactly as a JSON one and refused with the same bodies.
 """
 
 from __future__ import annotations
@@ -19,6 +27,10 @@ MAX_ROWS = 10_000  # absurd-shape guard, independent of max_batch_size
 CLASSES = 10  # digits 0..9: what a label may be
 INPUT_NAME = "input"
 INPUT_DATATYPE = "FP32"
+INPUT_ITEM_BYTES = 4  # FP32
+INFER_HEADER_LENGTH = "Inference-Header-Content-Length"  # Triton's binary tensor data extension
+# the wire layout of each datatype a binary output may have (OIP tensors are little-endian)
+WIRE_DTYPES: dict[str, str] = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "BOOL": "|b1"}
 
 
 class ProtocolError(Exception):
@@ -37,6 +49,7 @@ class InferRequest:
     timeout_s: float = math.inf  # parameters.timeout (microseconds, as Triton) in seconds
     outputs: tuple[str, ...] | None = None  # requested output names; None = all
     label: int | list[int] | None = None  # parameters.label: the true digit (per row, or one for all)
+    binary_outputs: frozenset[str] = frozenset()  # outputs to answer as raw bytes (binary extension)
 
     @property
     def n(self) -> int:
@@ -64,16 +77,35 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str]) -> InferRequest:
+def parse_header_length(value: str | None) -> int | None:
+    """The request's Inference-Header-Content-Length: None when absent, else the length of the
+    JSON part of the body; ProtocolError(400) if it is not a non-negative decimal integer."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise ProtocolError(400, f"{INFER_HEADER_LENGTH} must be a non-negative integer, got {value[:40]!r}")
+    return int(value)
+
+
+def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str], header_length: int | None = None) -> InferRequest:
     """A validated request, or ProtocolError(400) naming the first problem.
 
     `max_rows` is the replica's max_batch_size: a request bigger than one batch could never be
-    dispatched (Triton refuses it the same way).
+    dispatched (Triton refuses it the same way). `header_length` is the request's
+    Inference-Header-Content-Length (`parse_header_length`): the body's first `header_length`
+    bytes are the JSON, the rest the inputs' raw bytes; None = the whole body is JSON.
     """
-    if not body:
+    if header_length is None:
+        header: bytes | memoryview = body
+    elif header_length > len(body):
+        raise ProtocolError(400, f"{INFER_HEADER_LENGTH} is {header_length} but the body has only {len(body)} bytes")
+    else:
+        header = memoryview(body)[:header_length]
+    if not header:
         raise ProtocolError(400, "empty body; expected an Open Inference Protocol JSON request")
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(400, f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -85,6 +117,7 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str]) -> Inf
 
     timeout_s = math.inf
     label: int | list[int] | None = None
+    binary_default = False
     params = doc.get("parameters")
     if params is not None:
         if not isinstance(params, dict):
@@ -96,6 +129,7 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str]) -> Inf
             if t > 0:  # 0 = no timeout, as in Triton
                 timeout_s = t * 1e-6
         label = _label(params.get("label"))
+        binary_default = _flag(params, "binary_data_output", "'parameters.binary_data_output'")
 
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
@@ -119,7 +153,63 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str]) -> Inf
     if n > max_rows:
         raise ProtocolError(400, f"{n} rows exceed the model's max_batch_size ({max_rows})")
 
-    data = tensor.get("data")
+    binary_size = _binary_size(tensor)
+    if binary_size is None:
+        if header_length is not None and header_length < len(body):
+            raise ProtocolError(400, f"{len(body) - header_length} bytes follow the JSON header but no input has "
+                                     "'parameters.binary_data_size'")
+        rows = _json_rows(tensor.get("data"), n, shape)
+    else:
+        rows = _binary_rows(body, header_length, binary_size, tensor, n, shape)
+    if not np.isfinite(rows).all():
+        raise ProtocolError(400, "input 'data' holds values that are not finite in FP32")
+
+    wanted: tuple[str, ...] | None = None
+    binary_outputs = output_names if binary_default else frozenset()
+    outs = doc.get("outputs")
+    if outs is not None:
+        if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
+            raise ProtocolError(400, "'outputs' must be a list of objects")
+        names = [o.get("name") for o in outs]
+        bad = [x for x in names if x not in output_names]
+        if bad:
+            raise ProtocolError(400, f"unknown output(s) {bad!r}; this model has {sorted(output_names)}")
+        wanted = tuple(names)  # type: ignore[arg-type]
+        binary_outputs = frozenset(o["name"] for o in outs if _output_binary(o, binary_default))
+    if isinstance(label, list) and len(label) != n:
+        raise ProtocolError(400, f"'parameters.label' has {len(label)} labels for {n} rows; give one per row, or one for all")
+    return InferRequest(rows=rows, id=req_id, timeout_s=timeout_s, outputs=wanted, label=label, binary_outputs=binary_outputs)
+
+
+def _flag(params: dict[str, Any], key: str, what: str) -> bool:
+    """A boolean parameter (absent = false)."""
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(400, f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _no_shared_memory(params: dict[str, Any], what: str) -> None:
+    if "shared_memory_region" in params:
+        raise ProtocolError(400, f"{what}: the shared memory extension is not supported; send the data in the body")
+
+
+def _binary_size(tensor: dict[str, Any]) -> int | None:
+    """The input's `parameters.binary_data_size` (bytes of it after the JSON header), or None."""
+    params = tensor.get("parameters")
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        raise ProtocolError(400, "input 'parameters' must be an object")
+    _no_shared_memory(params, f"input {INPUT_NAME!r}")
+    size = params.get("binary_data_size")
+    if size is not None and (not _is_int(size) or size < 0):
+        raise ProtocolError(400, f"input 'parameters.binary_data_size' must be a non-negative integer, got {size!r}")
+    return size
+
+
+def _json_rows(data: Any, n: int, shape: list[int]) -> np.ndarray:
+    """The input's rows from its JSON `data` (flat or nested row-major)."""
     if not isinstance(data, list):
         raise ProtocolError(400, "input 'data' must be a list of numbers (flat or nested row-major)")
     try:
@@ -131,23 +221,40 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str]) -> Inf
     if arr.size != n * FEATURES:
         raise ProtocolError(400, f"input 'data' has {arr.size} values, shape {shape} needs {n * FEATURES}")
     with np.errstate(over="ignore", invalid="ignore"):
-        rows = np.ascontiguousarray(arr, dtype=np.float32).reshape(n, FEATURES)
-    if not np.isfinite(rows).all():
-        raise ProtocolError(400, "input 'data' holds values that are not finite in FP32")
+        return np.ascontiguousarray(arr, dtype=np.float32).reshape(n, FEATURES)
 
-    wanted: tuple[str, ...] | None = None
-    outs = doc.get("outputs")
-    if outs is not None:
-        if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
-            raise ProtocolError(400, "'outputs' must be a list of objects")
-        names = [o.get("name") for o in outs]
-        bad = [x for x in names if x not in output_names]
-        if bad:
-            raise ProtocolError(400, f"unknown output(s) {bad!r}; this model has {sorted(output_names)}")
-        wanted = tuple(names)  # type: ignore[arg-type]
-    if isinstance(label, list) and len(label) != n:
-        raise ProtocolError(400, f"'parameters.label' has {len(label)} labels for {n} rows; give one per row, or one for all")
-    return InferRequest(rows=rows, id=req_id, timeout_s=timeout_s, outputs=wanted, label=label)
+
+def _binary_rows(body: bytes, header_length: int | None, size: int, tensor: dict[str, Any], n: int,
+                 shape: list[int]) -> np.ndarray:
+    """The input's rows from the raw bytes after the JSON header (binary tensor data extension)."""
+    if header_length is None:
+        raise ProtocolError(400, f"input 'parameters.binary_data_size' needs the {INFER_HEADER_LENGTH} request header")
+    if "data" in tensor:
+        raise ProtocolError(400, "input has both 'data' and 'parameters.binary_data_size'; send one")
+    needed = n * FEATURES * INPUT_ITEM_BYTES
+    if size != needed:
+        raise ProtocolError(400, f"input 'parameters.binary_data_size' is {size} bytes, shape {shape} {INPUT_DATATYPE} needs {needed}")
+    after = len(body) - header_length
+    if size > after:
+        raise ProtocolError(400, f"input binary data runs past the body: {size} bytes declared, {after} after the JSON header")
+    if size < after:
+        raise ProtocolError(400, f"{after - size} bytes after the input's binary data belong to no input")
+    flat = np.frombuffer(body, dtype="<f4", count=n * FEATURES, offset=header_length)
+    return flat.astype(np.float32).reshape(n, FEATURES)  # a copy: aligned, writable, owned
+
+
+def _output_binary(out: dict[str, Any], default: bool) -> bool:
+    """Whether a requested output comes back as raw bytes: its `parameters.binary_data`, else
+    the request's `parameters.binary_data_output`."""
+    params = out.get("parameters")
+    if params is None:
+        return default
+    if not isinstance(params, dict):
+        raise ProtocolError(400, "output 'parameters' must be an object")
+    _no_shared_memory(params, f"output {out['name']!r}")
+    if params.get("classification") not in (None, 0):
+        raise ProtocolError(400, "the classification extension is not supported; ask for the outputs themselves")
+    return _flag(params, "binary_data", f"output {out['name']!r} 'parameters.binary_data'") if "binary_data" in params else default
 
 
 def _label(value: Any) -> int | list[int] | None:
@@ -182,16 +289,25 @@ def infer_response(
     replica: int,
     server_s: float,
     correct: bool | None = None,
-) -> bytes:
-    """The OIP response; `correct` (a labelled request's answer was right) joins its
-    parameters when the answer was judged."""
+) -> tuple[bytes, int | None]:
+    """The OIP response body and, when some output goes as raw bytes (`req.binary_outputs`),
+    the length of its JSON header (the response's Inference-Header-Content-Length; None = all
+    JSON). `correct` (a labelled request's answer was right) joins its parameters when the
+    answer was judged."""
     names = req.outputs if req.outputs is not None else tuple(specs)
+    binary = req.binary_outputs
     outputs = []
+    raw: list[bytes] = []
     for name in names:
         arr = result.outputs[name]
-        outputs.append(
-            {"name": name, "datatype": specs[name].datatype, "shape": list(arr.shape), "data": arr.reshape(-1)}
-        )
+        datatype = specs[name].datatype
+        if name in binary:
+            data = np.ascontiguousarray(arr, dtype=WIRE_DTYPES[datatype]).tobytes()
+            raw.append(data)
+            outputs.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
+                            "parameters": {"binary_data_size": len(data)}})
+        else:
+            outputs.append({"name": name, "datatype": datatype, "shape": list(arr.shape), "data": arr.reshape(-1)})
     doc: dict[str, Any] = {
         "model_name": model,
         "model_version": version,
@@ -210,4 +326,7 @@ def infer_response(
         doc["parameters"]["correct"] = correct
     if req.id is not None:
         doc["id"] = req.id
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not raw:
+        return header, None
+    return b"".join([header, *raw]), len(header)

@@ -168,7 +168,7 @@ def test_a_replica_that_fails_to_start_at_run_time_says_why(tmp_path: Path) -> N
         with pytest.raises(LaunchError) as err:
             stack.add_replica("2")
     message = str(err.value)
-    assert "replica 2 exited with status 3" in message and "no model for ['--version', '2']" in message
+    assert "replica 2 exited with status 3" in message and "no model for ['--version', '2'" in message  # then --grpc-port
 
 
 # -- the control API: manual commands, bad tokens and bodies ---------------------------------
