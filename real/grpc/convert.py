@@ -23,14 +23,13 @@ import orjson
 from real.grpc import grpc_service_pb2 as pb
 from real.server.protocol import (
     FEATURES,
-    INPUT_DATATYPE,
     INPUT_NAME,
-    MAX_ROWS,
     InferRequest,
     InferResult,
     ProtocolError,
     TensorSpec,
     _label,
+    input_rows,
 )
 
 # The HTTP status the REST path answers -> the gRPC code for the same refusal (Triton's mapping
@@ -105,20 +104,7 @@ def infer_request(msg: pb.ModelInferRequest, max_rows: int, output_names: frozen
     if len(msg.inputs) != 1:
         raise ProtocolError(400, f"'inputs' must be a list with exactly one tensor ({INPUT_NAME!r})")
     tensor = msg.inputs[0]
-    if tensor.name != INPUT_NAME:
-        raise ProtocolError(400, f"unknown input {tensor.name!r}; expected {INPUT_NAME!r}")
-    if tensor.datatype != INPUT_DATATYPE:
-        raise ProtocolError(400, f"input datatype must be {INPUT_DATATYPE!r}, got {tensor.datatype!r}")
-    shape = list(tensor.shape)
-    if len(shape) != 2:
-        raise ProtocolError(400, f"input shape must be [n, {FEATURES}] with integer dims")
-    n, width = shape
-    if width != FEATURES:
-        raise ProtocolError(400, f"input shape must be [n, {FEATURES}], got {shape}")
-    if n < 1 or n > MAX_ROWS:
-        raise ProtocolError(400, f"input rows must be in [1, {MAX_ROWS}], got {n}")
-    if n > max_rows:
-        raise ProtocolError(400, f"{n} rows exceed the model's max_batch_size ({max_rows})")
+    n = input_rows(tensor.name, tensor.datatype, list(tensor.shape), max_rows)
     rows = _input_rows(msg, tensor, n)
     if not np.isfinite(rows).all():
         raise ProtocolError(400, "input 'data' holds values that are not finite in FP32")

@@ -137,21 +137,8 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str], header
     tensor = inputs[0]
     if not isinstance(tensor, dict):
         raise ProtocolError(400, "each input must be an object")
-    name = tensor.get("name")
-    if name != INPUT_NAME:
-        raise ProtocolError(400, f"unknown input {name!r}; expected {INPUT_NAME!r}")
-    if tensor.get("datatype") != INPUT_DATATYPE:
-        raise ProtocolError(400, f"input datatype must be {INPUT_DATATYPE!r}, got {tensor.get('datatype')!r}")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or len(shape) != 2 or not all(_is_int(d) for d in shape):
-        raise ProtocolError(400, f"input shape must be [n, {FEATURES}] with integer dims")
-    n, width = shape
-    if width != FEATURES:
-        raise ProtocolError(400, f"input shape must be [n, {FEATURES}], got {shape}")
-    if n < 1 or n > MAX_ROWS:
-        raise ProtocolError(400, f"input rows must be in [1, {MAX_ROWS}], got {n}")
-    if n > max_rows:
-        raise ProtocolError(400, f"{n} rows exceed the model's max_batch_size ({max_rows})")
+    n = input_rows(tensor.get("name"), tensor.get("datatype"), shape, max_rows)
 
     binary_size = _binary_size(tensor)
     if binary_size is None:
@@ -192,6 +179,27 @@ def _flag(params: dict[str, Any], key: str, what: str) -> bool:
 def _no_shared_memory(params: dict[str, Any], what: str) -> None:
     if "shared_memory_region" in params:
         raise ProtocolError(400, f"{what}: the shared memory extension is not supported; send the data in the body")
+
+
+
+def input_rows(name: Any, datatype: Any, shape: Any, max_rows: int) -> int:
+    """The input tensor's row count, once its name, datatype and [n, FEATURES] shape pass: the
+    one set of checks and messages every transport's parser (REST here, gRPC in
+    real/grpc/convert.py) applies, so a bad tensor is refused alike whichever way it came."""
+    if name != INPUT_NAME:
+        raise ProtocolError(400, f"unknown input {name!r}; expected {INPUT_NAME!r}")
+    if datatype != INPUT_DATATYPE:
+        raise ProtocolError(400, f"input datatype must be {INPUT_DATATYPE!r}, got {datatype!r}")
+    if not isinstance(shape, list) or len(shape) != 2 or not all(_is_int(d) for d in shape):
+        raise ProtocolError(400, f"input shape must be [n, {FEATURES}] with integer dims")
+    n, width = shape
+    if width != FEATURES:
+        raise ProtocolError(400, f"input shape must be [n, {FEATURES}], got {shape}")
+    if n < 1 or n > MAX_ROWS:
+        raise ProtocolError(400, f"input rows must be in [1, {MAX_ROWS}], got {n}")
+    if n > max_rows:
+        raise ProtocolError(400, f"{n} rows exceed the model's max_batch_size ({max_rows})")
+    return int(n)
 
 
 def _binary_size(tensor: dict[str, Any]) -> int | None:
