@@ -30,12 +30,14 @@ within 2 percentage points; the matrix passes when at least 90% of the valid cel
 
     python -m scenarios.bench_fidelity [--cells 30] [--seed 0] [--profile PATH] [--out runs/fidelity]
                                        [--warmup 3] [--duration 20] [--min-requests 5000] [--max-duration 45]
-                                       [--lock PATH] [--only 3,7]
+                                       [--lock PATH] [--only 3,7] [--repeat]
 
 Writes out/results.json (the design, every cell's settings, figures, errors and verdict; rewritten
 after each cell, so an interrupted run keeps what it measured) and out/table.md, prints progress
 per cell and the table. A cell's run is in out/cells/NN/ (its compare log in compare.log), and
-`command` in results.json reproduces it with the servelab CLI.
+`command` in results.json reproduces it with the servelab CLI. With --repeat each cell's real
+stack is measured a second time (out/cells/NN/real-again) and judged against the first with the
+same targets: how often the stack agrees with itself bounds how often any twin can meet them.
 """
 
 from __future__ import annotations
@@ -339,6 +341,10 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         # the twin replaying the profile's overheads by rate instead of modelling the host
         "replay_met_all": sum(1 for r in valid if (r.get("replay") or {}).get("meets_all")),
         "replay_per_target": {k: sum(1 for r in valid if ((r.get("replay") or {}).get("within") or {}).get(k)) for k in TARGETS},
+        # the real stack against itself (--repeat): cells where both measurements stand
+        "repeat_valid": len(repeats := [r["repeat"] for r in valid if (r.get("repeat") or {}).get("valid")]),
+        "repeat_met_all": sum(1 for r in repeats if r["meets_all"]),
+        "repeat_per_target": {k: sum(1 for r in repeats if r["within"][k]) for k in TARGETS},
     }
 
 
@@ -357,6 +363,14 @@ def _replay_cell(record: Mapping[str, Any]) -> str:
     if not replay:
         return "-"
     return " / ".join(_error_cell({**record, **replay}, k) for k in ("latency_p50", "latency_p99"))
+
+
+def _repeat_cell(record: Mapping[str, Any]) -> str:
+    repeat = record.get("repeat")
+    if not repeat:
+        return "-"
+    return " / ".join(_error_cell({**record, **repeat, "status": "ok" if repeat["valid"] else "invalid"}, k)
+                      for k in ("latency_p50", "latency_p99"))
 
 
 def _ms(value: Any) -> str:
@@ -381,19 +395,31 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     return (f"{head}. Of {summary['cells']} cells: {summary['invalid']} invalid, {summary['failed']} failed "
             f"(shown, not counted). Per target over the valid cells: {per}. Capacity bound by: {binds}. "
             f"The same measurements against the twin replaying the profile's overheads by rate "
-            f"(overhead.model=replay): {summary.get('replay_met_all', 0)} of {summary['valid']} meet every target ({replay or '-'}).")
+            f"(overhead.model=replay): {summary.get('replay_met_all', 0)} of {summary['valid']} meet every target ({replay or '-'})."
+            + _repeat_summary(summary))
+
+
+def _repeat_summary(summary: Mapping[str, Any]) -> str:
+    if not summary.get("repeat_valid"):
+        return ""
+    n = summary["repeat_valid"]
+    per = ", ".join(f"{TARGET_LABELS[k]} {m}/{n}" for k, m in summary["repeat_per_target"].items())
+    return (f" The real stack measured a second time, judged against its first measurement with the same targets: "
+            f"{summary['repeat_met_all']} of {n} cells agree within every target ({per}).")
 
 
 def format_table(records: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: one row per cell, valid or not, the misses in bold; invalid and failed cells
     numbered to a note giving the reason; the summary line last."""
+    repeats = any(r.get("repeat") for r in records)
     lines = ["| # | device | spread | replicas x inst. | batching | lb | load | rate (req/s) | capacity (binds) "
              "| p50 twin / real (ms) | p50 error | p99 error | throughput error | shed error | verdict "
-             "| replay: p50 / p99 error |",
-             "| --- " * 16 + "|"]
+             "| replay: p50 / p99 error |" + (" real again: p50 / p99 error |" if repeats else ""),
+             "| --- " * (17 if repeats else 16) + "|"]
     notes: list[str] = []
     for r in records:
         s = r["settings"]
+        again = f" {_repeat_cell(r)} |" if repeats else ""
         note = None
         if r["status"] != "ok":
             notes.append(f"[{len(notes) + 1}] cell {r['index']}: " + "; ".join(r["reasons"] or ["no reason given"]))
@@ -411,7 +437,7 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
             f"| {s['replicas']} x {s['concurrency']} | {batching} | {s['lb']} | {s['load']:.0%} "
             f"| {r['rate']:.0f} | {'-' if capacity is None else f'{capacity:.0f}'} ({binds}) "
             f"| {_ms(p50.get('predicted'))} / {_ms(p50.get('measured'))} "
-            f"| {' | '.join(_error_cell(r, k) for k in TARGETS)} | {_verdict(r, note)} | {_replay_cell(r)} |")
+            f"| {' | '.join(_error_cell(r, k) for k in TARGETS)} | {_verdict(r, note)} | {_replay_cell(r)} |{again}")
     out = "\n".join(lines)
     if notes:
         out += "\n\n" + "\n".join(notes)
@@ -458,8 +484,11 @@ def _profile(out: Path, lock: str | None) -> Path:
     return target / "profile.json"
 
 
-def run_cell(plan: PlannedCell, run_dir: Path, lock: str | None) -> dict[str, Any]:
-    """One compare run; its verdict, or the error it raised. Its log goes to run_dir/compare.log."""
+def run_cell(plan: PlannedCell, run_dir: Path, lock: str | None, repeat: bool = False) -> dict[str, Any]:
+    """One compare run; its verdict, or the error it raised. Its log goes to run_dir/compare.log.
+    With `repeat`, the real stack measures the cell a second time (run_dir/real-again), and that
+    measurement is judged against the first with the same targets: how far the stack agrees with
+    itself, the floor under any prediction's error."""
     from scenarios import compare
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -470,6 +499,10 @@ def run_cell(plan: PlannedCell, run_dir: Path, lock: str | None) -> dict[str, An
             predicted = json.loads((run_dir / "sim" / "summary.json").read_text())
             measured = json.loads((run_dir / "real" / "summary.json").read_text())
             replayed = replay_prediction(plan.cfg)
+            again = None
+            if repeat:
+                with _held(lock), contextlib.redirect_stdout(log):
+                    again = compare.measure_real(plan.cfg, run_dir / "real-again", plan.capacity.rps)
         except Exception as exc:  # a cell that fails is shown with its error, and the others still run
             traceback.print_exc(file=log)
             return failed_record(exc)
@@ -478,7 +511,18 @@ def run_cell(plan: PlannedCell, run_dir: Path, lock: str | None) -> dict[str, An
     # of modelling the host (overhead.model=replay): which mechanism explains the data better
     replay = judge(replayed, measured)
     verdict["replay"] = {k: replay[k] for k in ("errors", "within", "meets_all")}
+    if again is not None:
+        verdict["repeat"] = repeat_verdict(again, measured)
     return verdict
+
+
+def repeat_verdict(again: Mapping[str, Any], measured: Mapping[str, Any]) -> dict[str, Any]:
+    """The second real measurement judged against the first as if it were a prediction; the
+    pair counts only where both stand (the first one's validity is the cell's status)."""
+    repeated = judge(again, measured)
+    valid = bool(measurement_validity(again)["valid"])
+    return {"errors": repeated["errors"], "within": repeated["within"],
+            "meets_all": repeated["meets_all"] if valid else None, "valid": valid}
 
 
 def replay_prediction(cfg: Any) -> dict[str, Any]:
@@ -543,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-duration", type=float, default=Timing.max_duration_s, help="... but never more seconds than this")
     parser.add_argument("--lock", default="", help="hold an flock on this file during each cell (share the machine between cells)")
     parser.add_argument("--only", default="", help="run only these cells of the design (comma-separated numbers)")
+    parser.add_argument("--repeat", action="store_true",
+                        help="measure each cell's real stack twice and judge the second against the first: the noise floor")
     args = parser.parse_args(argv)
     if args.cells < max(len(v) for v in FACTORS.values()):
         parser.error(f"--cells must be >= {max(len(v) for v in FACTORS.values())} so that every level appears")
@@ -579,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{plan.measured_s:.0f} s measured", flush=True)
             run_dir = out / "cells" / f"{plan.cell.index:02d}"
             started = time.perf_counter()
-            verdict = run_cell(plan, run_dir, lock)
+            verdict = run_cell(plan, run_dir, lock, args.repeat)
             wall = time.perf_counter() - started
             progress.done(wall, plan.planned_s)
             records.append(_record(plan, verdict, run_dir, wall))

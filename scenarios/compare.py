@@ -58,7 +58,7 @@ def calibrated(cfg: ScenarioConfig, profile_path: Path) -> ScenarioConfig:
                                service=dataclasses.replace(cfg.service, kind="empirical", profile=str(profile_path)))
 
 
-def _measure_real(cfg: ScenarioConfig, out_dir: Path, capacity: float) -> dict[str, Any]:
+def measure_real(cfg: ScenarioConfig, out_dir: Path, capacity: float) -> dict[str, Any]:
     from scenarios.run_real import measure
 
     frame, summary, series = measure(cfg, out_dir, capacity=capacity)
@@ -139,7 +139,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
          f"{'-' if load is None else f'{load:.0%}'}")
 
     _log(f"measuring the real stack for {cfg.duration_s:g} s ...")
-    real = _measure_real(cfg, out_dir / "real", capacity)
+    real = measure_real(cfg, out_dir / "real", capacity)
     _log("predicting with the twin ...")
     sim = _predict(twin_cfg, out_dir / "sim", warnings)
     comparison = compare_summaries(sim, real)
@@ -155,7 +155,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
         point_cfg = point_config(cfg, rate)
         point_dir = out_dir / "load" / f"{fraction:.2f}"
         _log(f"load point {fraction:.0%} of capacity ({rate:.0f} req/s) ...")
-        point_real = _measure_real(point_cfg, point_dir / "real", capacity)
+        point_real = measure_real(point_cfg, point_dir / "real", capacity)
         point_sim = _predict(calibrated(point_cfg, profile_path), point_dir / "sim", warnings)
         points.append(LoadPoint(rate, point_sim, point_real))
     comparison["load_curve"] = [load_curve_entry(p, capacity) for p in points]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from scenarios.bench_fidelity import (FACTORS, QUEUE_BATCHES, Timing, design, failed_record, format_table, judge,
-                                      plan_cell, summarise)
+                                      plan_cell, repeat_verdict, summarise)
 from scenarios.cli import preflight
 from sim.profile import load_profile
 
@@ -119,3 +119,22 @@ def test_a_figure_missing_on_one_side_misses_its_target_rather_than_passing_it()
     assert verdict["errors"]["latency_p50"] is None and verdict["within"]["latency_p50"] is False
     assert verdict["within"]["throughput"] is False  # 50 req/s against none: no tolerance relative to nothing
     assert verdict["meets_all"] is False
+
+
+def test_a_second_real_measurement_is_judged_against_the_first_and_counted_only_where_both_stand() -> None:
+    first = _summary(0.010, 0.020, 100.0, shed_fraction=0.0, valid=True)
+    records = []
+    for index, again in enumerate([_summary(0.0102, 0.021, 100.0, shed_fraction=0.0, valid=True),    # agrees
+                                   _summary(0.0110, 0.020, 100.0, shed_fraction=0.0, valid=True),    # p50 +10%
+                                   _summary(0.0100, 0.020, 100.0, shed_fraction=0.0, valid=False)],  # not standing
+                                  start=1):
+        verdict = judge(first, first)
+        verdict["repeat"] = repeat_verdict(again, first)
+        records.append(_record(index, verdict))
+    summary = summarise(records)
+    assert (summary["repeat_valid"], summary["repeat_met_all"]) == (2, 1)  # the third pair does not stand
+    assert summary["repeat_per_target"]["latency_p50"] == 1
+    table = format_table(records)
+    assert "real again: p50 / p99 error" in table
+    assert "**+10.0%** ✗" in table.splitlines()[3]
+    assert "1 of 2 cells agree within every target" in table
