@@ -215,7 +215,8 @@ class _Process:
     __slots__ = ("jobs", "running", "waking", "idle_since", "priority", "busy_s")
 
     def __init__(self, priority: int) -> None:
-        self.jobs: deque[tuple[float, float, Callable[[], None]]] = deque()  # (submitted, cost, then)
+        # (submitted, cost, then, chained: runs in the same batch of ready callbacks as the job before it)
+        self.jobs: deque[tuple[float, float, Callable[[], None], bool]] = deque()
         self.running = False
         self.waking = False
         self.idle_since = -math.inf  # when it last ran out of work: asleep from the next instant
@@ -246,15 +247,19 @@ class SimHost:
 
     def run(self, process: int, cost_s: float, then: Callable[[], None], wakes: bool = True) -> None:
         """`wakes=False`: the job's thread is awake already: a thread taking its process's GIL.
-        It runs at once on an idle process, and on a busy one right after the job under way,
-        ahead of the jobs queued behind it: the event loop (uvloop) lets go of the GIL between
-        callbacks, and the waiting thread takes it then."""
+        It runs at once on an idle process, and on a busy one right after the batch of ready
+        callbacks under way (the job running and the jobs chained to it, `run_series`), ahead
+        of the jobs queued behind: uvloop holds the GIL while it runs one batch of ready
+        callbacks and lets go of it in between, and the waiting thread takes it then."""
         p = self.processes[process]
         now = self.env._now
-        if not wakes and p.running:  # a thread awake takes the GIL at the loop's next callback
-            p.jobs.insert(1, (now, cost_s * self.slowdown, then))
+        if not wakes and p.running:  # a thread awake takes the GIL once the callbacks under way are done
+            at = 1
+            while at < len(p.jobs) and p.jobs[at][3]:
+                at += 1
+            p.jobs.insert(at, (now, cost_s * self.slowdown, then, False))
             return
-        p.jobs.append((now, cost_s * self.slowdown, then))
+        p.jobs.append((now, cost_s * self.slowdown, then, False))
         if not p.running and not p.waking and len(p.jobs) == 1:
             if wakes and self.wake_s > 0 and now > p.idle_since:  # asleep: it runs the job once the kernel has woken it
                 p.waking = True
@@ -262,6 +267,18 @@ class SimHost:
             else:
                 self._push(process, p, now)
                 self._dispatch()
+
+    def run_series(self, process: int, cost_s: float, thens: Sequence[Callable[[], None]]) -> None:
+        """One job of `cost_s` per callable, back to back as one batch of the loop's ready
+        callbacks: each `then` is called when its own job ends, and a thread waiting for the
+        GIL runs only after the last."""
+        if not thens:
+            return
+        self.run(process, cost_s, thens[0])
+        p = self.processes[process]
+        now = self.env._now
+        for then in thens[1:]:
+            p.jobs.append((now, cost_s * self.slowdown, then, True))
 
     def _woken(self, index: int) -> None:
         p = self.processes[index]
@@ -278,7 +295,7 @@ class SimHost:
         while self.free and ready:
             index = heapq.heappop(ready)[3]
             p = self.processes[index]
-            _, cost, then = p.jobs[0]
+            _, cost, then, _chained = p.jobs[0]
             p.running = True
             self.free -= 1
             self.env.timeout(cost).callbacks.append(lambda _e, i=index, c=cost, f=then: self._done(i, c, f))

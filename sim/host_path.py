@@ -102,14 +102,17 @@ class HostPath:
 
     def relay(self, replica: int, requests: list[int]) -> None:
         """Answers that left replica `replica`'s batch (or its refusal, or its expired queue):
-        its loop writes each (its half of the replica's CPU: after the instance is free, as
-        the server answers once the batch is handed back), then each goes back through the
+        its loop writes each in turn (its half of the replica's CPU: after the instance is free,
+        as the server answers once the batch is handed back). Each handler resumes and writes
+        its own answer, so the first leaves while the others are still being written; they
+        run as one batch of ready callbacks, so the instance's thread takes the GIL for its
+        next batch only after the last (SimHost.run_series). Then each goes back through the
         gateway to its worker."""
-        self.host.run(self.replica_process(replica), self.replica_s * len(requests), partial(self._to_gateway, replica, requests))
+        self.host.run_series(self.replica_process(replica), self.replica_s,
+                             [partial(self._to_gateway, replica, j) for j in requests])
 
-    def _to_gateway(self, replica: int, requests: list[int]) -> None:
-        for j in requests:
-            self.host.run(self.gateway, self.gateway_s, partial(self._at_gateway, replica, j))
+    def _to_gateway(self, replica: int, j: int) -> None:
+        self.host.run(self.gateway, self.gateway_s, partial(self._at_gateway, replica, j))
 
     def _at_gateway(self, replica: int, j: int) -> None:
         self.log.finish[j] = self.env._now  # the gateway's view, until the client has it

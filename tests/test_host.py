@@ -228,3 +228,37 @@ def test_a_cpu_model_s_compute_counts_against_the_host() -> None:
     capacity = stack_capacity(cfg, profile)
     assert (capacity.binds, capacity.host_limit) == ("host", "replicas")
     assert capacity.rps == pytest.approx(1 / (0.002 + 1e-5), rel=1e-6)
+
+
+def test_a_batch_s_answers_leave_the_replica_one_by_one() -> None:
+    """Each handler resumes and writes its own answer: the first of a batch reaches the
+    gateway one replica share after the batch, the last only after all of them."""
+    from sim.host_path import HostPath
+    from sim.requests import RequestLog
+
+    env = simpy.Environment()
+    log = RequestLog()
+    for k in range(3):
+        log.append(user_id=k, arrival_s=0.0, after_s=0.0)
+    seen: list[tuple[int, float]] = []
+    path = HostPath(env, log, _host(gateway_s=2e-4, replica_s=2e-3, loadgen_s=0.0), workers=1, rng=np.random.default_rng(0),
+                    timeout_s=math.inf, gateway_saw=lambda _r, j: seen.append((j, env.now)), client_has=lambda _j: None)
+    path.relay(0, [0, 1, 2])
+    env.run()
+    half_replica, half_gateway = 1e-3, 1e-4  # each hop's CPU is half in, half back
+    assert [j for j, _ in seen] == [0, 1, 2]
+    assert [t for _, t in seen] == pytest.approx([(k + 1) * half_replica + half_gateway for k in range(3)])
+
+
+def test_a_thread_waiting_for_the_gil_runs_after_the_callbacks_under_way_not_between_them() -> None:
+    env = simpy.Environment()
+    host = SimHost(env, cores=2)
+    loop = host.add_process()
+    order: list[tuple[str, float]] = []
+    host.run_series(loop, 1.0, [lambda k=k: order.append((f"answer {k}", env.now)) for k in range(3)])
+    host.run(loop, 1.0, lambda: order.append(("next request", env.now)))  # queued behind the series
+    env.timeout(0.5).callbacks.append(
+        lambda _e: host.run(loop, 0.25, lambda: order.append(("instance thread", env.now)), wakes=False))
+    env.run()
+    assert order == [("answer 0", 1.0), ("answer 1", 2.0), ("answer 2", 3.0), ("instance thread", 3.25),
+                     ("next request", 4.25)]
