@@ -141,20 +141,20 @@ def _input_rows(msg: pb.ModelInferRequest, tensor: pb.ModelInferRequest.InferInp
     return np.ascontiguousarray(arr, dtype=np.float32).reshape(n, FEATURES)
 
 
-def _parameter(value: Any) -> pb.InferParameter:
-    if isinstance(value, bool):
-        return pb.InferParameter(bool_param=value)
-    if isinstance(value, int):
-        return pb.InferParameter(int64_param=value)
-    if isinstance(value, float):
-        return pb.InferParameter(double_param=value)
-    return pb.InferParameter(string_param=str(value))
-
-
 def set_parameters(target: Any, values: Mapping[str, Any]) -> None:
-    """Copy scalars into a message's `map<string, InferParameter>`."""
+    """Copy scalars into a message's `map<string, InferParameter>`: bool, int64, double, or
+    else string. Each entry's field is set in place (a `parameter_choice` oneof, so it holds
+    that value alone): no InferParameter is built and copied per value."""
     for key, value in values.items():
-        target[key].CopyFrom(_parameter(value))
+        entry = target[key]
+        if isinstance(value, bool):
+            entry.bool_param = value
+        elif isinstance(value, int):
+            entry.int64_param = value
+        elif isinstance(value, float):
+            entry.double_param = value
+        else:
+            entry.string_param = str(value)
 
 
 def infer_response(
@@ -167,26 +167,28 @@ def infer_response(
     server_s: float,
     correct: bool | None = None,
 ) -> pb.ModelInferResponse:
-    """The gRPC twin of `real.server.protocol.infer_response`: same outputs, same parameters."""
+    """The gRPC twin of `real.server.protocol.infer_response`: same outputs, same parameters.
+    It runs once per answer on the event loop, so the message is filled in place: each
+    parameter's typed field set directly (the types are known here), no dict or temporary
+    InferParameter between the result and the message."""
     names = req.outputs if req.outputs is not None else tuple(specs)
     resp = pb.ModelInferResponse(model_name=model, model_version=version, id=req.id or "")
+    outputs, contents = resp.outputs, resp.raw_output_contents
     for name in names:
         arr = result.outputs[name]
         spec = specs[name]
-        resp.outputs.add(name=name, datatype=spec.datatype, shape=arr.shape)
-        resp.raw_output_contents.append(np.ascontiguousarray(arr, dtype=_LE_DTYPES[spec.datatype]).tobytes())
-    params: dict[str, Any] = {
-        "queue_s": float(result.queue_s),
-        "service_s": float(result.service_s),
-        "batch_size": int(result.batch_size),
-        "batch_id": int(result.batch_id),
-        "replica": int(replica),
-        "version": version,
-        "server_s": float(server_s),
-    }
+        outputs.add(name=name, datatype=spec.datatype, shape=arr.shape)
+        contents.append(np.ascontiguousarray(arr, dtype=_LE_DTYPES[spec.datatype]).tobytes())
+    params = resp.parameters
+    params["queue_s"].double_param = float(result.queue_s)
+    params["service_s"].double_param = float(result.service_s)
+    params["batch_size"].int64_param = int(result.batch_size)
+    params["batch_id"].int64_param = int(result.batch_id)
+    params["replica"].int64_param = int(replica)
+    params["version"].string_param = version
+    params["server_s"].double_param = float(server_s)
     if correct is not None:
-        params["correct"] = bool(correct)
-    set_parameters(resp.parameters, params)
+        params["correct"].bool_param = bool(correct)
     return resp
 
 
