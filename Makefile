@@ -35,6 +35,10 @@ bench-fidelity: $(STAMP)
 bench-server: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_server
 
+.PHONY: bench-ab-stats
+bench-ab-stats: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_ab_stats
+
 proto: $(STAMP)
 	$(BIN)/python -m real.grpc.generate
 
