@@ -6,6 +6,8 @@
 Sections (`--only` picks some; every figure is measured in the same run):
 grpcnull the same own cost with loadgen.protocol=http and =grpc, one after the other (the
          gRPC null server: `null_server --grpc`).
+grpcstack the same two protocols through the gateway and one emulated replica (as stack1) at
+         --grpc-rate: the CPU per request of the generator, the gateway and the replica over each.
 null     the generator's own cost: against the null server (real.loadgen.null_server, a server
          that does nothing) at a low rate, what it measures is its own share of every latency
          (p50, p99), beside a bare loopback round trip to the same server (the floor); with
@@ -62,7 +64,7 @@ RATE_TOLERANCE = 0.01
 P50_TOLERANCE_S = 0.001
 
 
-SECTIONS = ("null", "grpcnull", "overhead", "main", "reference", "dispatch", "sweep", "stack1")
+SECTIONS = ("null", "grpcnull", "grpcstack", "overhead", "main", "reference", "dispatch", "sweep", "stack1")
 OWN_P50_TARGET_S = 0.0005  # the generator's own share of a latency, at p50
 STACK1_TARGET_RATE = 2000.0  # honest through the gateway and one replica
 INFER_PATH = "/v2/models/digits/infer"
@@ -87,21 +89,27 @@ class Row:
 
 def stack_cfg(rate: float, duration_s: float, *, device_s: float = 0.010, dispatch: str = "dispatcher",
               concurrency: int = 16, seed: int = 1, replicas: int = 2, max_batch: int = 1,
-              delay_s: float = 0.0) -> ScenarioConfig:
+              delay_s: float = 0.0, protocol: str = "http") -> ScenarioConfig:
     return ScenarioConfig(
         seed=seed, duration_s=duration_s, warmup_s=min(2.0, duration_s / 5), replicas=replicas, concurrency=concurrency,
         timeout_s=2.0,
         arrival=ArrivalConfig(kind="poisson", rate=rate, users=1000),
         service=ServiceConfig(kind="deterministic", base_s=device_s, per_item_s=0.0),
         batching=BatchingConfig(max_batch_size=max_batch, max_queue_delay_s=delay_s),
-        loadgen=LoadgenConfig(workers=1, max_lag_p99_s=LAG_P99_TARGET_S, dispatch=dispatch),
+        loadgen=LoadgenConfig(workers=1, max_lag_p99_s=LAG_P99_TARGET_S, dispatch=dispatch, protocol=protocol),
     )
 
 
-def stack1_cfg(rate: float, duration_s: float, seed: int) -> ScenarioConfig:
+def stack1_cfg(rate: float, duration_s: float, seed: int, protocol: str = "http") -> ScenarioConfig:
     """Gateway + one emulated replica that is not the limit: 1 ms per batch, batches of up to 8
     formed within 1 ms, 2 instances (capacity 16,000 req/s); what binds is the host's CPU."""
-    return stack_cfg(rate, duration_s, device_s=0.001, concurrency=2, seed=seed, replicas=1, max_batch=8, delay_s=0.001)
+    return stack_cfg(rate, duration_s, device_s=0.001, concurrency=2, seed=seed, replicas=1, max_batch=8, delay_s=0.001,
+                     protocol=protocol)
+
+
+def per_request_cpu(row: Row) -> str:
+    """µs of CPU per request sent, by role (the cores each used over the window / the rate)."""
+    return " ".join(f"{role} {cores / row.sent * 1e6:.0f}" for role, cores in row.cpu.items()) if row.sent else ""
 
 
 def _slug(name: str) -> str:
@@ -351,6 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--null-sweep", default="2000,4000,6000", help="rates the generator alone is driven at ('' = skip)")
     p.add_argument("--stack1-sweep", default="1500,2000,2250,2500", help="rates through gateway + one replica")
     p.add_argument("--stack1-duration", type=float, default=10.0)
+    p.add_argument("--grpc-rate", type=float, default=1000.0, help="the rate of the grpcstack rows")
     p.add_argument("--reference-users", type=int, default=50)
     p.add_argument("--locustfile", type=Path, default=None, help="measure another generator's locustfile instead")
     p.add_argument("--out", default="", help="keep the runs here (default: a temporary directory)")
@@ -385,6 +394,14 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[grpcnull] own cost over {protocol}: {args.null_rate:g} req/s against the null server ...", flush=True)
                 rows.append(run_null(f"own cost {protocol} {args.null_rate:g}/s",
                                      null_cfg(args.null_rate, args.null_duration, 40, protocol=protocol), base))
+        if "grpcstack" in args.only:  # both protocols through the stack: what each costs every process
+            for protocol in ("http", "grpc"):
+                print(f"[grpcstack] {protocol} through gateway + 1 replica: {args.grpc_rate:g} req/s for "
+                      f"{args.stack1_duration:g} s ...", flush=True)
+                row, _ = run_open(f"{protocol} gateway+1 replica {args.grpc_rate:g}/s",
+                                  stack1_cfg(args.grpc_rate, args.stack1_duration, seed=30, protocol=protocol), base)
+                row.note = f"µs CPU/request: {per_request_cpu(row)} {row.note}".strip()
+                rows.append(row)
         overhead = None
         if "overhead" in args.only or "main" in args.only:
             print("[overhead] ~0 device time, 100 req/s for 10 s ...", flush=True)

@@ -47,7 +47,7 @@ import json
 import os
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 import gevent
@@ -78,6 +78,9 @@ from real.loadgen.recordfile import CLIENT_TIMEOUT, CONNECTION_ERROR, CUT_SHORT,
 from real.loadgen.wire import Answer, AnswerReader, RequestEncoder
 from sim.policy.users import ThinkTime
 from sim.rng import make_streams
+
+if TYPE_CHECKING:  # imported by GrpcDriver only: an HTTP run never loads grpc
+    from real.loadgen.grpc_wire import GrpcH2Client, GrpcReply
 
 T0_MESSAGE = "servelab_t0"
 clock = time.perf_counter
@@ -539,33 +542,56 @@ def _judge(doc: dict[str, Any], label: int) -> int:
     return -1
 
 
+class _H2Link:
+    """The gRPC driver's one HTTP/2 connection: a raw non-blocking socket, its watchers on the
+    hub's loop, the protocol state (`grpc_wire.GrpcH2Client`) and the requests by stream."""
+
+    __slots__ = ("sock", "client", "read_watcher", "write_watcher", "streams", "pending", "connected", "closed")
+
+    def __init__(self, sock: Any, loop: Any, client: GrpcH2Client) -> None:
+        self.sock = sock
+        self.client = client
+        fd = sock.fileno()
+        self.read_watcher = loop.io(fd, READ)
+        self.write_watcher = loop.io(fd, WRITE)
+        self.streams: dict[int, _Request] = {}
+        self.pending = b""  # bytes not yet written, in order (a short write, or connecting)
+        self.connected = False
+        self.closed = False
+
+
 class GrpcDriver(Driver):
     """`loadgen.protocol=grpc`: the same schedule, records and deadlines, over the gateway's
-    GRPCInferenceService. grpc runs on gevent's hub (`grpc.experimental.gevent.init_gevent`):
-    each request is sent when due as a non-blocking call (`future`) on one HTTP/2 channel, and
-    its answer recorded in the call's done callback, so a slow answer never delays the next send
-    (open loop, as the HTTP driver). The client deadline is the call's own gRPC deadline (from
-    the intended send time); the server-side one travels in `parameters.timeout`, as over REST."""
+    GRPCInferenceService, as the HTTP driver does it: the dispatcher writes each call's bytes
+    (`grpc_wire.GrpcH2Client`: HTTP/2 and gRPC's framing without I/O, the message from
+    `GrpcRequestEncoder`'s parts) on one HTTP/2 connection the instant it is due, and the
+    answers are read and recorded in the connection's read callback on gevent's hub; the reaper
+    enforces the client deadline (and resets the call's stream, as grpc does). grpcio through its
+    gevent integration cost ~0.6 ms of CPU per call here, four times the HTTP driver
+    (scenarios/bench_loadgen.py, `--only grpcnull`). The server-side deadline travels in
+    `parameters.timeout`, as over REST, and in grpc-timeout, as grpc sends it."""
 
     def __init__(self, plan: LoadPlan, worker: int, environment: Environment) -> None:
         super().__init__(plan, worker, environment)
-        import grpc
-        from grpc.experimental import gevent as grpc_gevent
+        from real.loadgen import grpc_wire
 
-        from real.loadgen.grpc_wire import MODEL_INFER, GrpcRequestEncoder
+        self.wire = grpc_wire  # imported here: an HTTP run never loads grpc
 
-        grpc_gevent.init_gevent()
-        self._grpc = grpc
         if plan.inputs:
             images, labels = read_inputs(plan.inputs)
             label_list: list[int | None] = [int(x) for x in labels]
         else:
             images = np.random.default_rng(plan.seed).uniform(0.0, 16.0, (1, 64)).round(3)
             label_list = [None]
-        self.grpc_encoder = GrpcRequestEncoder(plan.model, images, label_list)
-        self.channel = grpc.insecure_channel(plan.url, options=[("grpc.enable_retries", 0)])
-        # bytes in (GrpcRequestEncoder's), bytes out (read in the callback): no stub objects per call
-        self.call = self.channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+        self.grpc_encoder = grpc_wire.GrpcRequestEncoder(plan.model, images, label_list)
+        self.authority = plan.url.split("//", 1)[-1].rstrip("/")
+        host, _, port = self.authority.rpartition(":")
+        family, _, _, _, self.grpc_address = _socket.getaddrinfo(host.strip("[]") or "127.0.0.1", int(port), 0,
+                                                                  _socket.SOCK_STREAM)[0]
+        self.grpc_family = family
+        self.link: _H2Link | None = None
+        self.link_error: BaseException = ConnectionError("cannot open a socket")  # why the last connection failed
+        self.calls: dict[int, tuple[_H2Link, int]] = {}  # request key -> its connection and stream while unanswered
 
     def send(self, request_id: int, user_id: int, intended_s: float, on_done: Callable[[], None] | None = None) -> None:
         key = self._next_key
@@ -574,32 +600,193 @@ class GrpcDriver(Driver):
         req = _Request(key, request_id, user_id, intended_s,
                        self.t0 + intended_s + timeout_s if timeout_s > 0 else float("inf"), on_done)
         self.in_flight[key] = req
+        req.send_s = clock() - self.t0
+        if timeout_s > 0:
+            heapq.heappush(self.deadlines, (req.deadline, req))
+        link = self.link
+        if link is None or link.closed or link.client.closing:
+            link = self._open()
+        if link is None or link.closed:  # refused at once
+            self._finish(req, CONNECTION_ERROR, None, self.link_error)
+            return
+        if link.connected and not self.waiting:
+            self._call(link, req)
+        else:
+            self.waiting.append(req)
+
+    def _call(self, link: _H2Link, req: _Request) -> bool:
+        """Start `req`'s call on `link`; False if the connection cannot take it yet."""
         now = clock()
-        req.send_s = now - self.t0
-        rid = request_id if request_id >= 0 else key
-        micros = max(int((req.deadline - now) * 1e6), 1) if timeout_s > 0 else 0
-        data = self.grpc_encoder.encode(f"w{self.worker}-{rid}", input_index(rid, len(self._labels)), micros)
-        metadata: tuple[tuple[str, str], ...] = (("x-user-id", str(user_id)),)
-        pin = self.pins.get(request_id) if self.pins else None
+        rid = req.request_id if req.request_id >= 0 else req.key
+        micros = max(int((req.deadline - now) * 1e6), 1) if self.plan.timeout_s > 0 else 0
+        message = self.grpc_encoder.encode(f"w{self.worker}-{rid}", input_index(rid, len(self._labels)), micros)
+        if not link.client.can_call(len(message)):
+            return False
+        metadata: tuple[tuple[str, str], ...] = (("x-user-id", str(req.user_id)),)
+        pin = self.pins.get(req.request_id) if self.pins else None
         if pin is not None:
             metadata += (("x-model-version", pin),)
+        sid, data = link.client.call(message, micros, metadata)
+        link.streams[sid] = req
+        self.calls[req.key] = (link, sid)
+        self._send_bytes(link, data)
+        return True
+
+    def _flush_waiting(self, link: _H2Link) -> None:
+        waiting = self.waiting
+        while waiting and link.connected and not link.closed:
+            req = waiting[0]
+            if req.done:
+                waiting.popleft()
+            elif self._call(link, req):
+                waiting.popleft()
+            else:
+                return
+
+    def _send_bytes(self, link: _H2Link, data: bytes) -> None:
+        if link.pending or not link.connected:  # keep the order: behind what is queued
+            link.pending += data
+            return
         try:
-            future = self.call.future(data, timeout=req.deadline - now if timeout_s > 0 else None, metadata=metadata)
-        except Exception as exc:  # a channel that cannot even start the call
-            self._finish(req, CONNECTION_ERROR, None, exc)
+            n = link.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self._link_broken(link, exc)
             return
-        future.add_done_callback(lambda f, req=req: self._grpc_answered(req, f))
+        if n < len(data):
+            link.pending = data[n:]
+            link.write_watcher.start(self._link_writable, link)
 
-    def _grpc_answered(self, req: _Request, future: Any) -> None:
-        from real.loadgen.grpc_wire import read_answer, read_failure
+    def _open(self) -> _H2Link | None:
+        try:
+            sock = _socket.socket(self.grpc_family, _socket.SOCK_STREAM)
+        except OSError as exc:
+            self.link_error = exc
+            return None
+        sock.setblocking(False)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        client = self.wire.GrpcH2Client(self.authority)
+        link = _H2Link(sock, self.loop, client)
+        link.pending = client.connect()
+        self.link = link
+        link.read_watcher.start(self._link_readable, link)
+        err = sock.connect_ex(self.grpc_address)
+        if err in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+            link.write_watcher.start(self._link_connected, link)
+        else:
+            self._link_broken(link, ConnectionError(err, os.strerror(err)))
+        return link
 
-        if req.done:
+    def _link_connected(self, link: _H2Link) -> None:
+        link.write_watcher.stop()
+        err = link.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if err:
+            self._link_broken(link, ConnectionError(err, os.strerror(err)))
             return
-        code = future.code()
-        if code == self._grpc.StatusCode.OK:
-            data = future.result()
+        link.connected = True
+        data, link.pending = link.pending, b""
+        self._send_bytes(link, data)
+        self._flush_waiting(link)
+
+    def _link_writable(self, link: _H2Link) -> None:
+        try:
+            n = link.sock.send(link.pending)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._link_broken(link, exc)
+            return
+        link.pending = link.pending[n:]
+        if not link.pending:
+            link.write_watcher.stop()
+
+    def _link_readable(self, link: _H2Link) -> None:
+        try:
+            data = link.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._link_broken(link, exc)
+            return
+        if not data:
+            self._link_broken(link, ConnectionResetError("the server closed the connection"))
+            return
+        try:
+            replies = link.client.feed(data)
+        except self.wire.H2ProtocolError as exc:
+            self._link_broken(link, exc)
+            return
+        out = link.client.take_outbound()
+        if out:
+            self._send_bytes(link, out)
+        for reply in replies:
+            req = link.streams.pop(reply.stream_id, None)
+            if req is not None:
+                self.calls.pop(req.key, None)
+                if not req.done:
+                    self._grpc_answered(req, reply)
+        if link.client.closing and not link.streams:
+            self._close_link(link)
+        if self.waiting and link is self.link:
+            if link.closed or link.client.closing:
+                self._reopen()
+            else:
+                self._flush_waiting(link)
+
+    def _reopen(self) -> None:
+        """Requests wait and their connection is gone (GOAWAY, or closed): a new one takes them."""
+        link = self._open()
+        if link is None:
+            while self.waiting:
+                req = self.waiting.popleft()
+                if not req.done:
+                    self._finish(req, CONNECTION_ERROR, None, self.link_error)
+
+    def _link_broken(self, link: _H2Link, exc: BaseException) -> None:
+        """The connection failed (refused, reset, not HTTP/2): every call on it, and every call
+        waiting for it, is an error (grpc: UNAVAILABLE, no server metadata)."""
+        self.link_error = exc
+        self._close_link(link)
+        failed = list(link.streams.values())
+        link.streams.clear()
+        if self.link is link:
+            failed += list(self.waiting)
+            self.waiting.clear()
+        for req in failed:
+            self.calls.pop(req.key, None)
+            if not req.done:
+                self._finish(req, CONNECTION_ERROR, None, exc)
+
+    def _close_link(self, link: _H2Link) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        link.read_watcher.stop()
+        link.write_watcher.stop()
+        link.read_watcher.close()
+        link.write_watcher.close()
+        link.sock.close()
+
+    def _finish(self, req: _Request, status: int, params: dict[str, Any] | None, exc: BaseException | None,
+                gateway_s: float = float("nan"), replica: int = -1, version: str = "", correct: int = -1,
+                length: int = 0) -> None:
+        """As the HTTP driver's; a call still open (its client deadline passed) is reset first."""
+        where = self.calls.pop(req.key, None)
+        if where is not None:
+            link, sid = where
+            link.streams.pop(sid, None)
+            if not link.closed:
+                self._send_bytes(link, link.client.cancel(sid))
+        super()._finish(req, status, params, exc, gateway_s, replica, version, correct, length)
+
+    def _grpc_answered(self, req: _Request, reply: GrpcReply) -> None:
+        if reply.code is self.wire.OK:
+            data = reply.message
             try:
-                params, label = read_answer(data)
+                if data is None:
+                    raise ValueError("an OK call without a message")
+                params, label = self.wire.read_answer(data)
             except Exception as exc:  # not a ModelInferResponse
                 self._finish(req, CONNECTION_ERROR, None, exc)
                 return
@@ -609,10 +796,10 @@ class GrpcDriver(Driver):
             self._finish(req, 200, params, None, float(params.get("gateway_s", float("nan"))),
                          correct=correct, length=len(data))
             return
-        status, replica, version = read_failure(code, future.details(), future.trailing_metadata())
+        status, replica, version = self.wire.read_failure(reply.code, reply.details, reply.trailing)
         exc = TimeoutError(f"no answer within {self.plan.timeout_s:g} s") if status == CLIENT_TIMEOUT else None
         if status == CONNECTION_ERROR:
-            exc = ConnectionError(f"gRPC {code.name}: {future.details()}")
+            exc = ConnectionError(f"gRPC {reply.code.name}: {reply.details}")
         self._finish(req, status, None, exc, replica=replica, version=version)
 
 
