@@ -30,7 +30,7 @@ within 2 percentage points; the matrix passes when at least 90% of the valid cel
 
     python -m scenarios.bench_fidelity [--cells 30] [--seed 0] [--profile PATH] [--out runs/fidelity]
                                        [--warmup 3] [--duration 20] [--min-requests 5000] [--max-duration 45]
-                                       [--lock PATH] [--only 3,7] [--repeat]
+                                       [--lock PATH] [--only 3,7] [--repeat] [--repredict]
 
 Writes out/results.json (the design, every cell's settings, figures, errors and verdict; rewritten
 after each cell, so an interrupted run keeps what it measured) and out/table.md, prints progress
@@ -38,6 +38,7 @@ per cell and the table. A cell's run is in out/cells/NN/ (its compare log in com
 `command` in results.json reproduces it with the servelab CLI. With --repeat each cell's real
 stack is measured a second time (out/cells/NN/real-again) and judged against the first with the
 same targets: how often the stack agrees with itself bounds how often any twin can meet them.
+--repredict measures nothing: it judges the cells already in out/ against this tree's twin.
 """
 
 from __future__ import annotations
@@ -546,6 +547,43 @@ def _record(plan: PlannedCell, verdict: dict[str, Any], run_dir: Path, wall_s: f
     }
 
 
+def repredict(out: Path) -> int:
+    """The cells measured in out/ (results.json and each cell's real summary) judged again
+    against the twin of this tree, the measurements untouched (a second measurement, --repeat,
+    keeps its verdict): how a change to the twin does on cells it was not tuned on, without
+    twenty minutes of load. Rewrites out/results.json and out/table.md."""
+    from scenarios.compare import calibrated
+    from scenarios.run_sim import simulate
+
+    path = out / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: no results to re-predict (run the benchmark with --out {out} first)")
+    document = json.loads(path.read_text())
+    records = []
+    for record in document["cells"]:
+        measured_path = Path(record["run_dir"]) / "real" / "summary.json"
+        if record["status"] == "error" or not measured_path.is_file():
+            records.append(record)
+            continue
+        overrides = [o for o in shlex.split(record["command"])[1:] if not o.startswith("out_dir=")]
+        cfg = preflight(overrides)
+        _, predicted, _ = simulate(calibrated(cfg, Path(cfg.overhead.profile)))
+        measured = json.loads(measured_path.read_text())
+        verdict = judge(predicted, measured)
+        replay = judge(replay_prediction(cfg), measured)
+        verdict["replay"] = {k: replay[k] for k in ("errors", "within", "meets_all")}
+        if record.get("repeat"):
+            verdict["repeat"] = record["repeat"]
+        records.append({**record, **verdict})
+        print(f"cell {record['index']}: {_line(records[-1])}", flush=True)
+    write_json(path, {**document, "cells": records, "summary": summarise(records), "repredicted": True})
+    table = format_table(records)
+    write_text(out / "table.md", table + "\n")
+    print()
+    print(table)
+    return 0
+
+
 def _line(record: Mapping[str, Any]) -> str:
     if record["status"] == "error":
         return f"FAILED: {record['reasons'][0]}"
@@ -589,7 +627,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="run only these cells of the design (comma-separated numbers)")
     parser.add_argument("--repeat", action="store_true",
                         help="measure each cell's real stack twice and judge the second against the first: the noise floor")
+    parser.add_argument("--repredict", action="store_true",
+                        help="measure nothing: judge the cells already measured in --out against this tree's twin")
     args = parser.parse_args(argv)
+    if args.repredict:
+        return repredict(Path(args.out).resolve())
     if args.cells < max(len(v) for v in FACTORS.values()):
         parser.error(f"--cells must be >= {max(len(v) for v in FACTORS.values())} so that every level appears")
     timing = Timing(args.warmup, args.duration, args.min_requests, args.max_duration)
