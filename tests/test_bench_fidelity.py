@@ -138,3 +138,28 @@ def test_a_second_real_measurement_is_judged_against_the_first_and_counted_only_
     assert "real again: p50 / p99 error" in table
     assert "**+10.0%** ✗" in table.splitlines()[3]
     assert "1 of 2 cells agree within every target" in table
+
+
+def test_repredict_judges_the_stored_measurement_against_the_twin_and_keeps_the_second_one(tmp_path: Path) -> None:
+    import json
+    import shlex
+
+    from scenarios.bench_fidelity import repredict
+    from sim.files import write_json
+
+    timing = Timing(warmup_s=1.0, duration_s=2.0, min_requests=10, max_duration_s=2.0)
+    plan = plan_cell(design(30, 0)[1], seed=2, profile_path=PROFILE, profile=load_profile(PROFILE), timing=timing)
+    run_dir = tmp_path / "cells" / "02"
+    measured = _summary(0.5, 0.9, plan.rate, shed_fraction=0.0, valid=True)  # far from any twin's figure
+    write_json(run_dir / "real" / "summary.json", measured)
+    repeat = repeat_verdict(measured, measured)
+    record = {"index": 2, "settings": plan.cell.levels(), "rate": plan.rate, "capacity_rps": plan.capacity.rps,
+              "binds": plan.capacity.binds, "status": "ok", "reasons": [], "notes": [], "figures": {}, "errors": {},
+              "within": {}, "meets_all": True, "run_dir": str(run_dir), "repeat": repeat,
+              "command": "servelab " + " ".join(shlex.quote(o) for o in plan.overrides) + f" out_dir={run_dir}"}
+    write_json(tmp_path / "results.json", {"cells": [record], "summary": {}})
+    assert repredict(tmp_path) == 0
+    cell = json.loads((tmp_path / "results.json").read_text())["cells"][0]
+    assert cell["figures"]["latency_p50"]["measured"] == 0.5 and cell["figures"]["latency_p50"]["predicted"] < 0.5
+    assert cell["meets_all"] is False and cell["repeat"] == repeat
+    assert (tmp_path / "table.md").read_text().count("\n| 2 |") == 1
