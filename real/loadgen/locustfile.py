@@ -118,21 +118,77 @@ class _Request:
         return self.key < other.key
 
 
-class _Conn:
-    """A keep-alive connection: a raw non-blocking socket, its read and write watchers on the
-    hub's loop, its answer reader, and the request it carries (one at a time, no pipelining)."""
+def _open_socket(family: int) -> Any:
+    """A non-blocking TCP socket with Nagle off (a request is one write). Raises OSError."""
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    return sock
 
-    __slots__ = ("sock", "reader", "read_watcher", "write_watcher", "request", "pending", "closed")
+
+class _Socket:
+    """A raw non-blocking socket and its read and write watchers on the hub's loop: what the
+    HTTP and the gRPC driver's connections share. Each method raises OSError for a broken
+    connection (one closed by the server too); the driver decides what breaks with it."""
+
+    __slots__ = ("sock", "read_watcher", "write_watcher", "pending", "closed")
 
     def __init__(self, sock: Any, loop: Any) -> None:
         self.sock = sock
-        self.reader = AnswerReader()
         fd = sock.fileno()
         self.read_watcher = loop.io(fd, READ)
         self.write_watcher = loop.io(fd, WRITE)
-        self.request: _Request | None = None
-        self.pending = b""  # bytes not yet written (connecting, or a short write)
+        self.pending = b""  # bytes not yet written, in order (connecting, or a short write)
         self.closed = False
+
+    def send(self, data: bytes) -> bool:
+        """Write what the socket takes now; True when some is left in `pending` for the write
+        watcher (`flush`)."""
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        if n < len(data):
+            self.pending = data[n:]
+            return True
+        return False
+
+    def flush(self) -> None:
+        """The write watcher's turn: write more of `pending`; stop watching once it is out."""
+        try:
+            n = self.sock.send(self.pending)
+        except BlockingIOError:
+            return
+        self.pending = self.pending[n:]
+        if not self.pending:
+            self.write_watcher.stop()
+
+    def receive(self) -> bytes | None:
+        """What the socket holds, or None when nothing yet."""
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return None
+        if not data:
+            raise ConnectionResetError("the server closed the connection")
+        return data
+
+    def connect_error(self) -> ConnectionError | None:
+        """Why a non-blocking connect failed, once the socket turns writable; None: connected."""
+        err = self.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        return ConnectionError(err, os.strerror(err)) if err else None
+
+
+class _Conn(_Socket):
+    """A keep-alive connection: its answer reader, and the request it carries (one at a time,
+    no pipelining)."""
+
+    __slots__ = ("reader", "request")
+
+    def __init__(self, sock: Any, loop: Any) -> None:
+        super().__init__(sock, loop)
+        self.reader = AnswerReader()
+        self.request: _Request | None = None
 
 
 class Driver:
@@ -202,17 +258,11 @@ class Driver:
             req.send_s = now - self.t0
         req.conn = conn
         conn.request = req
-        data = self._bytes(req, now)
         try:
-            n = conn.sock.send(data)
-        except BlockingIOError:
-            n = 0
+            if conn.send(self._bytes(req, now)):
+                conn.write_watcher.start(self._on_writable, conn)
         except OSError as exc:
             self._broken(conn, exc)
-            return
-        if n < len(data):
-            conn.pending = data[n:]
-            conn.write_watcher.start(self._on_writable, conn)
 
     def _connect(self, req: _Request) -> None:
         """A new connection for `req`: its send time is now, when the generator acts (a
@@ -220,13 +270,11 @@ class Driver:
         self.open += 1
         req.send_s = clock() - self.t0
         try:
-            sock = _socket.socket(self.family, _socket.SOCK_STREAM)
+            sock = _open_socket(self.family)
         except OSError as exc:
             self.open -= 1
             self._finish(req, CONNECTION_ERROR, None, exc)
             return
-        sock.setblocking(False)
-        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         conn = _Conn(sock, self.loop)
         conn.read_watcher.start(self._on_readable, conn)
         err = sock.connect_ex(self.address)
@@ -244,38 +292,29 @@ class Driver:
     def _on_connected(self, conn: _Conn) -> None:
         conn.write_watcher.stop()
         req = conn.request
-        err = conn.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        error = conn.connect_error()
         if req is None:  # its deadline passed while connecting
             self._close(conn)
-        elif err:
-            self._broken(conn, ConnectionError(err, os.strerror(err)))
+        elif error is not None:
+            self._broken(conn, error)
         else:
             self._write(conn, req)
 
     def _on_writable(self, conn: _Conn) -> None:
         try:
-            n = conn.sock.send(conn.pending)
-        except BlockingIOError:
-            return
+            conn.flush()
         except OSError as exc:
             self._broken(conn, exc)
-            return
-        conn.pending = conn.pending[n:]
-        if not conn.pending:
-            conn.write_watcher.stop()
 
     # -- answers ---------------------------------------------------------------------------
 
     def _on_readable(self, conn: _Conn) -> None:
         try:
-            data = conn.sock.recv(RECV_BYTES)
-        except BlockingIOError:
-            return
+            data = conn.receive()
         except OSError as exc:
             self._broken(conn, exc)
             return
-        if not data:
-            self._broken(conn, ConnectionResetError("the server closed the connection"))
+        if data is None:
             return
         try:
             answers = conn.reader.feed(data)
@@ -542,22 +581,17 @@ def _judge(doc: dict[str, Any], label: int) -> int:
     return -1
 
 
-class _H2Link:
-    """The gRPC driver's one HTTP/2 connection: a raw non-blocking socket, its watchers on the
-    hub's loop, the protocol state (`grpc_wire.GrpcH2Client`) and the requests by stream."""
+class _H2Link(_Socket):
+    """The gRPC driver's one HTTP/2 connection: the protocol state (`grpc_wire.GrpcH2Client`)
+    and the requests by stream."""
 
-    __slots__ = ("sock", "client", "read_watcher", "write_watcher", "streams", "pending", "connected", "closed")
+    __slots__ = ("client", "streams", "connected")
 
     def __init__(self, sock: Any, loop: Any, client: GrpcH2Client) -> None:
-        self.sock = sock
+        super().__init__(sock, loop)
         self.client = client
-        fd = sock.fileno()
-        self.read_watcher = loop.io(fd, READ)
-        self.write_watcher = loop.io(fd, WRITE)
         self.streams: dict[int, _Request] = {}
-        self.pending = b""  # bytes not yet written, in order (a short write, or connecting)
         self.connected = False
-        self.closed = False
 
 
 class GrpcDriver(Driver):
@@ -648,24 +682,17 @@ class GrpcDriver(Driver):
             link.pending += data
             return
         try:
-            n = link.sock.send(data)
-        except BlockingIOError:
-            n = 0
+            if link.send(data):
+                link.write_watcher.start(self._link_writable, link)
         except OSError as exc:
             self._link_broken(link, exc)
-            return
-        if n < len(data):
-            link.pending = data[n:]
-            link.write_watcher.start(self._link_writable, link)
 
     def _open(self) -> _H2Link | None:
         try:
-            sock = _socket.socket(self.grpc_family, _socket.SOCK_STREAM)
+            sock = _open_socket(self.grpc_family)
         except OSError as exc:
             self.link_error = exc
             return None
-        sock.setblocking(False)
-        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         client = self.wire.GrpcH2Client(self.authority)
         link = _H2Link(sock, self.loop, client)
         link.pending = client.connect()
@@ -680,9 +707,9 @@ class GrpcDriver(Driver):
 
     def _link_connected(self, link: _H2Link) -> None:
         link.write_watcher.stop()
-        err = link.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
-        if err:
-            self._link_broken(link, ConnectionError(err, os.strerror(err)))
+        error = link.connect_error()
+        if error is not None:
+            self._link_broken(link, error)
             return
         link.connected = True
         data, link.pending = link.pending, b""
@@ -691,26 +718,17 @@ class GrpcDriver(Driver):
 
     def _link_writable(self, link: _H2Link) -> None:
         try:
-            n = link.sock.send(link.pending)
-        except BlockingIOError:
-            return
+            link.flush()
         except OSError as exc:
             self._link_broken(link, exc)
-            return
-        link.pending = link.pending[n:]
-        if not link.pending:
-            link.write_watcher.stop()
 
     def _link_readable(self, link: _H2Link) -> None:
         try:
-            data = link.sock.recv(RECV_BYTES)
-        except BlockingIOError:
-            return
+            data = link.receive()
         except OSError as exc:
             self._link_broken(link, exc)
             return
-        if not data:
-            self._link_broken(link, ConnectionResetError("the server closed the connection"))
+        if data is None:
             return
         try:
             replies = link.client.feed(data)
