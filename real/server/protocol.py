@@ -176,9 +176,17 @@ def _flag(params: dict[str, Any], key: str, what: str) -> bool:
     return value
 
 
-def _no_shared_memory(params: dict[str, Any], what: str) -> None:
+def _tensor_parameters(tensor: dict[str, Any], kind: str, name: str) -> dict[str, Any] | None:
+    """An input's or output's `parameters` object, or None without one; the shared memory
+    extension is refused here for both."""
+    params = tensor.get("parameters")
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        raise ProtocolError(400, f"{kind} 'parameters' must be an object")
     if "shared_memory_region" in params:
-        raise ProtocolError(400, f"{what}: the shared memory extension is not supported; send the data in the body")
+        raise ProtocolError(400, f"{kind} {name!r}: the shared memory extension is not supported; send the data in the body")
+    return params
 
 
 
@@ -204,12 +212,9 @@ def input_rows(name: Any, datatype: Any, shape: Any, max_rows: int) -> int:
 
 def _binary_size(tensor: dict[str, Any]) -> int | None:
     """The input's `parameters.binary_data_size` (bytes of it after the JSON header), or None."""
-    params = tensor.get("parameters")
+    params = _tensor_parameters(tensor, "input", INPUT_NAME)
     if params is None:
         return None
-    if not isinstance(params, dict):
-        raise ProtocolError(400, "input 'parameters' must be an object")
-    _no_shared_memory(params, f"input {INPUT_NAME!r}")
     size = params.get("binary_data_size")
     if size is not None and (not _is_int(size) or size < 0):
         raise ProtocolError(400, f"input 'parameters.binary_data_size' must be a non-negative integer, got {size!r}")
@@ -254,12 +259,9 @@ def _binary_rows(body: bytes, header_length: int | None, size: int, tensor: dict
 def _output_binary(out: dict[str, Any], default: bool) -> bool:
     """Whether a requested output comes back as raw bytes: its `parameters.binary_data`, else
     the request's `parameters.binary_data_output`."""
-    params = out.get("parameters")
+    params = _tensor_parameters(out, "output", out["name"])
     if params is None:
         return default
-    if not isinstance(params, dict):
-        raise ProtocolError(400, "output 'parameters' must be an object")
-    _no_shared_memory(params, f"output {out['name']!r}")
     if params.get("classification") not in (None, 0):
         raise ProtocolError(400, "the classification extension is not supported; ask for the outputs themselves")
     return _flag(params, "binary_data", f"output {out['name']!r} 'parameters.binary_data'") if "binary_data" in params else default
