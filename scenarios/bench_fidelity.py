@@ -507,13 +507,19 @@ def run_cell(plan: PlannedCell, run_dir: Path, lock: str | None, repeat: bool = 
         except Exception as exc:  # a cell that fails is shown with its error, and the others still run
             traceback.print_exc(file=log)
             return failed_record(exc)
-    verdict = judge(predicted, measured)
-    # the same measurement against the twin that replays the profile's overheads by rate instead
-    # of modelling the host (overhead.model=replay): which mechanism explains the data better
-    replay = judge(replayed, measured)
-    verdict["replay"] = {k: replay[k] for k in ("errors", "within", "meets_all")}
+    verdict = cell_verdict(predicted, replayed, measured)
     if again is not None:
         verdict["repeat"] = repeat_verdict(again, measured)
+    return verdict
+
+
+def cell_verdict(predicted: Mapping[str, Any], replayed: Mapping[str, Any], measured: Mapping[str, Any]) -> dict[str, Any]:
+    """The twin's verdict on a measurement, and under "replay" the same measurement against the
+    twin that replays the profile's overheads by rate instead of modelling the host
+    (overhead.model=replay): which mechanism explains the data better."""
+    verdict = judge(predicted, measured)
+    replay = judge(replayed, measured)
+    verdict["replay"] = {k: replay[k] for k in ("errors", "within", "meets_all")}
     return verdict
 
 
@@ -569,9 +575,7 @@ def repredict(out: Path) -> int:
         cfg = preflight(overrides)
         _, predicted, _ = simulate(calibrated(cfg, Path(cfg.overhead.profile)))
         measured = json.loads(measured_path.read_text())
-        verdict = judge(predicted, measured)
-        replay = judge(replay_prediction(cfg), measured)
-        verdict["replay"] = {k: replay[k] for k in ("errors", "within", "meets_all")}
+        verdict = cell_verdict(predicted, replay_prediction(cfg), measured)
         if record.get("repeat"):
             verdict["repeat"] = record["repeat"]
         records.append({**record, **verdict})
