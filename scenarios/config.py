@@ -82,6 +82,8 @@ def validate_servelab(cfg: ServelabConfig) -> None:
     validate(cfg)
     if cfg.rollout.strategy != "none" and cfg.mode not in MODES_WITH_ROLLOUT:
         raise ConfigError("rollout.strategy", f"mode={cfg.mode} runs no rollout; rollouts run in mode={', '.join(MODES_WITH_ROLLOUT)}")
+    if cfg.experiment.variants and cfg.mode not in MODES_WITH_LOAD:
+        raise ConfigError("experiment.variants", f"mode={cfg.mode} runs no experiment; experiments run in mode={', '.join(MODES_WITH_LOAD)}")
     if cfg.mode == "rehearse" and cfg.rollout.strategy == "none":
         raise ConfigError("rollout.strategy", "mode=rehearse rehearses a rollout: set rollout.strategy "
                                               "(canary, with rollout.steps; linear; blue_green; rolling; recreate)")

@@ -40,6 +40,7 @@ from real.loadgen.merge import fetch_shadow, send_lag_summary, shadow_dropped
 from real.loadgen.runner import LoadgenError, LoadResult, check, infer_path, run_load
 from reports.compare import measurement_validity
 from reports.text import format_summary
+from scenarios import experiment
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, report_run, write_parquet, write_run
 from scenarios.run_sim import format_rollout_line, rollout_summary, write_rollout
@@ -359,17 +360,23 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     print(f"real stack: {cfg.replicas} replica(s) x {cfg.concurrency}, {cfg.model.backend} backend, "
           f"{cfg.arrival.kind} load for {cfg.duration_s:g} s, {cfg.loadgen.workers} Locust worker(s)", flush=True)
     try:
+        planned = experiment.plan(cfg, [out_dir])
         frame, summary, series = measure(cfg, out_dir)
     except KeyboardInterrupt:
         print("\nservelab: mode=real interrupted; the stack and the load generator were stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ConfigError, LaunchError, LoadgenError) as exc:
         return failed("real", exc)
+    done = experiment.finish(out_dir, cfg, frame, summary, planned)
     write_rollout(out_dir, cfg, frame, summary)
     write_run(out_dir, cfg, frame, summary, series)
     print(format_summary(summary, title=f"real stack (mode=real, {cfg.model.backend} backend)"))
     print(format_send_lag(summary))
-    if "rollout" in summary:
+    if done is not None:  # its controller's stop is the experiment's
+        print(experiment.format_experiment(done))
+        if summary["rollout"].get("error"):
+            print(f"             FAILED: {summary['rollout']['error']}")
+    elif "rollout" in summary:
         print(format_rollout(summary["rollout"]))
     paths = report_run(out_dir, cfg, frame, summary, series,
                        title=f"servelab real: {cfg.model.backend} backend, {cfg.replicas} replicas, {cfg.lb.policy}")

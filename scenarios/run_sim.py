@@ -268,11 +268,17 @@ def format_rollout_line(r: Mapping[str, Any]) -> str:
 
 
 def run(cfg: ServelabConfig, out_dir: Path) -> int:
+    from scenarios import experiment
+
+    planned = experiment.plan(cfg, [out_dir])
     frame, summary, series = simulate(cfg, progress=cfg.progress)
+    done = experiment.finish(out_dir, cfg, frame, summary, planned)
     write_rollout(out_dir, cfg, frame, summary)
     write_run(out_dir, cfg, frame, summary, series)
     print(format_summary(summary, title="twin (mode=sim)"))
-    if "rollout" in summary:
+    if done is not None:  # its controller's stop is the experiment's
+        print(experiment.format_experiment(done))
+    elif "rollout" in summary:
         print(format_rollout_line(summary["rollout"]))
     paths = report_run(out_dir, cfg, frame, summary, series,
                        title=f"servelab sim: twin:{cfg.service.kind}, {cfg.replicas} replicas, {cfg.lb.policy}")

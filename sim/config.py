@@ -199,9 +199,48 @@ def version_names(model: ModelConfig) -> list[str]:
 
 
 def rollout_versions(cfg: ScenarioConfig) -> tuple[str, str]:
-    """(stable, canary) of a rollout: as configured, else the first and second version."""
+    """(stable, canary) of a rollout: as configured, else the first and second version. An
+    experiment's controller takes the same place: (control, treatment)."""
+    if cfg.experiment.variants:
+        control, treatment = cfg.experiment.variants
+        return str(control), str(treatment)
     names = version_names(cfg.model)
     return cfg.rollout.stable or names[0], cfg.rollout.canary or names[1]
+
+
+def experiment_allocation(e: ExperimentConfig) -> list[float]:
+    """Each variant's share of the assignment units: as configured, else equal."""
+    return [float(x) for x in e.allocation] if e.allocation else [1.0 / len(e.variants)] * len(e.variants)
+
+
+def experiment_metrics(e: ExperimentConfig) -> list[ExperimentMetric]:
+    """experiment.metrics as ExperimentMetric objects (a name alone takes its default MDE)."""
+    out = []
+    for entry in e.metrics:
+        if isinstance(entry, str):
+            out.append(ExperimentMetric(entry, EXPERIMENT_METRICS[entry][2]))
+        else:
+            name = str(entry["metric"])
+            out.append(ExperimentMetric(name, float(entry.get("mde", EXPERIMENT_METRICS[name][2]))))
+    return out
+
+
+def experiment_guardrails(e: ExperimentConfig) -> list[Guardrail]:
+    return [Guardrail(str(g["metric"]), float(g["max"])) for g in e.guardrails]
+
+
+def traffic_split(cfg: ScenarioConfig) -> tuple[list[float], bool]:
+    """(version weights, sticky by user) the router starts with: gateway.* as configured, or an
+    experiment's allocation over its two variants (every other version weight 0; sticky when the
+    unit is the user). Empty weights: by replica count."""
+    e = cfg.experiment
+    if not e.variants:
+        return list(cfg.gateway.version_weights), cfg.gateway.sticky
+    names = version_names(cfg.model)
+    weights = [0.0] * len(names)
+    for variant, share in zip(e.variants, experiment_allocation(e)):
+        weights[names.index(str(variant))] = share
+    return weights, cfg.gateway.sticky or e.unit == "user"
 
 
 @dataclass
@@ -254,6 +293,62 @@ class RolloutConfig:
     replica_start_s: float = setting(0.6, "blue_green, rolling, recreate: the twin's time from starting a replica to its answering ready (a real one took 0.41-0.51 s idle, 0.6 s under load on a 2-core host), s")
 
 
+EXPERIMENT_UNITS = ("request", "user")
+# metric -> (kind, higher is better, default minimum detectable effect in its unit)
+EXPERIMENT_METRICS: dict[str, tuple[str, bool, float]] = {
+    "accuracy": ("proportion", True, 0.02),  # right answers / judged ok answers
+    "error_rate": ("proportion", False, 0.01),  # requests not ok / requests
+    "latency_s": ("mean", False, 0.001),  # mean latency of the ok answers, s
+}
+GUARDRAIL_METRICS = ("p99_s", "error_rate")
+
+
+@dataclass(frozen=True)
+class ExperimentMetric:
+    """One metric an experiment compares, and the smallest effect it is designed to detect (in
+    the metric's own unit: proportion points, or seconds)."""
+
+    name: str
+    mde: float
+
+    @property
+    def kind(self) -> str:
+        return EXPERIMENT_METRICS[self.name][0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return EXPERIMENT_METRICS[self.name][1]
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """A limit the treatment must hold in every window: its p99 (s) or error rate at most `max`."""
+
+    metric: str
+    max: float
+
+
+@dataclass
+class ExperimentConfig:
+    """An A/B test of two model versions: how traffic is split, what is compared, how it is
+    decided. The split is the router's (`gateway.version_weights`, sticky by user hash), set from
+    the allocation; the decisions are a controller's, ticked every window_s like a rollout's."""
+
+    variants: list[str] = setting([], "A/B test: the two model versions compared, control first, e.g. [\"1\",\"2\"] (empty: no experiment)")
+    allocation: list[float] = setting([], "share of the assignment units per variant, summing to 1 (empty: equal shares)")
+    unit: str = setting("request", "request | user: what is assigned to a variant (user: by a hash of the user id, so a user never switches variant)")
+    metrics: list[Any] = setting(["accuracy", "latency_s"], "compared metrics, the first primary (its decision can stop the experiment); each a name or "
+                                                            "{metric: NAME, mde: X}: accuracy (right answers, higher better; MDE default 0.02), "
+                                                            "error_rate (requests not ok, lower better; 0.01), latency_s (mean of ok answers, lower better; 0.001 s)")
+    guardrails: list[Any] = setting([], "limits the treatment must hold in every window: each {metric: p99_s | error_rate, max: X}")
+    alpha: float = setting(0.05, "significance level of every test (two-sided)")
+    power: float = setting(0.8, "the design's power at the MDE: sets the sample size and duration printed before the run")
+    stop_early: bool = setting(True, "sequential design: a look every window_s with always-valid p-values (mixture SPRT); the experiment stops, "
+                                     "all traffic back on control, at the primary metric's decision or a guardrail breach. false: fixed horizon, "
+                                     "decided by the fixed tests (z, Welch) at the run's end")
+    min_requests: int = setting(20, "a guardrail is judged on a window with at least this many treatment requests")
+
+
 @dataclass
 class ServerConfig:
     host: str = setting("127.0.0.1", "where the real model servers listen")
@@ -304,6 +399,7 @@ class ScenarioConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     loadgen: LoadgenConfig = field(default_factory=LoadgenConfig)
 
@@ -657,6 +753,7 @@ def validate(cfg: ScenarioConfig) -> None:
     _validate_routing(cfg)
     _validate_faults(cfg)
     _validate_rollout(cfg)
+    _validate_experiment(cfg)
 
     b = cfg.batching
     _require(b.max_batch_size >= 1, "batching.max_batch_size", f"must be >= 1, got {b.max_batch_size}")
@@ -681,6 +778,63 @@ def validate(cfg: ScenarioConfig) -> None:
     _validate_loadgen_timing(lg)
 
 
+def _validate_experiment(cfg: ScenarioConfig) -> None:
+    """An experiment that could not run or could not be read: checked before anything starts."""
+    e = cfg.experiment
+    if not e.variants:
+        return
+    names = version_names(cfg.model)
+    variants = [str(v) for v in e.variants]
+    _require(len(variants) == 2, "experiment.variants", f"an experiment compares two variants (control, treatment), got {len(variants)}: {variants}")
+    for v in variants:
+        _require(v in names, "experiment.variants", f"{v!r} is not one of model.versions {names}")
+    _require(variants[0] != variants[1], "experiment.variants", f"control and treatment must be two versions, got {variants[0]!r} twice")
+    if e.allocation:
+        _require(len(e.allocation) == 2, "experiment.allocation", f"needs one share per variant (2), got {len(e.allocation)}")
+        _require(all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and 0 < x < 1 for x in e.allocation),
+                 "experiment.allocation", f"each share must be a number in (0, 1), got {list(e.allocation)}")
+        _require(abs(sum(e.allocation) - 1) <= 1e-9, "experiment.allocation", f"must sum to 1, got {sum(e.allocation):g} ({list(e.allocation)})")
+    _choice(e.unit, "experiment.unit", EXPERIMENT_UNITS)
+    _require(bool(e.metrics), "experiment.metrics", f"needs at least one metric: {', '.join(EXPERIMENT_METRICS)}")
+    seen: set[str] = set()
+    for i, entry in enumerate(e.metrics):
+        if isinstance(entry, str):
+            name, mde = entry, None
+        else:
+            _require(isinstance(entry, dict) and "metric" in entry and set(entry) <= {"metric", "mde"}, "experiment.metrics",
+                     f"entry {i} must be a metric name or {{metric: NAME, mde: X}}, got {entry!r}")
+            name, mde = str(entry["metric"]), entry.get("mde")
+        _choice(name, "experiment.metrics", list(EXPERIMENT_METRICS))
+        _require(name not in seen, "experiment.metrics", f"{name} appears twice")
+        seen.add(name)
+        if mde is not None:
+            _require(isinstance(mde, (int, float)) and not isinstance(mde, bool) and math.isfinite(mde) and mde > 0, "experiment.metrics",
+                     f"{name}: mde must be a number > 0 (the smallest effect worth detecting), got {mde!r}")
+            _require(EXPERIMENT_METRICS[name][0] != "proportion" or mde < 1, "experiment.metrics",
+                     f"{name}: mde is a difference of proportions, so < 1, got {mde!r}")
+        if name == "accuracy" and cfg.model.backend == "emulated":
+            unjudged = [v.name for v in version_specs(cfg.model) if v.name in variants and v.accuracy is None]
+            _require(not unjudged, "experiment.metrics",
+                     f"accuracy needs judged answers, but the emulated backend's version(s) {unjudged} have no accuracy; "
+                     f"set model.versions[NAME].accuracy or drop the metric")
+    for i, g in enumerate(e.guardrails):
+        _require(isinstance(g, dict) and set(g) == {"metric", "max"}, "experiment.guardrails",
+                 f"entry {i} must be {{metric: {' | '.join(GUARDRAIL_METRICS)}, max: X}}, got {g!r}")
+        _choice(str(g["metric"]), "experiment.guardrails", GUARDRAIL_METRICS)
+        limit = g["max"]
+        _require(isinstance(limit, (int, float)) and not isinstance(limit, bool) and math.isfinite(limit) and limit > 0,
+                 "experiment.guardrails", f"{g['metric']}: max must be a number > 0, got {limit!r}")
+        _require(g["metric"] != "error_rate" or limit < 1, "experiment.guardrails", f"error_rate: max must be < 1, got {limit!r}")
+    for key, value in (("experiment.alpha", e.alpha), ("experiment.power", e.power)):
+        _require(isinstance(value, (int, float)) and math.isfinite(value) and 0 < value < 1, key, f"must be in (0, 1), got {value}")
+    _require(e.min_requests >= 1, "experiment.min_requests", f"must be >= 1, got {e.min_requests}")
+    _require(cfg.rollout.strategy == "none", "rollout.strategy",
+             f"an experiment and a rollout would both set the traffic split; run one at a time (rollout.strategy=none, or experiment.variants=[])")
+    _require(not cfg.gateway.version_weights, "gateway.version_weights",
+             "experiment.allocation sets the split between the variants (every other version gets none); drop gateway.version_weights")
+    _require(not cfg.gateway.shadow_version, "gateway.shadow_version", "an experiment's variants take all the traffic; drop the shadow")
+
+
 def validate_explicit(cfg: ScenarioConfig, explicit: set[str]) -> None:
     """Keys the user typed that this config would silently ignore.
 
@@ -690,6 +844,10 @@ def validate_explicit(cfg: ScenarioConfig, explicit: set[str]) -> None:
     if "arrival.rate" in explicit and kind in RATE_SET_BY:
         raise ConfigError("arrival.rate", f"arrival.kind={kind} ignores arrival.rate; its rate is set by {RATE_SET_BY[kind]}")
     _validate_rollout_explicit(cfg, explicit)
+    if not cfg.experiment.variants:
+        typed = sorted(k for k in explicit if k.startswith("experiment.") and k != "experiment.variants")
+        _require(not typed, typed[0] if typed else "", f"experiment.variants is empty (no experiment), so {typed[0] if typed else ''} "
+                 "is ignored; set experiment.variants=[CONTROL,TREATMENT]")
 
 
 def to_plain(obj: Any) -> Any:

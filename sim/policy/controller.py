@@ -99,6 +99,8 @@ class VersionWindow:
     latency_p99_s: float | None = None
     judged: int = 0  # ok answers whose correctness is known (a labelled request)
     correct: int = 0  # of those, the right ones
+    latency_sum_s: float = 0.0  # the ok answers' latencies summed, and their squares summed (s^2):
+    latency_sumsq_s2: float = 0.0  # what an experiment's mean-latency test adds up across windows
 
     @property
     def accuracy(self) -> float | None:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sim.config import ScenarioConfig, rollout_versions, version_names
+from sim.config import ScenarioConfig, experiment_guardrails, experiment_metrics, rollout_versions, version_names
 from sim.policy.analysis import Analysis
 from sim.policy.blue_green import BlueGreenController, BlueGreenSpec
+from sim.policy.experiment import ExperimentController, ExperimentSpec
 from sim.policy.canary import CanaryController, CanarySpec, CanaryStep, canary
 from sim.policy.linear import LinearController, LinearSpec
 from sim.policy.recreate import RecreateController, RecreateSpec
@@ -76,8 +77,21 @@ STRATEGIES: dict[str, Callable[[ScenarioConfig, int, int, int], RolloutControlle
 }
 
 
+def experiment_spec(cfg: ScenarioConfig) -> ExperimentSpec:
+    """The experiment `experiment.*` describes (validated by sim.config), ticked every window_s
+    from the end of the warm-up."""
+    e = cfg.experiment
+    names = version_names(cfg.model)
+    control, treatment = (str(v) for v in e.variants)
+    return ExperimentSpec(names.index(control), names.index(treatment), (control, treatment), tuple(experiment_metrics(e)),
+                          tuple(experiment_guardrails(e)), e.alpha, e.stop_early, cfg.warmup_s, cfg.window_s, e.min_requests)
+
+
 def controller_from_config(cfg: ScenarioConfig) -> RolloutController | None:
-    """The rollout controller `rollout.*` describes (validated by sim.config), or None."""
+    """The rollout controller `rollout.*` describes, or the experiment's (`experiment.*`), both
+    validated by sim.config; None when neither is set."""
+    if cfg.experiment.variants:
+        return ExperimentController(experiment_spec(cfg), len(version_names(cfg.model)))
     if cfg.rollout.strategy == "none":
         return None
     names = version_names(cfg.model)

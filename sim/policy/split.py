@@ -14,7 +14,7 @@ import bisect
 import itertools
 from typing import Sequence
 
-from sim.config import ScenarioConfig
+from sim.config import ScenarioConfig, traffic_split
 from sim.policy.lb import LoadBalancer, UniformSource, make_lb
 from sim.policy.membership import Membership
 
@@ -75,7 +75,8 @@ class Router:
     @classmethod
     def from_config(cls, cfg: ScenarioConfig, membership: Membership | None = None) -> Router:
         membership = membership or Membership.from_config(cfg)
-        return cls(membership, cfg.lb.policy, cfg.lb.weights, cfg.gateway.version_weights, cfg.gateway.sticky)
+        weights, sticky = traffic_split(cfg)  # an experiment's allocation, else gateway.*
+        return cls(membership, cfg.lb.policy, cfg.lb.weights, weights, sticky)
 
     def _balancer(self, version: int) -> LoadBalancer:
         if self.lb_policy != "weighted":

@@ -29,6 +29,8 @@ PAUSED = "paused"
 ROLLING_BACK = "rolling_back"
 PROMOTED = "promoted"
 ABORTED = "aborted"
+CONCLUDED = "concluded"  # an experiment decided: the split ends, all traffic back on control
+FINAL_STATES = (PROMOTED, ABORTED, CONCLUDED)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class RolloutController:
 
     @property
     def done(self) -> bool:
-        return self.state in (PROMOTED, ABORTED)
+        return self.state in FINAL_STATES
 
     @property
     def failures(self) -> int:
@@ -73,7 +75,7 @@ class RolloutController:
     def decision(self) -> Decision | None:
         """The rollout's verdict: its first promote or abort (a rollback may take longer to carry
         out; the verdict is when it was decided)."""
-        return next((d for d in self.decisions if d.kind in (PROMOTED, ABORTED)), None)
+        return next((d for d in self.decisions if d.kind in FINAL_STATES), None)
 
     # -- manual control ----------------------------------------------------------------------
 
@@ -97,7 +99,7 @@ class RolloutController:
 
     def _decide(self, now: float, kind: str, reason: str) -> None:
         self.decisions.append(Decision(now, kind, reason))
-        if kind in (PROMOTED, ABORTED):
+        if kind in FINAL_STATES:
             self.state = kind
 
     def _weights(self, candidate_share: float) -> SetWeights:

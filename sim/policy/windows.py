@@ -44,7 +44,8 @@ class VersionWindows:
         if latencies:
             p50, p99 = (float(x) for x in np.percentile(latencies, [50, 99]))
         return VersionWindow(requests=len(records), ok=len(latencies), errors=errors, latency_p50_s=p50, latency_p99_s=p99,
-                             judged=len(judged), correct=sum(judged))
+                             judged=len(judged), correct=sum(judged), latency_sum_s=float(sum(latencies)),
+                             latency_sumsq_s2=float(sum(x * x for x in latencies)))
 
     def windows(self, now: float) -> dict[int, VersionWindow]:
         """The versions that answered anything in the window (a controller's View holds no others)."""

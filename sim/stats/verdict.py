@@ -83,6 +83,9 @@ def _number(x: float, unit: str, signed: bool = False) -> str:
 
 def format_outcome(outcome: MetricOutcome, control: str = "A", treatment: str = "B") -> str:
     c = outcome.comparison
+    if math.isinf(c.ci_low) and math.isinf(c.ci_high):  # a sequential test still in its burn-in
+        return (f"too few observations to tell on {outcome.metric} ({treatment} - {control} = "
+                f"{_number(c.estimate, outcome.unit, signed=True)} so far; {c.test} not yet informative)")
     lift = c.relative_lift
     lift_text = f", {lift:+.1%}" if lift is not None else ""
     interval = (f"{treatment} - {control} = {_number(c.estimate, outcome.unit, signed=True)}{lift_text}, "
