@@ -8,7 +8,9 @@ signed so that a positive error means the twin over-predicts.
 A run with a rollout adds three rows with targets of their own kind (`target_kind`): the same
 decision on both sides (`same`), the decision's time within one analysis interval (`abs`, in
 seconds), and the requests the candidate version served before it within 20% (`rel`, as the
-others). They count in the verdict like every other target.
+others). They count in the verdict like every other target. An A/B experiment adds its own
+(reports.experiment.add_experiment_comparison): the same verdict (`same`), and per metric the
+real effect inside the twin's interval (`interval`: target [low, high]).
 """
 
 from __future__ import annotations
@@ -121,19 +123,23 @@ def compare_rollouts(predicted: Summary, measured: Summary, interval_s: float,
     the candidate's requests before the decision within `exposure_target`, relative. A
     decision only one side made misses the time target; none on either side has no time to compare."""
     p_out, m_out = predicted.get("outcome"), measured.get("outcome")
-    rows = {"rollout_decision": _entry("rollout decision", "decision", p_out, m_out, "same", "same",
+    # an experiment's controller reports as a rollout's: its decision is when it stopped
+    experiment = predicted.get("strategy") == "experiment"
+    what, candidate = ("experiment stop", "treatment") if experiment else ("rollout decision", "candidate")
+    rows = {"rollout_decision": _entry(what, "decision", p_out, m_out, "same", "same",
                                        None if p_out is None or m_out is None else p_out == m_out)}
     x, y = _number(predicted.get("decided_s")), _number(measured.get("decided_s"))
-    time_row = _entry("rollout decision time", "time", x, y, interval_s, "abs", None)
+    time_row = _entry(f"{what} time", "time", x, y, interval_s, "abs", None)
     if x is not None and y is not None:
         diff = x - y
         ok = abs(diff) <= interval_s + _TOLERANCE
         time_row.update(abs_error=diff, within_target=ok, missed_by=None if ok else abs(diff) - interval_s)
     elif (x is None) != (y is None):
         time_row["within_target"] = False  # one side decided, the other did not
-    rows["rollout_decision_time"] = time_row
+    if not (experiment and x is None and y is None):  # an experiment neither side stopped ran its course: no time to compare
+        rows["rollout_decision_time"] = time_row
     exposure = compare_metric(predicted.get("candidate_requests"), measured.get("candidate_requests"), exposure_target)
-    rows["rollout_candidate_requests"] = {"label": "candidate requests before the decision", "unit": "count",
+    rows["rollout_candidate_requests"] = {"label": f"{candidate} requests before the {'stop' if experiment else 'decision'}", "unit": "count",
                                           **exposure, "target_kind": "rel"}
     return rows
 
@@ -246,6 +252,9 @@ def _error_text(entry: Mapping[str, Any]) -> str:
     if kind == "abs":
         diff = entry.get("abs_error")
         return "-" if diff is None else f"{diff:+.2f} s"
+    if kind == "interval":  # twin - real, in the metric's unit
+        diff = entry.get("abs_error")
+        return "-" if diff is None else ("+" if diff >= 0 else "-") + format_value(abs(diff), entry["unit"])
     if entry.get("rel_error_undefined"):
         return f"n/a (measured 0, diff {format_value(entry['abs_error'], entry['unit'])})"
     err = entry.get("rel_error")
@@ -263,6 +272,8 @@ def _verdict(entry: Mapping[str, Any]) -> str:
     missed = entry.get("missed_by")
     if missed is None:
         return "MISSED"
+    if entry.get("target_kind") == "interval":
+        return f"MISSED by {format_value(missed, entry['unit'])}"
     return f"MISSED by {missed:.2f} s" if entry.get("target_kind") == "abs" else f"MISSED by {missed * 100:.1f} pp"
 
 
@@ -274,6 +285,12 @@ def _target_text(entry: Mapping[str, Any]) -> str:
         return "same"
     if kind == "abs":
         return f"<= {target:g} s"
+    if kind == "interval":  # [low, high] of the twin's interval, null for an unbounded end
+        if not isinstance(target, (list, tuple)):
+            return str(target)
+        low, high = target
+        return (f"in [{'-inf' if low is None else format_value(low, entry['unit'])}, "
+                f"{'+inf' if high is None else format_value(high, entry['unit'])}]")
     return f"<= {target:.0%}"
 
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from reports.compare import (HEADER, Run, capacity_name, comparison_rows, comparison_verdict, deployed_capacity_rps,
                              format_comparison_table, format_stack_capacity, invalid_measurements, load_curve_rows)
+from reports.experiment import Section, experiment_compare_section, experiment_section
 from reports.figures import LoadPoint, write_compare_figures, write_run_figures
 from sim.config import KeyHelp, ScenarioConfig, schema_help
 from sim.files import write_text
@@ -54,7 +55,7 @@ FIGURE_CAPTIONS = {
     "latency_cdf": "Latency CDF and tail of answered requests after warm-up; dashed p50, dotted p99.",
     "timeseries": "Per-window throughput (completions) against offered load, latency and queue; warm-up and drain shaded.",
     "rollout": "Rollout timeline: traffic weight, p99, error rate (and accuracy) and replicas ready / live per version and window; "
-               "the decision dashed (green promoted, red rolled back).",
+               "the decision dashed (green promoted, red rolled back, blue an experiment concluded).",
     "load_curve": "p50 and p99 against offered rate, and throughput against offered rate: the knee where it "
                   "flattens at capacity (dash-dot) is saturation. A measured point flagged invalid is hollow, ringed in red.",
     "rollout_compare": "The rollout in the twin (left) and on the real stack (right), on one time axis and one scale per "
@@ -208,6 +209,7 @@ class _Doc:
     tables: Sequence[tuple[str, list[str], list[list[str]]]] = ()  # (heading, header, rows): an experiment's results
     notes: Sequence[str] = ()  # lines under the fidelity table: the stack's capacity, the main run's validity
     load_curve: tuple[list[str], list[list[str]]] | None = None  # measured load points (header, rows), last cell validity
+    sections: Sequence[Section] = ()  # sections of their own: an A/B experiment's (reports.experiment)
 
 
 CSS = """
@@ -239,6 +241,24 @@ def _verdict_class(entry: Mapping[str, Any]) -> str:
         return ""
     ok = entry.get("within_target")
     return "nodata" if ok is None else ("met" if ok else "missed")
+
+
+def _section_html(section: Section) -> list[str]:
+    """A section of its own (an A/B experiment's): headline, bullets, lines, tables, figures."""
+    e = html.escape
+    out = [f"<h2 id=\"{e(section.anchor)}\">{e(section.heading)}</h2>",
+           f"<div class=\"banner {'bad' if section.alarm else 'ok'}\">{e(section.headline)}</div>"]
+    if section.bullets:
+        out.append("<ul>" + "".join(f"<li>{e(b)}</li>" for b in section.bullets) + "</ul>")
+    out += [f"<p>{e(line)}</p>" for line in section.paragraphs]
+    for heading, header, rows in section.tables:
+        out.append(f"<h3>{e(heading)}</h3><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
+        out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+        out.append("</tbody></table>")
+    for name, (path, caption) in section.figures.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        out.append(f"<figure><img alt=\"{e(name)}\" src=\"data:image/png;base64,{data}\"><figcaption>{e(caption)}</figcaption></figure>")
+    return out
 
 
 def _render_html(doc: _Doc) -> str:
@@ -274,6 +294,8 @@ def _render_html(doc: _Doc) -> str:
             out.append(f"<tr{cls}>" + "".join(f"<td class=\"num\">{e(c)}</td>" for c in row[:-1])
                        + f"<td class=\"validity\">{e(row[-1])}</td></tr>")
         out.append("</tbody></table>")
+    for section in doc.sections:
+        out += _section_html(section)
     for heading, header, rows in doc.tables:
         out.append(f"<h2>{e(heading)}</h2><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
         out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
@@ -307,6 +329,17 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
         "| " + " | ".join(map(cell, r)) + " |" for r in rows]
 
 
+def _section_md(section: Section, md_dir: Path) -> list[str]:
+    out = [f"## {section.heading}", "", f"**{section.headline}**", ""]
+    out += [f"- {b}" for b in section.bullets] + ([""] if section.bullets else [])
+    out += [line for p in section.paragraphs for line in (p, "")]
+    for heading, header, rows in section.tables:
+        out += [f"### {heading}", ""] + md_table(header, rows) + [""]
+    for path, caption in section.figures.values():
+        out += [f"![{caption}]({Path(path).resolve().relative_to(md_dir.resolve()).as_posix()})", ""]
+    return out
+
+
 def _render_md(doc: _Doc, md_dir: Path) -> str:
     out = [f"# {doc.title}", "", f"_{doc.subtitle}_", ""]
     if doc.warnings:
@@ -324,6 +357,8 @@ def _render_md(doc: _Doc, md_dir: Path) -> str:
         header, rows = doc.load_curve
         out += ["## Load curve: measured points", ""] + md_table(
             header, [[*r[:-1], f"**{r[-1]}**" if r[-1].startswith("INVALID") else r[-1]] for r in rows]) + [""]
+    for section in doc.sections:
+        out += _section_md(section, md_dir)
     for heading, header, rows in doc.tables:
         out += [f"## {heading}", ""] + md_table(header, rows) + [""]
     if doc.figures:
@@ -366,11 +401,13 @@ def write_report(
         capacity = deployed_capacity_rps(comparison) or capacity
     figures = write_compare_figures(out / FIGURES_DIR, sim_run, real_run, load_curve=load_curve, capacity=capacity,
                                     capacity_name=capacity_name(comparison))
+    experiment = experiment_compare_section(out / FIGURES_DIR, sim_run.path, real_run.path)
     config = config_rows([sim_run.config, real_run.config])
     invalid = invalid_measurements(comparison)  # first: a point's figures are not to be quoted
     warnings = invalid + list(comparison.get("warnings", []))
     warnings += [f"sim: {w}" for w in sim_run.warnings if f"predicted: {w}" not in warnings]
     warnings += [f"real: {w}" for w in real_run.warnings if f"measured: {w}" not in warnings]
+    warnings += [w for w in (experiment.warnings if experiment else []) if w not in warnings]
     # the twin's calibration (it replays the measured profile) is meant to differ
     differing = [key for key, _, differs in config if differs and key not in CALIBRATION_KEYS]
     if differing:
@@ -388,6 +425,7 @@ def write_report(
         figures=figures,
         notes=compare_notes(comparison),
         load_curve=_load_curve_table(comparison),
+        sections=[experiment] if experiment else [],
     )
     return _write(out, doc)
 
@@ -414,17 +452,19 @@ def _load_curve_table(comparison: Mapping[str, Any]) -> tuple[list[str], list[li
 def write_run_report(out_dir: str | Path, run: Run, *, title: str | None = None) -> tuple[Path, Path]:
     """A single run's report (mode=sim or mode=real alone): figures, summary, scenario."""
     out = Path(out_dir)
+    experiment = experiment_section(out / FIGURES_DIR, run.path)
     doc = _Doc(
         title=title or f"servelab {run.label} run",
         subtitle=f"backend {run.backend} ({run.path})",
         verdict=None,
         verdict_ok=True,
-        warnings=run.warnings,
+        warnings=run.warnings + (experiment.warnings if experiment else []),
         comparison=None,
         labels=[run.label],
         config=config_rows([run.config]),
         summaries=summary_rows([run.summary]),
         figures=write_run_figures(out / FIGURES_DIR, run),
+        sections=[experiment] if experiment else [],
     )
     return _write(out, doc)
 

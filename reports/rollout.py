@@ -23,7 +23,9 @@ from sim.files import atomic_write
 ROLLOUT_PNG = "rollout.png"
 # the panels of a timeline, top to bottom: what draw_rollout expects its axes to be
 ROLLOUT_PANELS = ("weight", "p99", "errors", "replicas")
-VERDICT_COLORS = {"promoted": "green", "aborted": "red"}
+# "concluded": an experiment stopped on a decision, traffic back on control (reports.experiment)
+VERDICT_COLORS = {"promoted": "green", "aborted": "red", "concluded": "blue"}
+VERDICT_VERBS = {"promoted": "promoted", "aborted": "rolled back", "concluded": "concluded"}
 
 
 def rollout_axes(fig: Figure | SubFigure) -> list[Axes]:
@@ -66,7 +68,7 @@ def draw_rollout(axes: Sequence[Axes], table: pd.DataFrame, decisions: Sequence[
             continue
         for ax in axes:
             ax.axvline(d["time_s"], color=color, ls="--", lw=1.2)
-        verb = "rolled back" if d["kind"] == "aborted" else "promoted"
+        verb = VERDICT_VERBS[d["kind"]]
         weight_ax.annotate(f"{verb} at {d['time_s']:.1f} s: {d['reason']}", (d["time_s"], 103), fontsize=7, annotation_clip=False,
                            color=color)
     weight_ax.set(ylabel="traffic weight (%)", ylim=(-2, 110))

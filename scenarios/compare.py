@@ -31,8 +31,10 @@ from typing import Any
 
 from reports.compare import (add_rollout_comparison, compare_summaries, format_comparison_table, invalid_point_names,
                              load_run, measurement_validity)
+from reports.experiment import add_experiment_comparison, read_experiment_doc
 from reports.figures import LoadPoint
 from reports.report import write_report
+from scenarios import experiment
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, write_json, write_run
 from scenarios.profile import format_profile, measure_profile, profile_warnings
@@ -58,19 +60,21 @@ def calibrated(cfg: ScenarioConfig, profile_path: Path) -> ScenarioConfig:
                                service=dataclasses.replace(cfg.service, kind="empirical", profile=str(profile_path)))
 
 
-def measure_real(cfg: ScenarioConfig, out_dir: Path, capacity: float) -> dict[str, Any]:
+def measure_real(cfg: ScenarioConfig, out_dir: Path, capacity: float, planned: dict[str, Any] | None = None) -> dict[str, Any]:
     from scenarios.run_real import measure
 
     frame, summary, series = measure(cfg, out_dir, capacity=capacity)
+    experiment.finish(out_dir, cfg, frame, summary, planned)
     write_rollout(out_dir, cfg, frame, summary)
     write_run(out_dir, cfg, frame, summary, series)
     return summary
 
 
-def _predict(cfg: ScenarioConfig, out_dir: Path, warnings: list[str]) -> dict[str, Any]:
+def _predict(cfg: ScenarioConfig, out_dir: Path, warnings: list[str], planned: dict[str, Any] | None = None) -> dict[str, Any]:
     from scenarios.run_real import candidate_exposure
 
     frame, summary, series = simulate(cfg)
+    experiment.finish(out_dir, cfg, frame, summary, planned)
     if warnings:
         summary["warnings"] = list(summary.get("warnings", [])) + warnings
     if "rollout" in summary:  # what the real side's summary reports of its rollout, predicted
@@ -138,13 +142,17 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     _log(f"predicted capacity of the stack as deployed: {stack.describe()}; offered load "
          f"{'-' if load is None else f'{load:.0%}'}")
 
+    planned = experiment.plan(twin_cfg, [out_dir / "real", out_dir / "sim"])  # the calibrated twin designs it
     _log(f"measuring the real stack for {cfg.duration_s:g} s ...")
-    real = measure_real(cfg, out_dir / "real", capacity)
+    real = measure_real(cfg, out_dir / "real", capacity, planned)
     _log("predicting with the twin ...")
-    sim = _predict(twin_cfg, out_dir / "sim", warnings)
+    sim = _predict(twin_cfg, out_dir / "sim", warnings, planned)
     comparison = compare_summaries(sim, real)
     if "rollout" in sim and "rollout" in real:
         add_rollout_comparison(comparison, sim["rollout"], real["rollout"], analysis_window_s(cfg))
+    sim_experiment, real_experiment = read_experiment_doc(out_dir / "sim"), read_experiment_doc(out_dir / "real")
+    if sim_experiment is not None and real_experiment is not None:
+        add_experiment_comparison(comparison, sim_experiment, real_experiment)
     comparison["profile"] = str(profile_path)
     comparison["capacity_rps"] = capacity
     comparison["stack_capacity"] = stack.to_json()
@@ -160,7 +168,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
         points.append(LoadPoint(rate, point_sim, point_real))
     comparison["load_curve"] = [load_curve_entry(p, capacity) for p in points]
     predicted: list[dict[str, Any]] = []
-    if cfg.rollout.strategy == "none":  # a rollout's compare is about its timeline, not a load curve
+    if cfg.rollout.strategy == "none" and not cfg.experiment.variants:  # a rollout's or experiment's compare is about its timeline
         _log(f"predicting the load curve past capacity ({len(PREDICTED_FRACTIONS)} twin-only points) ...")
         predicted = predicted_curve(cfg, profile_path, capacity)
     comparison["predicted_curve"] = [

@@ -22,12 +22,10 @@ from typing import Any, Mapping
 import pandas as pd
 
 from sim.config import ScenarioConfig, experiment_allocation, experiment_metrics
-from sim.experiment import analyse, baselines, design, format_design
+from sim.experiment import EXPERIMENT_JSON, EXPERIMENT_PARQUET, analyse, baselines, design, format_design
 from sim.files import write_json, write_parquet
 from sim.policy.rollout import experiment_spec
 
-EXPERIMENT_JSON = "experiment.json"
-EXPERIMENT_PARQUET = "experiment.parquet"
 
 
 def plan(cfg: ScenarioConfig, out_dirs: list[Path] | tuple[Path, ...] = (), *, quiet: bool = False) -> dict[str, Any] | None:

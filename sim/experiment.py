@@ -37,6 +37,8 @@ from sim.stats.fixed import Comparison, mann_whitney, two_proportion_z, welch_t
 from sim.stats.srm import sample_ratio_mismatch
 from sim.stats.verdict import GuardrailBreach, MetricOutcome, decide, format_verdict, headline
 
+EXPERIMENT_JSON = "experiment.json"  # a run's files (scenarios.experiment writes them, reports.experiment reads them)
+EXPERIMENT_PARQUET = "experiment.parquet"
 TABLE_COLUMNS = ["look", "window_start_s", "window_end_s", "metric", "variant", "role", "n", "value", "ci_low", "ci_high",
                  "effect", "effect_ci_low", "effect_ci_high", "p_value", "z", "z_boundary", "rejected", "assigned", "expected_share"]
 
@@ -107,7 +109,7 @@ def design(metrics: Sequence[ExperimentMetric], found: Mapping[str, Baseline], a
     kind = "sequential" if sequential else "fixed"
     needed = [r[kind]["duration_s"] for r in rows if r[kind] is not None]
     return {"source": source, "metrics": rows, "duration_needed_s": max(needed) if needed else None, "run_s": run_s,
-            "enough": bool(needed) and max(needed) <= run_s}
+            "enough": bool(needed) and bool(max(needed) <= run_s)}
 
 
 def format_design(doc: Mapping[str, Any], rate_rps: float, kind: str) -> str:
