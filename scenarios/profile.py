@@ -30,7 +30,7 @@ import orjson
 import pandas as pd
 
 from scenarios.config import CompareConfig, ServelabConfig
-from sim.config import BatchingConfig, RolloutConfig, ScenarioConfig, version_names, version_specs
+from sim.config import BatchingConfig, ExperimentConfig, RolloutConfig, ScenarioConfig, version_names, version_specs
 from sim.files import write_json
 from sim.host import GATEWAY, LOADGEN, REPLICA, ROLES, CpuPoint, HostCosts, fit_host_costs, stack_capacity
 from sim.profile import Profile
@@ -149,27 +149,39 @@ class _GrpcClient:
         self._channel.close()
 
 
-def _profiling_config(cfg: ScenarioConfig, replicas: int) -> ScenarioConfig:
-    # the first version without its fault schedule: the stack as it is, not as a fault turns it
-    first = dataclasses.asdict(dataclasses.replace(version_specs(cfg.model)[0], faults=[]))
+def _profiling_config(cfg: ScenarioConfig, replicas: int, version: int = 0) -> ScenarioConfig:
+    # one version (the first unless asked) without its fault schedule: the stack as it is, not as a fault turns it
+    only = dataclasses.asdict(dataclasses.replace(version_specs(cfg.model)[version], faults=[]))
     return dataclasses.replace(
         cfg,
         replicas=replicas,
-        model=dataclasses.replace(cfg.model, versions=[first]),
+        model=dataclasses.replace(cfg.model, versions=[only]),
         # one version: no split, no copies to another one
         gateway=dataclasses.replace(cfg.gateway, version_weights=[], shadow_version="", shadow_percent=0.0),
-        # the stack as it is, not as a rollout or a fault drill changes it
+        # the stack as it is, not as a rollout, an experiment or a fault drill changes it
         rollout=RolloutConfig(),
+        experiment=ExperimentConfig(),
         batching=BatchingConfig(max_batch_size=cfg.batching.max_batch_size, max_queue_delay_s=0.0, max_queue_size=0),
         timeout_s=0.0,
     )
 
 
+def measure_version_times(cfg: ScenarioConfig, run_dir: Path, samples: int, warmup: int) -> dict[str, dict[int, list[float]]]:
+    """The numpy backend's other versions, each measured as the first is: a real model's compute
+    is its own (the MLP costs more per batch than the softmax), where an emulated version's is
+    the service model times its service_factor, known without measuring."""
+    if cfg.model.backend != "numpy":
+        return {}
+    names = version_names(cfg.model)
+    return {names[v]: measure_device_times(cfg, run_dir, samples, warmup, version=v)[0] for v in range(1, len(names))}
+
+
 def measure_device_times(cfg: ScenarioConfig, run_dir: Path, samples: int,
-                         warmup: int) -> tuple[dict[int, list[float]], list[float]]:
-    """`samples` device times per batch size, after `warmup` discarded requests (sizes in turn),
-    and each request's queue time: with one request at a time and no batching delay, that is
-    the instance's thread waking for its batch (the host model's `handoff_s`)."""
+                         warmup: int, version: int = 0) -> tuple[dict[int, list[float]], list[float]]:
+    """`samples` device times per batch size of one version (the first unless asked), after
+    `warmup` discarded requests (sizes in turn), and each request's queue time: with one request
+    at a time and no batching delay, that is the instance's thread waking for its batch (the
+    host model's `handoff_s`)."""
     from real.launcher import launch
 
     rng = np.random.default_rng(cfg.seed)
@@ -177,7 +189,8 @@ def measure_device_times(cfg: ScenarioConfig, run_dir: Path, samples: int,
     times: dict[int, list[float]] = {b: [] for b in sizes}
     handoffs: list[float] = []
     path = f"/v2/models/{cfg.model.name}/infer"
-    with launch(_profiling_config(cfg, 1), run_dir=run_dir / "device") as stack:
+    where = run_dir / ("device" if version == 0 else f"device-{version_names(cfg.model)[version]}")
+    with launch(_profiling_config(cfg, 1, version), run_dir=where) as stack:
         client = _Client(stack.replica_urls[0])
         try:
             for k in range(warmup):  # first calls pay for lazy initialisation
@@ -263,7 +276,9 @@ def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[
     from scenarios.run_real import measure
 
     healthy = [dataclasses.asdict(dataclasses.replace(v, error_rate=0.0, faults=[])) for v in version_specs(cfg.model)]
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, versions=healthy))
+    # an experiment's split as deployed, its controller watching only: it must not end the split mid-point
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, versions=healthy),
+                              experiment=dataclasses.replace(cfg.experiment, stop_early=False))
     points = []
     for k, rate in enumerate(rates):
         # a fresh stack runs ~1.5x slower for its first seconds (connection pools filling,
@@ -321,9 +336,10 @@ def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig 
     most FIRST_POINT_MAX_RPS), the others at fractions of the stack capacity it predicts."""
     s = settings if settings is not None else CompareConfig()
     times, handoffs = measure_device_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
+    version_times = measure_version_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
     overheads = measure_overheads(cfg, run_dir, s.profile_idle_samples, s.profile_idle_warmup) | {"handoff_s": handoffs}
     meta = profile_meta(cfg) | {"replicas": cfg.replicas}
-    device_only = Profile(times_s=times, overheads_s=overheads, meta=meta)
+    device_only = Profile(times_s=times, overheads_s=overheads, meta=meta, version_times_s=version_times)
     fractions = sorted(s.overhead_fractions)
     cores = len(os.sched_getaffinity(0))  # the cores this process (and the stack it starts) may run on
     first = min(fractions[0] * capacity_rps(cfg, device_only), FIRST_POINT_MAX_RPS)
@@ -337,7 +353,7 @@ def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig 
         host = dataclasses.replace(host, handoff_s=float(np.median(handoffs)))
     if host is not None and cfg.model.backend == "emulated":
         host = dataclasses.replace(host, device_wake_s=device_wake_s(cfg, times))
-    return Profile(times_s=times, overheads_s=overheads, meta=meta, overhead_by_rate=by_rate, host=host)
+    return Profile(times_s=times, overheads_s=overheads, meta=meta, overhead_by_rate=by_rate, host=host, version_times_s=version_times)
 
 
 def device_wake_s(cfg: ScenarioConfig, times: dict[int, list[float]]) -> float:
@@ -353,6 +369,9 @@ def format_profile(profile: Profile) -> str:
     for b, samples in sorted(profile.times_s.items()):
         a = np.asarray(samples) * 1e3
         lines.append(f"  {b:>5} {a.mean():>8.3f} {np.percentile(a, 50):>8.3f} {np.percentile(a, 99):>8.3f} {len(a):>5}")
+    for name, times in sorted(profile.version_times_s.items()):
+        means = ", ".join(f"{b}: {np.mean(samples) * 1e3:.3f}" for b, samples in sorted(times.items()))
+        lines.append(f"version {name}'s own device time, mean per batch size (ms): {means}")
     lines.append("overhead per request at batch 1, outside queue and model (ms):")
     for hop in ("client_network_s", "gateway_s", "server_s", "total_s"):
         if hop in profile.overheads_s:

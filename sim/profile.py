@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ class Profile:
     # the host's cores and each process's CPU per request (sim.host): None in profiles older
     # than the host model, which the twin then replays by rate
     host: HostCosts | None = None
+    # a CPU model's other versions (the numpy backend's MLP against its softmax): their own device
+    # times per batch size, measured as `times_s` is for the first version (meta["version"])
+    version_times_s: dict[str, dict[int, list[float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.times_s or any(not v for v in self.times_s.values()):
@@ -39,6 +42,8 @@ class Profile:
         if any(not v for v in self.overheads_s.values()) or any(not p["total_s"] for p in self.overhead_by_rate):
             raise ValueError("a profile's overheads need at least one sample each")
         self.times_s = {int(b): sorted(float(x) for x in v) for b, v in self.times_s.items()}
+        self.version_times_s = {str(name): {int(b): sorted(float(x) for x in v) for b, v in times.items()}
+                                for name, times in self.version_times_s.items()}
         self._sizes = sorted(self.times_s)
         self._means = [float(np.mean(self.times_s[b])) for b in self._sizes]
 
@@ -76,9 +81,17 @@ class Profile:
         half = (total / 2).tolist()
         return {"before_s": half, "after_s": half}
 
+    def for_version(self, name: str) -> Profile:
+        """The profile with `name`'s own device times, when it measured them (else as it is:
+        the first version's times stand for every version, as service_factor scales them)."""
+        times = self.version_times_s.get(name)
+        return self if times is None else replace(self, times_s=times, version_times_s={})
+
     def to_json(self) -> dict[str, Any]:
         doc = {"times_s": {str(b): v for b, v in self.times_s.items()}, "overheads_s": self.overheads_s,
                "overhead_by_rate": self.overhead_by_rate, "meta": self.meta}
+        if self.version_times_s:
+            doc["version_times_s"] = {name: {str(b): v for b, v in times.items()} for name, times in self.version_times_s.items()}
         if self.host is not None:
             doc["host"] = self.host.to_json()
         return doc
@@ -140,6 +153,9 @@ def _parse(raw: dict[str, Any], path: str, key: str) -> Profile:
         raise ConfigError(key, f"profile {path}: overheads_s and meta must be objects, overhead_by_rate a list")
     if not all(isinstance(p, dict) and isinstance(p.get("rate"), (int, float)) and math.isfinite(p["rate"]) for p in by_rate):
         raise ConfigError(key, f"profile {path}: each overhead_by_rate entry needs a finite 'rate' and 'total_s' samples")
+    versions = raw.get("version_times_s", {})
+    if not isinstance(versions, dict) or not all(isinstance(v, dict) and v for v in versions.values()):
+        raise ConfigError(key, f"profile {path}: version_times_s must map a version to batch size -> measured seconds")
     host = None
     if "host" in raw:
         try:
@@ -149,6 +165,8 @@ def _parse(raw: dict[str, Any], path: str, key: str) -> Profile:
     return Profile(
         host=host,
         times_s={_batch_size(b, path, key): _samples(v, f"times_s[{b}]", path, key) for b, v in times.items()},
+        version_times_s={str(name): {_batch_size(b, path, key): _samples(v, f"version_times_s[{name}][{b}]", path, key)
+                                     for b, v in by_size.items()} for name, by_size in versions.items()},
         overheads_s={str(k): _samples(v, f"overheads_s[{k}]", path, key, -math.inf) for k, v in overheads.items()},
         meta=dict(meta),
         # a point's CPU figures and validity ride along: they are what the host model was fitted to

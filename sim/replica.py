@@ -20,7 +20,7 @@ from sim.policy.batching import DynamicBatcher
 from sim.policy.replica_queue import ReplicaQueue
 from sim.policy.versions import CORRECT_DRAW, ERROR_DRAW, VersionBehaviour, common_key, common_units, unit_of
 from sim.records import ERROR, OK, SHED, TIMEOUT
-from sim.service import ServiceTime
+from sim.service import ServiceTime, VersionService
 
 if TYPE_CHECKING:
     from sim.host_path import ReplicaLane
@@ -115,7 +115,7 @@ class SimReplica:
         batcher: DynamicBatcher,
         instances: int,
         max_queue_size: int,
-        service: ServiceTime,
+        service: ServiceTime | VersionService,
         cores: CpuCores,
         version_factor: Callable[[int], float] | None,
         on_release: Callable[[int, list[int]], None],

@@ -59,6 +59,23 @@ class ServiceTime:
         return (self.cfg.base_s + self.cfg.per_item_s * batch_size) * u + self.extra_s
 
 
+class VersionService:
+    """A replica's device time from the times its current version measured (`Profile.for_version`):
+    a CPU model's versions differ in their own compute, not by a configured factor. The version is
+    read at each draw, so a replica whose version changes draws from its new one."""
+
+    def __init__(self, services: list[ServiceTime], version_of: list[int], replica: int) -> None:
+        self._services = services
+        self._version_of = version_of  # the membership's live list
+        self._replica = replica
+
+    def mean(self, batch_size: int) -> float:
+        return self._services[self._version_of[self._replica]].mean(batch_size)
+
+    def draw(self, batch_size: int) -> float:
+        return self._services[self._version_of[self._replica]].draw(batch_size)
+
+
 class Overhead:
     """Per-request time outside queue and model, before enqueue and after service: constants
     from the config, or measured samples replayed. Samples given as equally long `before_s`

@@ -45,7 +45,7 @@ from sim.records import ERROR, OK, SHED, TIMEOUT
 from sim.replica import BatchJudge, CpuCores, SimReplica
 from sim.requests import PENDING, RequestLog
 from sim.rng import Streams, make_streams
-from sim.service import Overhead, ServiceTime
+from sim.service import Overhead, ServiceTime, VersionService
 
 Progress = Callable[[int], None]
 
@@ -123,6 +123,9 @@ class Twin:
         # the emulated device sleeps its service model; a modelled host adds its measured lateness
         wake_s = host.device_wake_s if host is not None and cfg.model.backend == "emulated" and cfg.service.kind != "empirical" else 0.0
         service = ServiceTime(cfg.service, self.streams.service, profile, extra_s=wake_s)
+        # a profile that measured each version's own compute (the numpy backend): each draws its own
+        by_version = ([ServiceTime(cfg.service, self.streams.service, profile.for_version(v.name), extra_s=wake_s) for v in self.versions]
+                      if profile is not None and profile.version_times_s and cfg.service.kind == "empirical" else None)
         cores = CpuCores(0 if host is not None else cfg.service.shared_cores)  # a modelled host holds the cores
         batches = [0]
         version_factor: Callable[[int], float] | None = None  # None: every version at speed 1, always
@@ -151,7 +154,8 @@ class Twin:
         on_cpu = self.path is not None and cfg.model.backend == "numpy"
 
         def make_replica(r: int) -> SimReplica:  # those of the start, and those a rollout starts
-            return SimReplica(r, self.env, self.log, batcher, cfg.concurrency, cfg.batching.max_queue_size, service, cores,
+            own = VersionService(by_version, version_of, r) if by_version is not None else service
+            return SimReplica(r, self.env, self.log, batcher, cfg.concurrency, cfg.batching.max_queue_size, own, cores,
                               version_factor, on_release, self.timeout_s, batches, constant_after, self.judge,
                               **self._host_lanes(r, on_cpu))
 

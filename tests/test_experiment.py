@@ -259,3 +259,36 @@ def test_mode_sim_plans_runs_and_writes_the_experiment(tmp_path: Path) -> None:
     assert summary["rollout"]["strategy"] == "experiment" and summary["rollout"]["outcome"] == ABORTED
     table = pd.read_parquet(out / "experiment.parquet")
     assert table["window_end_s"].max() == doc["end_s"]
+
+
+# --- a CPU model's versions compute at their own speed in the twin --------------------------------
+
+def test_a_profile_with_each_version_s_own_times_makes_the_twin_draw_them(tmp_path: Path) -> None:
+    from scenarios.run_sim import simulate
+    from sim.profile import Profile
+
+    profile = Profile(times_s={1: [0.001], 2: [0.0015]}, version_times_s={"2": {1: [0.003], 2: [0.004]}})
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile.to_json()))
+    cfg = ServelabConfig()
+    cfg.model.versions = ["1", "2"]
+    cfg.service.kind, cfg.service.profile = "empirical", str(path)
+    cfg.batching.max_batch_size, cfg.arrival.rate = 2, 100.0
+    validate(cfg)
+    frame, _, _ = simulate(cfg)
+    served = frame[frame["status"] == "ok"]
+    one = served[(served["version"] == "1") & (served["batch_size"] == 1)]["service_s"]
+    two = served[(served["version"] == "2") & (served["batch_size"] == 1)]["service_s"]
+    assert len(one) and len(two) and one.max() == pytest.approx(0.001) and two.min() == pytest.approx(0.003)
+
+
+def test_an_experiment_s_controller_rows_in_a_comparison_say_stop_and_drop_a_time_neither_side_has() -> None:
+    from reports.compare import compare_rollouts
+
+    ran = {"strategy": "experiment", "outcome": "progressing", "decided_s": None, "candidate_requests": 100}
+    rows = compare_rollouts(ran, dict(ran), interval_s=1.0)
+    assert rows["rollout_decision"]["label"] == "experiment stop" and rows["rollout_decision"]["within_target"] is True
+    assert "rollout_decision_time" not in rows
+    assert rows["rollout_candidate_requests"]["label"] == "treatment requests before the stop"
+    stopped = compare_rollouts(ran | {"outcome": "aborted", "decided_s": 4.0}, ran, interval_s=1.0)
+    assert stopped["rollout_decision_time"]["within_target"] is False  # one side stopped, the other did not
