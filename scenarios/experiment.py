@@ -44,7 +44,7 @@ def plan(cfg: ScenarioConfig, out_dirs: list[Path] | tuple[Path, ...] = (), *, q
     measured = frame[frame["arrival_s"] >= cfg.warmup_s]
     source = f"a twin pilot run (seed {pilot.seed}, {len(measured):,} requests)"
     kind = "sequential" if e.stop_early else "fixed"
-    doc = design(experiment_metrics(e), baselines(measured, str(e.variants[0]), span), experiment_allocation(e), e.alpha, e.power,
+    doc = design(experiment_metrics(e), baselines(measured, str(e.variants[0]), span, cfg.window_s), experiment_allocation(e), e.alpha, e.power,
                  e.stop_early, cfg.warmup_s, cfg.duration_s, source)
     doc["rate_rps"] = mean_offered_rate(cfg)
     if not quiet:

@@ -35,6 +35,7 @@ from sim.stats.design import (allocation_ratio, duration_s, mean_sample_size, pr
 from sim.stats.estimates import estimate
 from sim.stats.fixed import Comparison, mann_whitney, two_proportion_z, welch_t
 from sim.stats.srm import sample_ratio_mismatch
+from sim.stats.summaries import WindowMeans
 from sim.stats.verdict import GuardrailBreach, MetricOutcome, decide, format_verdict, headline
 
 EXPERIMENT_JSON = "experiment.json"  # a run's files (scenarios.experiment writes them, reports.experiment reads them)
@@ -56,9 +57,11 @@ class Baseline:
     observations_per_s: float
 
 
-def baselines(frame: pd.DataFrame, control: str, span_s: float) -> dict[str, Baseline]:
+def baselines(frame: pd.DataFrame, control: str, span_s: float, window_s: float) -> dict[str, Baseline]:
     """Baselines from a run's records (the twin's pilot run): the control's figures, and each
-    metric's observations per second over both variants."""
+    metric's observations per second over both variants. The latency's spread is the one the
+    tests will see: from the `window_s` windows' means (`WindowMeans`), as wide as one request's
+    when requests are independent, wider when a queue makes neighbours alike."""
     rows = primary(frame)
     ok = rows["status"].to_numpy() == "ok"
     correct = rows["correct"].to_numpy(dtype=float, na_value=np.nan)
@@ -72,7 +75,10 @@ def baselines(frame: pd.DataFrame, control: str, span_s: float) -> dict[str, Bas
         out["error_rate"] = Baseline("error_rate", float(1 - ok[mine].mean()), None, len(rows) / span_s)
     if (ok & mine).sum() >= 2:
         values = latency[ok & mine]
-        out["latency_s"] = Baseline("latency_s", float(values.mean()), float(values.std(ddof=1)), ok.sum() / span_s)
+        windows = pd.Series(values).groupby(np.floor(rows["finish_s"].to_numpy(dtype=float)[ok & mine] / window_s))
+        summed = sum((WindowMeans.window(len(w), float(w.sum()), float((w * w).sum())) for _, w in windows), WindowMeans())
+        spread = math.sqrt(summed.variance_of_mean * summed.n) if summed.variance_of_mean >= 0 else float(values.std(ddof=1))
+        out["latency_s"] = Baseline("latency_s", float(values.mean()), spread, ok.sum() / span_s)
     return out
 
 

@@ -6,7 +6,8 @@ experiment is over. Every `tick_s` (the run's window_s) the controller reads eac
 window (`View.windows`, the same `VersionWindow` the twin and the gateway compute for rollouts)
 and feeds it to `ExperimentLooks`:
 - each metric's running per-variant summary (`ProportionCounts` for accuracy and error rate,
-  `MeanMoments` for the mean latency), and a mixture SPRT per metric whose always-valid p-value
+  `WindowMeans` for the mean latency: its variance from the windows' means, as requests in one
+  window share a queue), and a mixture SPRT per metric whose always-valid p-value
   may be looked at after every window (`sim.stats.sequential`);
 - the guardrails, judged on the window alone: a variant's p99 or error rate above its limit, in
   a window with at least `min_requests` requests of that variant.
@@ -29,9 +30,9 @@ from sim.config import ExperimentMetric, Guardrail
 from sim.policy.controller import Action, VersionWindow, View
 from sim.policy.strategy import ABORTED, CONCLUDED, RolloutController
 from sim.stats.sequential import MixtureSPRT, SequentialLook
-from sim.stats.summaries import MeanMoments, ProportionCounts
+from sim.stats.summaries import ProportionCounts, WindowMeans
 
-Summary = ProportionCounts | MeanMoments
+Summary = ProportionCounts | WindowMeans
 
 
 def metric_summary(metric: str, window: VersionWindow) -> Summary:
@@ -40,8 +41,8 @@ def metric_summary(metric: str, window: VersionWindow) -> Summary:
         return ProportionCounts(window.judged, window.correct)
     if metric == "error_rate":  # every request that was not answered ok
         return ProportionCounts(window.requests, window.requests - window.ok)
-    if metric == "latency_s":  # the ok answers' latencies
-        return MeanMoments(window.ok, window.latency_sum_s, window.latency_sumsq_s2)
+    if metric == "latency_s":  # the ok answers' latencies, a window at a time (they are not independent within one)
+        return WindowMeans.window(window.ok, window.latency_sum_s, window.latency_sumsq_s2)
     raise ValueError(f"unknown metric {metric!r}")
 
 

@@ -44,9 +44,9 @@ def mean_estimate(moments: MeanMoments, alpha: float = 0.05) -> Estimate:
     """The mean with its t interval; the interval is NaN below two samples."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if moments.n < 2:
+    if moments.n < 2 or not moments.variance_of_mean >= 0:  # NaN: too few windows of a WindowMeans
         return Estimate(moments.mean, math.nan, math.nan, moments.n)
-    half = float(special.stdtrit(moments.n - 1, 1 - alpha / 2)) * math.sqrt(moments.variance_of_mean)
+    half = float(special.stdtrit(moments.df, 1 - alpha / 2)) * math.sqrt(moments.variance_of_mean)
     return Estimate(moments.mean, moments.mean - half, moments.mean + half, moments.n)
 
 

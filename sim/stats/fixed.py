@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special, stats
 
-from sim.stats.summaries import MeanMoments, ProportionCounts
+from sim.stats.summaries import MeanMoments, ProportionCounts, WindowMeans
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,20 @@ def welch_t(a: MeanMoments, b: MeanMoments, alpha: float = 0.05) -> Comparison:
     _check_alpha(alpha)
     if a.n < 2 or b.n < 2:
         raise ValueError(f"Welch's test needs at least 2 samples per variant, got n_a={a.n}, n_b={b.n}")
+    name = "Welch t (window means)" if isinstance(a, WindowMeans) else "Welch t"
     va, vb = a.variance_of_mean, b.variance_of_mean
     diff = b.mean - a.mean
+    if not (va >= 0 and vb >= 0):  # too few windows to know the spread: no verdict
+        return Comparison(name, diff, -math.inf, math.inf, 1.0, alpha, a.mean, math.nan)
     se = math.sqrt(va + vb)
     if se == 0:  # no spread at all: the difference is exact
-        return Comparison("Welch t", diff, diff, diff, 1.0 if diff == 0 else 0.0, alpha, a.mean,
+        return Comparison(name, diff, diff, diff, 1.0 if diff == 0 else 0.0, alpha, a.mean,
                           0.0 if diff == 0 else math.copysign(math.inf, diff))
-    df = (va + vb) ** 2 / (va * va / (a.n - 1) + vb * vb / (b.n - 1))
+    df = (va + vb) ** 2 / (va * va / a.df + vb * vb / b.df)
     t = diff / se
     p = float(2.0 * special.stdtr(df, -abs(t)))
     half = float(special.stdtrit(df, 1 - alpha / 2)) * se
-    return Comparison("Welch t", diff, diff - half, diff + half, p, alpha, a.mean, t)
+    return Comparison(name, diff, diff - half, diff + half, p, alpha, a.mean, t)
 
 
 def mann_whitney(a: ArrayLike, b: ArrayLike, alpha: float = 0.05) -> Comparison:
