@@ -39,6 +39,10 @@ bench-server: $(STAMP)
 bench-ab-stats: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_ab_stats
 
+.PHONY: bench-ab-twin
+bench-ab-twin: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_ab_twin
+
 proto: $(STAMP)
 	$(BIN)/python -m real.grpc.generate
 

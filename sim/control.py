@@ -113,10 +113,14 @@ class ControlPlane:
 
     def controller_ticks(self, controller: Controller, end_s: float, windows: VersionWindows,
                          on_done: Callable[[float], None] | None = None) -> Any:
-        """Ticks until the arrivals end, or until the controller is done (a rollout promoted or
+        """Ticks at 0, tick_s, 2 tick_s, ... while before the arrivals' end, as the real driver
+        does (`real.controller.ControllerDriver.run`: each tick due at k x tick_s, no summed
+        drift, none at end_s itself), or until the controller is done (a rollout promoted or
         aborted), when `on_done` hears of it."""
         env = self.env
-        while env.now < end_s:
+        start, k = env.now, 0
+        while (due := start + k * controller.tick_s) < end_s:
+            yield env.timeout(max(due - env.now, 0.0))
             # the tick reads the state at the end of its instant: a readiness probe due at the
             # same time has passed by then (the real driver's ticks and the gateway's probes
             # keep no common phase, so a tie in the twin must not always cost a whole tick)
@@ -127,4 +131,4 @@ class ControlPlane:
             if on_done is not None and getattr(controller, "done", False):
                 on_done(now)
                 return
-            yield env.timeout(controller.tick_s)
+            k += 1

@@ -167,21 +167,39 @@ def experiment_rows(frame: pd.DataFrame, spec: ExperimentSpec, end_s: float) -> 
     return rows
 
 
-def replay_looks(rows: pd.DataFrame, spec: ExperimentSpec, end_s: float) -> ExperimentLooks:
-    """The controller's looks rebuilt from `experiment_rows`, one per tick up to `end_s` (a tick
+def look_times(spec: ExperimentSpec, end_s: float, inclusive: bool) -> list[float]:
+    """The controller's ticks after the warm-up: k x tick_s, as the twin and the real driver
+    tick, up to `end_s` (a stop, `inclusive`), or before it (the arrivals' end: no tick there)."""
+    first = math.ceil((spec.start_s + spec.tick_s) / spec.tick_s - 1e-9)
+    times = []
+    k = first
+    while (due := k * spec.tick_s) < end_s or (inclusive and due <= end_s + 1e-9):
+        times.append(due)
+        k += 1
+    return times
+
+
+def replay_looks(rows: pd.DataFrame, spec: ExperimentSpec, times: Sequence[float]) -> ExperimentLooks:
+    """The controller's looks rebuilt from `experiment_rows`, one per tick in `times` (a tick
     with no answer is still a look, as it was for the controller)."""
     looks = ExperimentLooks(spec)
     index = {name: i for i, name in zip((spec.control, spec.treatment), spec.names)}
     groups = {key: g for key, g in rows.groupby(["look_time_s", rows["version"].astype(str)], sort=True)}
-    first = math.ceil((spec.start_s + spec.tick_s) / spec.tick_s - 1e-9)
-    for k in range(first, int(math.floor(end_s / spec.tick_s + 1e-9)) + 1):
-        now = k * spec.tick_s
+    for now in times:
         windows = {index[name]: _window(groups[(now, name)]) for name in spec.names if (now, name) in groups}
         looks.observe(now, windows)
     return looks
 
 
 # -- the analysis ---------------------------------------------------------------------------------
+
+def replay(frame: pd.DataFrame, spec: ExperimentSpec, planned_end_s: float, stopped_s: float | None) -> tuple[ExperimentLooks, pd.DataFrame]:
+    """The controller's looks from a run's records, to its stop (that look included) or to the
+    arrivals' end (no tick there), and the requests they counted."""
+    times = look_times(spec, stopped_s if stopped_s is not None else planned_end_s, inclusive=stopped_s is not None)
+    rows = experiment_rows(frame, spec, times[-1] if times else -math.inf)
+    return replay_looks(rows, spec, times), rows
+
 
 def _fixed_tests(metric: ExperimentMetric, rows: pd.DataFrame, spec: ExperimentSpec, totals: tuple[Any, Any]) -> list[Comparison]:
     if metric.kind == "proportion":
@@ -216,16 +234,20 @@ def look_table(looks: Sequence[Look], spec: ExperimentSpec, allocation: Sequence
 
 
 def _assigned(rows: pd.DataFrame, spec: ExperimentSpec, unit: str, times: Sequence[float]) -> list[tuple[int, int]]:
-    """Per look, the units assigned to each variant so far (requests, or distinct users)."""
-    out = []
-    for t in times:
-        upto = rows[rows["look_time_s"] <= t + 1e-9]
-        counts = []
-        for name in spec.names:
-            mine = upto[upto["version"].astype(str) == name]
-            counts.append(int(mine["user_id"].nunique()) if unit == "user" else len(mine))
-        out.append((counts[0], counts[1]))
-    return out
+    """Per look, the units assigned to each variant so far (requests, or distinct users, each
+    counted at its first look): one pass over the requests, then running sums over the looks."""
+    version = rows["version"].astype(str)
+    firsts = rows.assign(version=version)
+    if unit == "user":
+        firsts = firsts.groupby(["user_id", "version"], sort=False)["look_time_s"].min().reset_index()
+    counts = firsts.groupby(["version", "look_time_s"]).size()
+    out = np.zeros((len(times), 2), dtype=np.int64)
+    position = {t: i for i, t in enumerate(times)}
+    for (name, t), n in counts.items():
+        if name in spec.names and t in position:
+            out[position[t], spec.names.index(name)] += int(n)
+    running = np.cumsum(out, axis=0)
+    return [(int(a), int(b)) for a, b in running]
 
 
 def analyse(frame: pd.DataFrame, spec: ExperimentSpec, *, allocation: Sequence[float], unit: str, planned_end_s: float,
@@ -233,8 +255,7 @@ def analyse(frame: pd.DataFrame, spec: ExperimentSpec, *, allocation: Sequence[f
     """experiment.json's results (without its design) and experiment.parquet, from a run's records.
     `stopped_s`: when the controller stopped the experiment (None: it ran to `planned_end_s`)."""
     end_s = stopped_s if stopped_s is not None else planned_end_s
-    rows = experiment_rows(frame, spec, end_s)
-    looks = replay_looks(rows, spec, end_s)
+    looks, rows = replay(frame, spec, planned_end_s, stopped_s)
     doc: dict[str, Any] = {
         "control": spec.names[0], "treatment": spec.names[1], "variants": list(spec.names), "allocation": list(allocation),
         "unit": unit, "alpha": spec.alpha, "design_kind": "sequential" if spec.stop_early else "fixed", "window_s": spec.tick_s,

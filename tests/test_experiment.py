@@ -17,7 +17,7 @@ import pytest
 from scenarios.cli import preflight
 from scenarios.config import ServelabConfig
 from sim.config import ConfigError, ExperimentMetric, Guardrail, traffic_split, validate
-from sim.experiment import Baseline, analyse, design, replay_looks, experiment_rows
+from sim.experiment import Baseline, analyse, design, experiment_rows, look_times, replay_looks
 from sim.policy.controller import SetWeights, VersionWindow, View
 from sim.policy.experiment import ExperimentController, ExperimentLooks, ExperimentSpec, metric_summary
 from sim.policy.strategy import ABORTED, CONCLUDED, PROGRESSING
@@ -201,9 +201,11 @@ def test_the_records_give_one_look_per_tick_after_the_warm_up_up_to_the_stop() -
     rng = np.random.default_rng(1)
     rows = [(v, t + 0.5, bool(rng.random() < p)) for t in range(10) for v, p in (("a", 0.8), ("b", 0.95)) for _ in range(60)]
     s = spec(start_s=2.0)
+    assert look_times(s, 6.0, inclusive=True) == [3.0, 4.0, 5.0, 6.0]  # a stop at 6 s: that look is taken
+    assert look_times(s, 6.0, inclusive=False) == [3.0, 4.0, 5.0]  # the arrivals' end: no tick there
     picked = experiment_rows(frame_of(rows), s, end_s=6.0)
     assert sorted(set(picked["look_time_s"])) == [3.0, 4.0, 5.0, 6.0]
-    looks = replay_looks(picked, s, 6.0)
+    looks = replay_looks(picked, s, look_times(s, 6.0, inclusive=True))
     assert [look.time_s for look in looks.looks] == [3.0, 4.0, 5.0, 6.0]
     assert looks.looks[-1].totals["accuracy"][0].n == 240
 
@@ -215,9 +217,9 @@ def test_the_analysis_names_the_winner_and_the_sequential_test_in_a_sequential_d
                          stopped_s=None, stop_reason=None)
     assert doc["verdict"]["decision"] == TREATMENT_BETTER and doc["verdict_tests"] == ["mixture SPRT"]
     assert {t["test"] for t in doc["tests"]} == {"mixture SPRT", "two-proportion z"}
-    assert doc["srm"]["counts"] == [1000, 1000] and not doc["srm"]["mismatch"]
-    assert len(table) == 20 * 2 and table["rejected"].iloc[-1]
-    assert set(table["role"]) == {"control", "treatment"} and table["assigned"].iloc[-1] == 1000
+    assert doc["srm"]["counts"] == [950, 950] and not doc["srm"]["mismatch"]
+    assert len(table) == 19 * 2 and table["rejected"].iloc[-1]  # ticks at 1..19 s: none at the arrivals' end
+    assert set(table["role"]) == {"control", "treatment"} and table["assigned"].iloc[-1] == 950
 
 
 def test_an_a_a_fixed_horizon_analysis_says_no_detectable_difference_with_its_interval() -> None:
