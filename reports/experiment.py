@@ -30,6 +30,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 
+from reports.compare import _number  # a finite float or None
 from sim.experiment import EXPERIMENT_JSON, EXPERIMENT_PARQUET
 from sim.files import atomic_write
 
@@ -55,16 +56,6 @@ def _plot_scale(metric: str) -> tuple[float, str]:
     return (100.0, "%") if unit == "fraction" else (1e3, "ms") if unit == "s" else (1.0, "")
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _bound(value: Any, default: float) -> float:
     """An interval's end: a number, +-inf when unbounded (JSON null, Infinity), `default` when absent."""
     if value is None:
@@ -78,7 +69,7 @@ def _bound(value: Any, default: float) -> float:
 
 def format_value(metric: str, value: Any) -> str:
     """A metric's value as people read it: 96.10%, 3.100 ms."""
-    x = _finite(value)
+    x = _number(value)
     if x is None:
         return "-"
     unit = metric_unit(metric)
@@ -202,10 +193,10 @@ def _no_data(ax: Axes, text: str) -> None:
 def _mark_stop(ax: Axes, doc: Doc, label: bool) -> None:
     """The stop dashed when the experiment stopped early; the time axis spans the planned
     experiment (its start to its planned end), so an early stop shows as such."""
-    end = _finite(doc.get("end_s"))
+    end = _number(doc.get("end_s"))
     if doc.get("stopped_early") and end is not None:
         ax.axvline(end, color="black", ls="--", lw=1.1, label=f"stopped at {end:.1f} s" if label else None)
-    start, planned = _finite(doc.get("start_s")), _finite(doc.get("planned_end_s"))
+    start, planned = _number(doc.get("start_s")), _number(doc.get("planned_end_s"))
     if start is not None and planned is not None and planned > start:
         pad = 0.03 * (planned - start)
         ax.set_xlim(start - pad, planned + pad)
@@ -220,8 +211,8 @@ def draw_metrics(axes: Sequence[Axes], doc: Doc, looks: pd.DataFrame, metrics: S
     """Each variant's cumulative value with its 1-alpha band over the looks, one panel per
     metric (axes[i] for metrics[i]); the stop dashed when the experiment stopped early."""
     variants = _variants(doc, looks)
-    alpha = _finite(doc.get("alpha"))
-    dodge = 0.12 * (_finite(doc.get("window_s")) or 0.0)
+    alpha = _number(doc.get("alpha"))
+    dodge = 0.12 * (_number(doc.get("window_s")) or 0.0)
     for i, (ax, metric) in enumerate(zip(axes, metrics)):
         scale, unit = _plot_scale(metric)
         rows = _metric_rows(looks, metric)
@@ -259,7 +250,7 @@ def draw_sequential(axes: Sequence[Axes], doc: Doc, looks: pd.DataFrame, metrics
     i.e. after the burn-in), the first rejecting look starred; on the last panel every metric's
     always-valid p-value on a log scale against alpha."""
     p_ax = axes[-1]
-    alpha = _finite(doc.get("alpha"))
+    alpha = _number(doc.get("alpha"))
     for i, (ax, metric) in enumerate(zip(axes[:-1], metrics)):
         color = f"C{i}"
         rows = _metric_rows(looks, metric)
@@ -321,12 +312,12 @@ def draw_split(axes: Sequence[Axes], doc: Doc, looks: pd.DataFrame, metrics: Seq
         with np.errstate(invalid="ignore", divide="ignore"):
             share = np.where(total > 0, v["assigned"].to_numpy(dtype=float) / total, np.nan)
         ax.plot(v["window_end_s"].to_numpy(dtype=float), share * 100, ".-", color=f"C{j}", label=_variant_label(doc, variant))
-        expected = _finite(v["expected_share"].iloc[0])
+        expected = _number(v["expected_share"].iloc[0])
         if expected is not None:
             ax.axhline(expected * 100, color=f"C{j}", ls="--", lw=1, label=f"{variant} planned {expected:.0%}")
     _mark_stop(ax, doc, label=True)
     srm = doc.get("srm") or {}
-    p = _finite(srm.get("p_value"))
+    p = _number(srm.get("p_value"))
     verdict = "MISMATCH" if srm.get("mismatch") else "no mismatch"
     check = f"SRM chi-square p = {p:.3g}: {verdict}" if p is not None else "no SRM check recorded"
     unit = srm.get("unit") or doc.get("unit") or "unit"
@@ -446,7 +437,7 @@ def _n_pair(plan: Any) -> str:
 
 
 def _seconds(value: Any) -> str:
-    x = _finite(value)
+    x = _number(value)
     return "-" if x is None else f"{x:.1f} s"
 
 
@@ -461,7 +452,7 @@ def design_rows(doc: Doc) -> list[list[str]]:
     for m in (doc.get("design") or {}).get("metrics") or []:
         metric = str(m.get("metric"))
         fixed, sequential = m.get("fixed") or {}, m.get("sequential") or {}
-        mde = _finite(m.get("mde"))
+        mde = _number(m.get("mde"))
         rows.append([metric, format_value(metric, m.get("baseline")), format_value(metric, m.get("sd")),
                      "-" if mde is None else format_effect(metric, mde).lstrip("+"),
                      _n_pair(fixed), _seconds(fixed.get("duration_s")), _n_pair(sequential), _seconds(sequential.get("duration_s"))])
@@ -472,11 +463,11 @@ def design_line(doc: Doc) -> str:
     """The duration the design needs against the run's, at the rate it was planned for."""
     design = doc.get("design") or {}
     kind = doc.get("design_kind") or "fixed"
-    needed, run = _finite(design.get("duration_needed_s")), _finite(design.get("run_s"))
-    rate = _finite(design.get("rate_rps"))
+    needed, run = _number(design.get("duration_needed_s")), _number(design.get("run_s"))
+    rate = _number(design.get("rate_rps"))
     at = f" at {rate:,.0f} req/s" if rate is not None else ""
     source = f" ({design['source']})" if design.get("source") else ""
-    levels = ", ".join(f"{k} {doc[k]:g}" for k in ("alpha", "power") if _finite(doc.get(k)) is not None)
+    levels = ", ".join(f"{k} {doc[k]:g}" for k in ("alpha", "power") if _number(doc.get(k)) is not None)
     text = f"design ({kind}{', ' + levels if levels else ''}): needs {_seconds(needed)}{at}{source}; the run lasts {_seconds(run)}"
     enough: Any = design.get("enough")
     if enough is None and needed is not None and run is not None:
@@ -514,7 +505,7 @@ def statistical_test_rows(doc: Doc) -> list[list[str]]:
         metric = str(t.get("metric"))
         chosen = verdict_test(doc, metric)
         mark = " (verdict)" if chosen is not None and chosen.get("test") == t.get("test") else ""
-        lift, p = _finite(t.get("relative_lift")), _finite(t.get("p_value"))
+        lift, p = _number(t.get("relative_lift")), _number(t.get("p_value"))
         rows.append([metric, f"{t.get('test')}{mark}", format_effect(metric, t.get("estimate")),
                      format_interval(metric, t.get("ci_low"), t.get("ci_high")),
                      "-" if lift is None else f"{lift:+.1%}", "-" if p is None else f"{p:.3g}",
@@ -528,7 +519,7 @@ def srm_line(doc: Doc) -> str:
         return "sample ratio: no check recorded"
     counts = " / ".join(f"{c:,}" if isinstance(c, int) else str(c) for c in srm.get("counts") or [])
     expected = " / ".join(f"{float(e):,.0f}" for e in srm.get("expected") or [])
-    p = _finite(srm.get("p_value"))
+    p = _number(srm.get("p_value"))
     p_text = "-" if p is None else f"{p:.3g}"
     head = "SAMPLE RATIO MISMATCH" if srm.get("mismatch") else "sample ratio as planned"
     tail = ": the assignment is biased, distrust every comparison" if srm.get("mismatch") else ""
@@ -584,7 +575,7 @@ def experiment_section(fig_dir: str | Path, run_dir: str | Path) -> Section | No
     if looks is None:
         paragraphs.append(f"{EXPERIMENT_PARQUET} missing from {run_dir}: the per-look figures are skipped")
     figures = {name: (path, CAPTIONS[name]) for name, path in write_experiment_figures(fig_dir, doc, looks).items()}
-    alpha = _finite(doc.get("alpha"))
+    alpha = _number(doc.get("alpha"))
     level = f"{1 - alpha:.0%} " if alpha is not None else ""
     return Section(
         heading=f"A/B experiment: {doc.get('treatment')} (treatment) against {doc.get('control')} (control)",
@@ -611,7 +602,7 @@ def compare_rows(sim_doc: Doc, real_doc: Doc) -> list[list[str]]:
     for metric in dict.fromkeys(experiment_metrics(sim_doc) + experiment_metrics(real_doc)):
         twin, real = verdict_test(sim_doc, metric), verdict_test(real_doc, metric)
         within = "-"
-        if twin is not None and real is not None and _finite(real.get("estimate")) is not None:
+        if twin is not None and real is not None and _number(real.get("estimate")) is not None:
             inside = _within_interval(float(real["estimate"]), _bound(twin.get("ci_low"), -math.inf), _bound(twin.get("ci_high"), math.inf))
             within = "yes" if inside else "NO"
         elif twin is None or real is None:
@@ -669,8 +660,8 @@ def compare_experiments(predicted: Doc, measured: Doc) -> dict[str, dict[str, An
         "within_target": None if p_decision is None or m_decision is None else p_decision == m_decision, "missed_by": None}}
     for metric in dict.fromkeys(experiment_metrics(predicted) + experiment_metrics(measured)):
         twin, real = verdict_test(predicted, metric), verdict_test(measured, metric)
-        x = None if twin is None else _finite(twin.get("estimate"))
-        y = None if real is None else _finite(real.get("estimate"))
+        x = None if twin is None else _number(twin.get("estimate"))
+        y = None if real is None else _number(real.get("estimate"))
         label = f"{metric} effect (real) in the twin's interval"
         if twin is None or real is None:
             label += f" (no {'real' if real is None else 'twin'} test of {metric})"
