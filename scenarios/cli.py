@@ -46,6 +46,7 @@ MODE_RUNNERS: dict[str, str] = {
     "serve": "scenarios.serve:run",
     "profile": "scenarios.profile:run",
     "rehearse": "scenarios.rehearse:run",
+    "batch": "scenarios.batch:run",
 }
 
 

@@ -17,8 +17,8 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 
 from sim.arrivals import peak_rate, read_trace, trace_in_window, unknown_trace_versions
-from sim.config import (MODES, ConfigError, KeyHelp, ScenarioConfig, format_value, schema_help, setting,
-                        validate, version_names)
+from sim.config import (MODES, BatchJobConfig, ConfigError, KeyHelp, ScenarioConfig, format_value, schema_help, setting,
+                        validate, validate_batch_job, version_names)
 from sim.profile import Profile, check_overheads, load_profile
 from sim.records import series_window_s
 from sim.service import capacity_rps
@@ -50,11 +50,12 @@ class ServelabConfig(ScenarioConfig):
     progress: bool = setting(True, "a progress bar when stderr is a terminal")
     compare: CompareConfig = field(default_factory=CompareConfig)
     rehearse: RehearseConfig = field(default_factory=RehearseConfig)
+    batch: BatchJobConfig = field(default_factory=BatchJobConfig)
 
 
 KEYS: list[KeyHelp] = schema_help(ServelabConfig)
 # config keys that hold paths: made absolute once, at the entry (children run in other directories)
-PATH_KEYS = ("out_dir", "arrival.path", "service.profile", "overhead.profile")
+PATH_KEYS = ("out_dir", "arrival.path", "service.profile", "overhead.profile", "batch.input")
 # modes that send (or simulate) the arrival schedule, and so hold it in memory
 MODES_WITH_LOAD = ("sim", "real", "compare")
 # modes that run a rollout controller (the twin's, the real stack's driver, or both)
@@ -87,6 +88,8 @@ def validate_servelab(cfg: ServelabConfig) -> None:
     if cfg.mode == "rehearse" and cfg.rollout.strategy == "none":
         raise ConfigError("rollout.strategy", "mode=rehearse rehearses a rollout: set rollout.strategy "
                                               "(canary, with rollout.steps; linear; blue_green; rolling; recreate)")
+    if cfg.mode == "batch":
+        validate_batch_job(cfg.batch)
     if cfg.rehearse.runs < 1:
         raise ConfigError("rehearse.runs", f"must be >= 1, got {cfg.rehearse.runs}")
     if not 1 <= cfg.rehearse.workers <= 64:
@@ -273,6 +276,10 @@ def check_inputs(cfg: ServelabConfig, files: InputFiles | None = None) -> None:
         check_writable(cfg.out_dir)
     if cfg.mode in MODES_WITH_LOAD:
         check_memory(cfg, rows, profile)
+    if cfg.mode == "batch":
+        from scenarios.batch import check_batch_input  # pyarrow, only for this mode
+
+        check_batch_input(cfg)
 
 
 # --- key reference: --help and README ----------------------------------------------------------

@@ -21,7 +21,7 @@ ARRIVAL_KINDS = ("poisson", "constant", "bursty", "diurnal", "trace", "closed")
 SERVICE_KINDS = ("deterministic", "exponential", "lognormal", "empirical")
 OVERHEAD_MODELS = ("host", "replay")
 BACKENDS = ("numpy", "emulated")
-MODES = ("sim", "real", "compare", "serve", "profile", "rehearse")
+MODES = ("sim", "real", "compare", "serve", "profile", "rehearse", "batch")
 LOADGEN_DISPATCH = ("dispatcher", "timers")
 LOADGEN_PROTOCOLS = ("http", "grpc")
 # a version is a URL path segment (/v2/models/NAME/versions/VERSION/infer): no '/', '?', '%', ...
@@ -373,6 +373,20 @@ class LoadgenConfig:
     stop_grace_s: float = setting(10.0, "a stopped worker has this long to write its records before it is killed, s")
     nice: int = setting(-10, "the generator's CPU priority, -20..19 (lower: it preempts the stack sooner, less send lag; without the privilege it stays 0)")
     spin_s: float = setting(0.0001, "a worker sleeps until this long before a send due >= 10x this away and spins the rest, reading answers meanwhile (a late wake-up is send lag; 0 = never; dispatch=timers never spins), s")
+
+
+@dataclass
+class BatchJobConfig:
+    """mode=batch: offline scoring of a dataset in chunks (scenarios/batch.py; the twin: sim/batch_job.py)."""
+
+    input: str = setting("", "a Parquet file with numeric columns x0..x63 (the 64 pixels, 0..16), one row per prediction; empty: the digits held-out set repeated to batch.rows rows, written to out_dir/input.parquet")
+    rows: int = setting(100_000, "rows of the generated input (batch.input empty)")
+    chunk_rows: int = setting(10_000, "rows per chunk: a worker's unit of work and of output (out_dir/predictions/chunk-NNNNN.parquet)")
+    batch_size: int = setting(128, "rows per model call")
+    parallelism: int = setting(2, "worker processes, each scoring whole chunks (a replica each, for the cost)")
+    price_per_replica_hour: float = setting(1.0, "what a worker (replica) costs per hour: sets the cost per 1,000 predictions")
+    resume: bool = setting(True, "rerun into the same out_dir: skip the chunks already written (false: rescore all)")
+    search: bool = setting(True, "the twin also predicts a grid of batch sizes x parallelism and names the fastest and the cheapest")
 
 
 @dataclass
@@ -776,6 +790,18 @@ def validate(cfg: ScenarioConfig) -> None:
              f"must be in [0, loadgen.workers - 1] ({lg.workers - 1}): the master's host runs one worker at least; got {lg.remote_workers}")
     _positive(cfg.loadgen.max_lag_p99_s, "loadgen.max_lag_p99_s")
     _validate_loadgen_timing(lg)
+
+
+BATCH_MAX_PARALLELISM = 64
+
+
+def validate_batch_job(b: BatchJobConfig) -> None:
+    """mode=batch's numbers (the input file is checked by the CLI's pre-flight, which reads files)."""
+    _require(b.rows >= 1, "batch.rows", f"must be >= 1, got {b.rows}")
+    _require(b.chunk_rows >= 1, "batch.chunk_rows", f"must be >= 1, got {b.chunk_rows}")
+    _require(b.batch_size >= 1, "batch.batch_size", f"must be >= 1, got {b.batch_size}")
+    _require(1 <= b.parallelism <= BATCH_MAX_PARALLELISM, "batch.parallelism", f"must be in [1, {BATCH_MAX_PARALLELISM}], got {b.parallelism}")
+    _non_negative(b.price_per_replica_hour, "batch.price_per_replica_hour")
 
 
 def _validate_experiment(cfg: ScenarioConfig) -> None:
