@@ -60,6 +60,8 @@ FIGURE_CAPTIONS = {
                   "flattens at capacity (dash-dot) is saturation. A measured point flagged invalid is hollow, ringed in red.",
     "rollout_compare": "The rollout in the twin (left) and on the real stack (right), on one time axis and one scale per "
                        "panel: weights, p99, errors, replicas, and each side's decision dashed.",
+    "batch_search": "The twin's search over batch size and parallelism: predicted rows/s of the whole job (worker start "
+                    "included) per batch size; the star is the measured job, the dotted line the cores.",
     "rehearsal": "Rehearsals: when each rollout decided (filled: rolled back, outline: promoted), and how many requests "
                  "the candidate served before the decision, per scenario.",
 }

@@ -32,7 +32,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from reports.batch import COMPARED, comparison_rows, write_batch_report
 from scenarios.config import MEMORY_SHARE, ServelabConfig, available_memory_bytes
+from scenarios.outputs import format_report_paths
 from sim.batch_job import BatchJob, JobCosts, JobPrediction, JobTiming, SearchResult, cost_per_1000, predict, search
 from sim.config import ConfigError, to_plain, version_specs
 from sim.files import write_config, write_json, write_parquet
@@ -309,19 +311,11 @@ def _measured_doc(m: Measured, parallelism: int, price: float) -> dict[str, Any]
             "cost_per_1000": cost_per_1000(price, parallelism, m.completion_s, m.rows)}
 
 
-COMPARED = (("startup_s", "start (s)", "{:.3f}"), ("scoring_s", "scoring (s)", "{:.3f}"), ("completion_s", "completion (s)", "{:.3f}"),
-            ("rows_per_s", "rows/s", "{:,.0f}"), ("cost_per_1000", "cost / 1,000", "{:.3g}"))
-
-
 def comparison_lines(twin: dict[str, Any], real: dict[str, Any]) -> list[str]:
     """The compare table's style: one row per figure, twin and real side by side, the error
-    as (twin - real) / real."""
-    lines = [f"  {'':<16}{'twin':>12}{'real':>12}{'error':>9}"]
-    for key, label, fmt in COMPARED:
-        t, r = twin[key], real[key]
-        error = f"{(t - r) / r:+.1%}" if r else "-"
-        lines.append(f"  {label:<16}{fmt.format(t):>12}{fmt.format(r):>12}{error:>9}")
-    return lines
+    as (twin - real) / real (reports.batch's rows, as the report shows them)."""
+    return [f"  {'':<16}{'twin':>12}{'real':>12}{'error':>9}"] + [
+        f"  {label:<16}{t:>12}{r:>12}{error:>9}" for label, t, r, error in comparison_rows(twin, real)]
 
 
 def accuracy(predictions_dir: Path, input_path: str, n_chunks: int) -> tuple[int, float | None]:
@@ -371,6 +365,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
         print("batch: every chunk is already written; nothing to score")
         doc["rows_predicted"], doc["accuracy"] = accuracy(Path(spec.predictions_dir), input_path, n_chunks)
         write_json(out_dir / "batch.json", doc)
+        print(format_report_paths(out_dir, write_batch_report(out_dir, doc, to_plain(cfg))))
         return 0
     sizes = sorted({b.batch_size, *(SEARCH_BATCH_SIZES if b.search else ())})
     try:
@@ -412,6 +407,7 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     print("\n".join(comparison_lines(twin, real)))
     acc = f", accuracy {doc['accuracy']:.3f}" if doc["accuracy"] is not None and cfg.model.backend == "numpy" else ""
     print(f"batch: {doc['rows_predicted']:,} predictions in {out_dir / 'predictions'}{acc}; figures in {out_dir / 'batch.json'}")
+    print(format_report_paths(out_dir, write_batch_report(out_dir, doc, to_plain(cfg))))
     return 0
 
 

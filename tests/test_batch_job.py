@@ -160,6 +160,8 @@ def test_mode_batch_writes_twin_and_measured_figures(tmp_path: Path) -> None:
         assert doc[side]["completion_s"] > 0
     real = doc["real"]
     assert math.isclose(real["cost_per_1000"], 1.0 * 1 * real["completion_s"] / 3600 / 2, rel_tol=1e-9)
+    report = (tmp_path / "report.md").read_text()  # every run ends with a report
+    assert "Twin against the measured job" in report and "completion (s)" in report and "report.html" in result.stdout
     rerun = servelab("mode=batch", "model.backend=numpy", "batch.rows=2000", "batch.chunk_rows=500", "batch.parallelism=1",
                      "batch.search=false", f"out_dir={tmp_path}", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
@@ -244,3 +246,17 @@ def test_search_breaks_a_throughput_tie_towards_fewer_workers() -> None:
     costs = JobCosts(batch_cpu_s=lambda b: 0.001, cores=1)
     found = search(1000, 100, [100], [1, 2], costs, price_per_replica_hour=1.0)
     assert found.fastest is not None and found.fastest.parallelism == 1
+
+
+def test_the_batch_report_draws_the_search_with_the_measured_job(tmp_path: Path) -> None:
+    from reports.batch import write_batch_report
+
+    point = {"startup_s": 1.0, "scoring_s": 2.0, "completion_s": 3.0, "rows_per_s": 1000.0, "cost_per_1000": 0.001}
+    grid = [dict(point, batch_size=b, parallelism=n, rows_per_s=100.0 * b * n) for b in (8, 32) for n in (1, 2)]
+    doc = {"backend": "numpy", "version": "2", "rows": 3000, "batch_size": 8, "parallelism": 2, "cores": 2,
+           "chunks": {"total": 3, "skipped": 0, "scored": 3}, "accuracy": 0.97, "twin": point, "real": dict(point, completion_s=4.0),
+           "search": {"fastest": grid[-1], "cheapest": grid[0], "grid": grid}}
+    html, md = write_batch_report(tmp_path, doc, {"mode": "batch"})
+    text = md.read_text()
+    assert "| completion (s) | 3.000 | 4.000 | -25.0% |" in text and "batch_search.png" in text
+    assert (tmp_path / "figures" / "batch_search.png").stat().st_size > 0 and html.exists()
