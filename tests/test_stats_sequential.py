@@ -137,3 +137,14 @@ def test_sequential_design_size_delivers_its_power(case: str) -> None:
     rejected in at least the designed share of 200 runs, less 3 binomial standard errors."""
     power = CASES[case].power
     assert under_effect(case).rejected_by_sequential_n.value >= power - binomial_tolerance(power, 200)
+
+
+def test_an_arm_with_no_event_yet_does_not_make_a_rare_event_significant() -> None:
+    """0 errors of 108 against 16 of 524: the plug-in variance of the first arm is 0, which put
+    z at 4 and rejected (always-valid p 0.009) where the pooled two-proportion z says p = 0.07;
+    the pooled variance is the floor."""
+    from sim.stats.fixed import two_proportion_z
+
+    control, treatment = ProportionCounts(108, 0), ProportionCounts(524, 16)
+    look = MixtureSPRT.for_design(0.01).update(control, treatment)
+    assert not look.rejected and two_proportion_z(control, treatment).p_value > 0.05

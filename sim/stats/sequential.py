@@ -6,7 +6,8 @@ looks: tests/test_stats_sequential.py and `make bench-ab-stats` measure it). Joh
 and Walsh ("Always Valid Inference", Operations Research 2022) give the fix used here.
 
 After each window, with the running difference theta_hat = mean_B - mean_A and its variance
-V = var_A / n_A + var_B / n_B (plug-in, so the validity is asymptotic, like the z-test's), the
+V = var_A / n_A + var_B / n_B (plug-in, so the validity is asymptotic, like the z-test's; for
+proportions never below the pooled variance, so an arm with no event yet cannot make V vanish), the
 likelihood ratio of "the difference is theta_0" mixed over a normal prior N(theta_0, tau^2) on
 the alternative is
 
@@ -118,6 +119,11 @@ class MixtureSPRT(Generic[S]):
         self.a, self.b = a, b
         estimate = b.mean - a.mean if a.n and b.n else math.nan
         variance = a.variance_of_mean + b.variance_of_mean if a.n >= 2 and b.n >= 2 else math.nan
+        if isinstance(a, ProportionCounts) and isinstance(b, ProportionCounts) and a.n and b.n:
+            # never below the pooled (null) variance: an arm with no event yet (0 errors of 100)
+            # has a plug-in variance of 0, which would make any event in the other arm "significant"
+            pooled = (a.successes + b.successes) / (a.n + b.n)
+            variance = max(variance, pooled * (1 - pooled) * (1 / a.n + 1 / b.n))
         informative = min(a.n, b.n) >= self.min_samples and variance > 0  # NaN compares False
         if informative:
             log_lr = log_mixture_likelihood_ratio(estimate, variance, self.tau)
