@@ -7,7 +7,8 @@ in a `FeatureStore`. Every store is filled by materialising the offline table
 it has:
 - `EmbeddedStore` (real.features.embedded): in the replica's own process, no server to start,
   the default (the two-command promise holds);
-- a Redis store (later): the same rows behind `MGET`.
+- a Redis store (`real.features.redis_store.RedisStore`): the same rows behind one `MGET` per batch,
+  on a private, password-protected redis-server bound to loopback (`real.features.redis_server`).
 
 The calls are coroutines because the replica's batcher runs on asyncio and a networked store
 must not block its event loop; a lookup timeout is then the caller's `asyncio.wait_for`.
