@@ -31,6 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 
 from reports.compare import _number  # a finite float or None
+from sim.config import metric_unit
 from sim.experiment import EXPERIMENT_JSON, EXPERIMENT_PARQUET
 from sim.files import atomic_write
 
@@ -40,15 +41,8 @@ P_FLOOR = 1e-12  # the p-value panel's floor: a decided test's p underflows far 
 
 Doc = Mapping[str, Any]  # experiment.json as read
 
-# How a metric is printed and plotted: proportions in % (effects in percentage points),
-# seconds in ms. A metric not listed is printed as a plain number.
-FRACTION_METRICS = frozenset({"accuracy", "error_rate"})
-SECONDS_METRICS = frozenset({"latency_s", "p99_s"})
-
-
-def metric_unit(metric: str) -> str:
-    """The unit reports.compare.format_value prints a metric's values in: "fraction", "s" or ""."""
-    return "fraction" if metric in FRACTION_METRICS else "s" if metric in SECONDS_METRICS else ""
+# How a metric is printed and plotted (its unit: sim.config.metric_unit): proportions in %
+# (effects in percentage points), seconds in ms, anything else as a plain number.
 
 
 def _plot_scale(metric: str) -> tuple[float, str]:

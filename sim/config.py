@@ -303,6 +303,15 @@ EXPERIMENT_METRICS: dict[str, tuple[str, bool, float]] = {
 GUARDRAIL_METRICS = ("p99_s", "error_rate")
 
 
+def metric_unit(metric: str) -> str:
+    """How an experiment's metric or guardrail is measured: "fraction" (a proportion: accuracy,
+    error rate), "s" (a time: latency_s, p99_s), or "" (unknown). The one place the verdict, the
+    guardrail lines and the report learn it."""
+    if metric in EXPERIMENT_METRICS and EXPERIMENT_METRICS[metric][0] == "proportion":
+        return "fraction"
+    return "s" if metric in ("latency_s", "p99_s") else ""
+
+
 @dataclass(frozen=True)
 class ExperimentMetric:
     """One metric an experiment compares, and the smallest effect it is designed to detect (in

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sim.config import ExperimentMetric
+from sim.config import ExperimentMetric, metric_unit
 from sim.policy.controller import VersionWindow
 from sim.policy.experiment import Breach, ExperimentLooks, ExperimentSpec, Look
 from sim.records import primary
@@ -279,13 +279,13 @@ def analyse(frame: pd.DataFrame, spec: ExperimentSpec, *, allocation: Sequence[f
         fixed = _fixed_tests(m, rows, spec, totals)
         tests += [_test_doc(m.name, c) for c in [sequential, *fixed]]
         deciding = sequential if spec.stop_early else fixed[0] if fixed else sequential
-        outcomes.append(MetricOutcome(m.name, deciding, m.higher_is_better, "s" if m.name == "latency_s" else ""))
+        outcomes.append(MetricOutcome(m.name, deciding, m.higher_is_better, "s" if metric_unit(m.name) == "s" else ""))
     srm = sample_ratio_mismatch(list(assigned[-1]), list(allocation))
     breaches = [b for look in looks.looks for b in look.breaches]
     guardrails = [{"metric": g.metric, "max": g.max, "breaches": [{"variant": b.variant, "window_end_s": b.time_s, "value": b.value}
                                                                    for b in breaches if b.metric == g.metric]} for g in spec.guardrails]
     verdict = decide(outcomes, [GuardrailBreach(b.metric, b.variant, b.detail) for b in _first_per_variant(breaches)],
-                     [f"{g.metric} <= {g.max:g}{' s' if g.metric == 'p99_s' else ''}" for g in spec.guardrails],
+                     [f"{g.metric} <= {g.max:g}{' s' if metric_unit(g.metric) == 's' else ''}" for g in spec.guardrails],
                      stopped_s is not None, spec.names[0], spec.names[1])
     doc.update(
         estimates=estimates, tests=tests, verdict_tests=sorted({o.comparison.test for o in outcomes}),

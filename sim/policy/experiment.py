@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from sim.config import ExperimentMetric, Guardrail
+from sim.config import ExperimentMetric, Guardrail, metric_unit
 from sim.policy.controller import Action, VersionWindow, View
 from sim.policy.strategy import ABORTED, CONCLUDED, RolloutController
 from sim.stats.sequential import MixtureSPRT, SequentialLook
@@ -90,7 +90,7 @@ class Breach:
 
     @property
     def detail(self) -> str:
-        unit = " s" if self.metric == "p99_s" else ""
+        unit = " s" if metric_unit(self.metric) == "s" else ""
         return f"{self.metric} {self.value:.4g}{unit} > {self.limit:g}{unit} in the window to {self.time_s:.1f} s"
 
 
