@@ -105,6 +105,8 @@ class RunningStack:
     # gRPC targets (host:port, what grpc and tritonclient.grpc take) with server.grpc, else ""
     grpc_gateway_url: str = ""
     replica_grpc_urls: list[str] = field(default_factory=list)  # by replica index
+    # the Redis of the feature store and the async queue (server.redis_url, or a private one), else ""
+    redis_url: str = ""
 
     def load_target(self, protocol: str) -> str:
         """Where the load generator sends (loadgen.protocol): the gateway's REST URL, or its gRPC
@@ -266,6 +268,36 @@ def _child_env(token: str) -> dict[str, str]:
     return env
 
 
+REDIS_URL_ENV = "SERVELAB_REDIS_URL"
+REDIS_PASSWORD_ENV = "SERVELAB_REDIS_PASSWORD"
+
+
+def needs_redis(cfg: ScenarioConfig) -> bool:
+    return cfg.features.store == "redis" or cfg.pattern == "async"
+
+
+def _start_redis(cfg: ScenarioConfig, env: dict[str, str], stack_dir: Path, stoppers: list[Callable[[], None]]) -> str:
+    """The run's Redis, when the scenario needs one: `server.redis_url` as given (its password
+    already in $SERVELAB_REDIS_PASSWORD), else a private redis-server on loopback with a generated
+    password, stopped with the stack. Children find it in $SERVELAB_REDIS_URL and the password in
+    $SERVELAB_REDIS_PASSWORD, never in argv or run files. Returns its URL ("" when not needed)."""
+    if not needs_redis(cfg):
+        return ""
+    if cfg.server.redis_url:
+        env[REDIS_URL_ENV] = cfg.server.redis_url
+        return cfg.server.redis_url
+    from real.features.redis_server import RedisServerError, start_redis_server
+
+    try:
+        server = start_redis_server()
+    except RedisServerError as exc:
+        raise LaunchError(f"{'features.store=redis' if cfg.features.store == 'redis' else 'pattern=async'} needs Redis: {exc}") from None
+    stoppers.append(server.stop)
+    env[REDIS_URL_ENV] = server.url
+    env[REDIS_PASSWORD_ENV] = server.password
+    return server.url
+
+
 def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
@@ -388,6 +420,7 @@ def launch_with(
     stack_dir.mkdir(parents=True, exist_ok=True)
     token = token or cfg.server.token or secrets.token_urlsafe(24)
     procs: list[subprocess.Popen[bytes]] = []
+    stoppers: list[Callable[[], None]] = []  # what else the stack started (a private redis-server)
     spawner = ThreadPoolExecutor(1, thread_name_prefix="servelab-spawner")
     try:
         with _sigterm_raises():
@@ -421,6 +454,7 @@ def launch_with(
             token_path.chmod(0o600)
 
             env = _child_env(token)
+            redis_url = _start_redis(cfg, env, stack_dir, stoppers)
             replica_urls = [f"http://{url_host(replica_host)}:{p}" for p in replica_ports]
             gateway_url = f"http://{url_host(gateway_host)}:{gateway_port}"
             logs = [stack_dir / f"replica-{r}.log" for r in range(cfg.replicas)] + [stack_dir / "gateway.log"]
@@ -428,7 +462,7 @@ def launch_with(
             starter = _ReplicaStarter(config_path, stack_dir, replica_host, env, replica_command, start_timeout_s,
                                       grace_s, spawner, grpc=grpc)
             stack = RunningStack(gateway_url, replica_urls, token, procs, run_dir=None if temp else base, logs=logs,
-                                 replica_logs=logs[:-1], _starter=starter)
+                                 replica_logs=logs[:-1], _starter=starter, redis_url=redis_url)
             if grpc:
                 stack.grpc_gateway_url = f"{url_host(gateway_host)}:{gateway_grpc_port}"
                 stack.replica_grpc_urls = [f"{url_host(replica_host)}:{p}" for p in replica_grpc_ports]
@@ -450,5 +484,7 @@ def launch_with(
     finally:
         stop_all(procs, grace_s)  # replicas added at run time included: they are in procs too
         spawner.shutdown(wait=True)  # only now: the children it forked die with their forking thread
+        for stop in reversed(stoppers):
+            stop()
         if temp:
             shutil.rmtree(base, ignore_errors=True)

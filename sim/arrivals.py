@@ -194,6 +194,16 @@ def peak_rate(a: ArrivalConfig) -> float:
     return a.rate
 
 
+def draw_users(a: ArrivalConfig, n: int, users_rng: np.random.Generator) -> np.ndarray:
+    """n user ids in [0, arrival.users): uniform, or by Zipf popularity (user 0 the most
+    popular), the same draw the feature cache's predicted hit ratio assumes."""
+    if a.user_zipf_s > 0:
+        from sim.policy.features import ZipfPopularity
+
+        return ZipfPopularity(a.users, a.user_zipf_s).draw(users_rng, n).astype(np.int64)
+    return users_rng.integers(0, a.users, size=n, dtype=np.int64)
+
+
 def make_schedule(a: ArrivalConfig, duration_s: float, arrivals_rng: np.random.Generator, users_rng: np.random.Generator) -> ArrivalSchedule:
     if a.kind == "closed":
         raise ValueError("closed-loop arrivals have no schedule; they are run as users")
@@ -216,5 +226,5 @@ def make_schedule(a: ArrivalConfig, duration_s: float, arrivals_rng: np.random.G
     else:
         raise ConfigError("arrival.kind", f"unknown kind {a.kind!r}")
     if users is None:
-        users = users_rng.integers(0, a.users, size=len(times), dtype=np.int64)
+        users = draw_users(a, len(times), users_rng)
     return ArrivalSchedule(np.ascontiguousarray(times, dtype=np.float64), users, versions)

@@ -24,6 +24,9 @@ BACKENDS = ("numpy", "emulated")
 MODES = ("sim", "real", "compare", "serve", "profile", "rehearse", "batch")
 LOADGEN_DISPATCH = ("dispatcher", "timers")
 LOADGEN_PROTOCOLS = ("http", "grpc")
+FEATURE_STORES = ("none", "embedded", "redis")
+FEATURE_FALLBACKS = ("default", "error")
+SERVING_PATTERNS = ("sync", "async")
 # a version is a URL path segment (/v2/models/NAME/versions/VERSION/infer): no '/', '?', '%', ...
 VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 # what sets the offered rate of the kinds that do not read arrival.rate
@@ -58,6 +61,7 @@ class ArrivalConfig:
     path: str = setting("", "trace: CSV or Parquet file, column arrival_s (seconds, sorted), optional user_id (integers >= 0) and version (pins the request's version as x-model-version does; empty = the split)")
     time_scale: float = setting(1.0, "trace: every arrival_s is multiplied by this (0.5 = twice as fast)")
     think_s: float = setting(0.1, "closed: mean (exponential) think time between an answer and the user's next request, s")
+    user_zipf_s: float = setting(0.0, "how user ids are drawn (not trace): 0 = uniform over arrival.users; s > 0 = Zipf with exponent s, user 0 the most popular (the feature cache's hit ratio follows from it)")
 
 
 @dataclass
@@ -364,6 +368,7 @@ class ServerConfig:
     token: str = setting("", "bearer token for the control endpoints (empty: generated per run)")
     max_body_bytes: int = setting(1_048_576, "largest request body the gateway and servers accept (larger: HTTP 413), bytes")
     grpc: bool = setting(True, "the gateway and every replica also serve the KServe v2 / Triton GRPCInferenceService beside REST (replicas on free ports)")
+    redis_url: str = setting("", "the Redis of the feature store (features.store=redis) and the async queue (pattern=async): empty = a private redis-server the launcher starts for the run (127.0.0.1, a generated password); else redis://HOST:PORT/DB, its password (if any) in $SERVELAB_REDIS_PASSWORD")
 
 
 @dataclass
@@ -382,6 +387,40 @@ class LoadgenConfig:
     stop_grace_s: float = setting(10.0, "a stopped worker has this long to write its records before it is killed, s")
     nice: int = setting(-10, "the generator's CPU priority, -20..19 (lower: it preempts the stack sooner, less send lag; without the privilege it stays 0)")
     spin_s: float = setting(0.0001, "a worker sleeps until this long before a send due >= 10x this away and spins the rest, reading answers meanwhile (a late wake-up is send lag; 0 = never; dispatch=timers never spins), s")
+
+
+@dataclass
+class FeatureConfig:
+    """The online feature store (issue 14): a request names an entity (its user id, or
+    parameters.entity_id) whose feature row is fetched before inference, one round trip per batch
+    through a per-replica cache (sim/policy/features.py; real/features/)."""
+
+    store: str = setting("none", "none (requests carry their input) | embedded (in the replica's process, no server) | redis (a private redis-server the launcher starts: loopback, a generated password)")
+    entities: int = setting(1000, "rows of the offline feature table (entity ids 0..entities-1, one held-out digits image each); a request for another id is a missing entity")
+    cache_size: int = setting(256, "rows each replica's cache keeps (LRU); 0 = no cache, every lookup goes to the store")
+    cache_ttl_s: float = setting(10.0, "a cached row is used for this long after its fetch, then fetched again (inf = until evicted), s")
+    timeout_s: float = setting(0.05, "a batch's lookup unanswered by then fails every miss in it (timeout), and the fallback decides, s")
+    fallback: str = setting("default", "a missing entity or a failed lookup: default (serve the declared default row, marked fallback, never judged) | error (the request fails: 404 missing entity, 503 store unavailable)")
+    seed: int = setting(0, "which held-out image each entity gets (the offline table's permutation)")
+    round_trip_s: float = setting(0.0002, "the twin's time of a batch's store round trip without a profile (a profile's measured lookups replace it), s")
+    per_miss_s: float = setting(0.000008, "the twin's extra round-trip time per missed row fetched, without a profile, s")
+
+
+@dataclass
+class AsyncJobsConfig:
+    """Asynchronous serving (pattern=async): submit, then poll for the result (sim/policy/async_jobs.py).
+    Submissions go to a Redis stream; workers in a consumer group pull batches and run the model."""
+
+    workers: int = setting(2, "worker processes pulling batches from the queue (each runs the model: a replica each, for the cost)")
+    batch_size: int = setting(16, "most entries a worker pulls (and runs as one batch) at once; it takes what is there, never waits for more")
+    max_pending: int = setting(10_000, "submissions queued or running at most; one more is refused (503 + Retry-After)")
+    retry_after_s: float = setting(1.0, "the Retry-After a refused submission is told, s")
+    result_ttl_s: float = setting(60.0, "a result is kept this long after it is ready; a poll later is 404, s")
+    claim_idle_s: float = setting(5.0, "an entry a worker took and has not acknowledged for this long is claimed by another worker (a crashed worker's work is not lost), s")
+    poll_first_s: float = setting(0.05, "a client polls first this long after its 202, s")
+    poll_backoff: float = setting(2.0, "each next poll comes this many times the previous interval later (1 = fixed interval)")
+    poll_max_interval_s: float = setting(1.0, "the poll interval's cap, s")
+    callback: bool = setting(False, "clients give a loopback callback URL and are told when the result is ready, instead of polling")
 
 
 @dataclass
@@ -425,6 +464,9 @@ class ScenarioConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     loadgen: LoadgenConfig = field(default_factory=LoadgenConfig)
+    pattern: str = setting("sync", "sync (real time: the client waits for the answer) | async (submit gets 202 and an id, the client polls; async_jobs.*)")
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    async_jobs: AsyncJobsConfig = field(default_factory=AsyncJobsConfig)
 
 
 @dataclass(frozen=True)
@@ -557,6 +599,7 @@ def _validate_faults(cfg: ScenarioConfig) -> None:
 def _validate_arrival(a: ArrivalConfig) -> None:
     _choice(a.kind, "arrival.kind", ARRIVAL_KINDS)
     _require(a.users >= 1, "arrival.users", f"must be >= 1, got {a.users}")
+    _require(math.isfinite(a.user_zipf_s) and a.user_zipf_s >= 0, "arrival.user_zipf_s", f"must be >= 0 (0 = uniform), got {a.user_zipf_s}")
     if a.kind in ("poisson", "constant", "diurnal"):
         _positive(a.rate, "arrival.rate")
     if a.kind == "bursty":
@@ -777,6 +820,8 @@ def validate(cfg: ScenarioConfig) -> None:
     _validate_faults(cfg)
     _validate_rollout(cfg)
     _validate_experiment(cfg)
+    _validate_features(cfg.features)
+    _validate_async(cfg)
 
     b = cfg.batching
     _require(b.max_batch_size >= 1, "batching.max_batch_size", f"must be >= 1, got {b.max_batch_size}")
@@ -799,6 +844,37 @@ def validate(cfg: ScenarioConfig) -> None:
              f"must be in [0, loadgen.workers - 1] ({lg.workers - 1}): the master's host runs one worker at least; got {lg.remote_workers}")
     _positive(cfg.loadgen.max_lag_p99_s, "loadgen.max_lag_p99_s")
     _validate_loadgen_timing(lg)
+
+
+def _validate_features(f: FeatureConfig) -> None:
+    _choice(f.store, "features.store", FEATURE_STORES)
+    _require(f.entities >= 1, "features.entities", f"must be >= 1, got {f.entities}")
+    _require(f.cache_size >= 0, "features.cache_size", f"must be >= 0 (0 = no cache), got {f.cache_size}")
+    _require(f.cache_ttl_s > 0, "features.cache_ttl_s", f"must be > 0 (inf = until evicted), got {f.cache_ttl_s}")
+    _positive(f.timeout_s, "features.timeout_s")
+    _choice(f.fallback, "features.fallback", FEATURE_FALLBACKS)
+    _non_negative(f.round_trip_s, "features.round_trip_s")
+    _non_negative(f.per_miss_s, "features.per_miss_s")
+    _non_negative(f.seed, "features.seed")
+
+
+def _validate_async(cfg: ScenarioConfig) -> None:
+    _choice(cfg.pattern, "pattern", SERVING_PATTERNS)
+    a = cfg.async_jobs
+    _require(a.workers >= 1, "async_jobs.workers", f"must be >= 1, got {a.workers}")
+    _require(a.batch_size >= 1, "async_jobs.batch_size", f"must be >= 1, got {a.batch_size}")
+    _require(a.max_pending >= 1, "async_jobs.max_pending", f"must be >= 1, got {a.max_pending}")
+    _non_negative(a.retry_after_s, "async_jobs.retry_after_s")
+    _positive(a.result_ttl_s, "async_jobs.result_ttl_s")
+    _positive(a.claim_idle_s, "async_jobs.claim_idle_s")
+    _positive(a.poll_first_s, "async_jobs.poll_first_s")
+    _require(math.isfinite(a.poll_backoff) and a.poll_backoff >= 1, "async_jobs.poll_backoff", f"must be >= 1 (1 = a fixed interval), got {a.poll_backoff}")
+    _require(a.poll_max_interval_s >= a.poll_first_s, "async_jobs.poll_max_interval_s",
+             f"must be >= async_jobs.poll_first_s ({a.poll_first_s}), got {a.poll_max_interval_s}")
+    if cfg.pattern == "async":
+        _require(cfg.arrival.kind != "closed", "pattern", "async serving is driven open loop (a submit does not wait); use an open-loop arrival.kind")
+        _require(cfg.rollout.strategy == "none" and not cfg.experiment.variants, "pattern",
+                 "async serving runs one version, without a rollout or an experiment; drop rollout.*/experiment.* or use pattern=sync")
 
 
 BATCH_MAX_PARALLELISM = 64

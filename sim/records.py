@@ -32,9 +32,17 @@ COLUMNS: dict[str, str] = {
     "status": "string",
     "correct": "boolean",  # was the answer right (a labelled request)? <NA>: unknown or not answered
     "shadow": "bool",  # a mirrored copy: measured, never returned, never offered load
+    # the online feature store (features.store != none): the entity is the request's user_id
+    "feature_lookup_s": "float64",  # the lookup time of the request's batch (cache and one round trip); NaN: no lookup
+    "feature_hit": "boolean",  # the request's row came from the replica's cache; <NA>: no lookup
+    "feature_fallback": "bool",  # served on the declared default row (missing entity or failed lookup)
+    # asynchronous serving (pattern=async); latency_s is then submit to the client learning the result
+    "ready_s": "float64",  # when the result was ready on the server (run clock); NaN: never, or sync
+    "polls": "int64",  # result requests the client made (0: sync, or told by callback)
 }
 # columns a producer may leave out, and what they then hold for every row
-DEFAULTS: dict[str, Any] = {"correct": pd.NA, "shadow": False}
+DEFAULTS: dict[str, Any] = {"correct": pd.NA, "shadow": False, "feature_lookup_s": math.nan, "feature_hit": pd.NA,
+                            "feature_fallback": False, "ready_s": math.nan, "polls": 0}
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p99.9": 99.9}
 

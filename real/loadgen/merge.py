@@ -347,7 +347,7 @@ def shadow_requests(doc: dict[str, Any], t0_unix: float, timeout_s: float, prima
     frame = frame.sort_values(["arrival_s", "sent"], kind="stable")
     frame["request_id"] = np.arange(n_primary, n_primary + len(frame), dtype=np.int64)
     frame["shadow"] = True
-    return requests_frame({name: frame[name].to_numpy() for name in COLUMNS})
+    return requests_frame({name: frame[name].to_numpy() for name in COLUMNS if name in frame})
 
 
 def with_shadow(requests: pd.DataFrame, doc: dict[str, Any], t0_unix: float, timeout_s: float, *, closed: bool = False) -> pd.DataFrame:
