@@ -17,6 +17,13 @@ the stack owns for its whole life (the spawner), whatever thread asks for it: PR
 fires when the forking *thread* ends, and a controller's thread may end long before the stack.
 A replica is stopped only once the gateway counts no request in flight to it.
 
+With pattern=async the stack also runs `async_jobs.workers` worker processes
+(`python -m real.asyncq.worker`, logs stack/worker-I.log), pulling the Redis Stream the gateway
+queues submissions on; the launcher yields only once each has loaded the model and joined the
+consumer group, and stops them with the rest. The sync replicas still start (`replicas` of
+them): the gateway needs them for metadata, readiness and any sync infer, and idle they cost
+almost nothing; the workers alone serve async submissions (a worker counts as a replica for cost).
+
 Children start in the repository root (so `python -m real.server` imports this checkout, never a
 same-named folder in the caller's directory), so every path they are given is absolute: a
 relative one would name another file than the caller meant, or a stale one left in the root.
@@ -107,6 +114,9 @@ class RunningStack:
     replica_grpc_urls: list[str] = field(default_factory=list)  # by replica index
     # the Redis of the feature store and the async queue (server.redis_url, or a private one), else ""
     redis_url: str = ""
+    # pattern=async: the worker processes pulling the queue (real.asyncq.worker), by index, and their logs
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    worker_logs: list[Path] = field(default_factory=list)
 
     def load_target(self, protocol: str) -> str:
         """Where the load generator sends (loadgen.protocol): the gateway's REST URL, or its gRPC
@@ -210,6 +220,45 @@ def server_command(config: Path, replica: int, port: int, host: str) -> list[str
 def gateway_command(config: Path, port: int, host: str, upstreams: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "real.gateway", "--config", child_path(config), "--port", str(port),
             "--host", host, "--upstreams", ",".join(upstreams)]
+
+
+def worker_command(config: Path, index: int) -> list[str]:
+    return [sys.executable, "-m", "real.asyncq.worker", "--config", child_path(config), "--index", str(index)]
+
+
+def wait_workers(cfg: ScenarioConfig, procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path],
+                 env: dict[str, str], deadline: float) -> None:
+    """Until every async worker said it is ready (model loaded, consumer group there: its name in
+    the workers hash); a worker that exits, or the deadline, fails with its log's tail."""
+    import redis
+
+    from real.asyncq.queue import AsyncKeys
+    from real.asyncq.worker import worker_name
+
+    client = redis.Redis.from_url(env[REDIS_URL_ENV], password=env.get(REDIS_PASSWORD_ENV) or None,
+                                  socket_timeout=2.0, socket_connect_timeout=2.0)
+    key = AsyncKeys(cfg.model.name).workers
+    pending = set(range(len(procs)))
+    try:
+        while pending:
+            for i in sorted(pending):
+                code = procs[i].poll()
+                if code is not None:
+                    raise LaunchError(f"async worker {i} exited with status {code} before it was ready; "
+                                      f"log {logs[i]}:\n{log_tail(logs[i])}")
+                try:
+                    if client.hexists(key, worker_name(i)):
+                        pending.discard(i)
+                except (redis.RedisError, OSError):
+                    pass
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                i = min(pending)
+                raise LaunchError(f"async worker {i} not ready within the start deadline; log {logs[i]}:\n{log_tail(logs[i])}")
+            time.sleep(0.05)
+    finally:
+        client.close()
 
 
 def url_host(bind_host: str) -> str:
@@ -455,6 +504,10 @@ def launch_with(
 
             env = _child_env(token)
             redis_url = _start_redis(cfg, env, stack_dir, stoppers)
+            if cfg.features.store == "redis":  # the materialisation step: once per run, before any replica serves
+                from real.features import materialise_for_run
+
+                materialise_for_run(cfg.features, redis_url, env.get(REDIS_PASSWORD_ENV))  # ConfigError naming the URL
             replica_urls = [f"http://{url_host(replica_host)}:{p}" for p in replica_ports]
             gateway_url = f"http://{url_host(gateway_host)}:{gateway_port}"
             logs = [stack_dir / f"replica-{r}.log" for r in range(cfg.replicas)] + [stack_dir / "gateway.log"]
@@ -479,7 +532,15 @@ def launch_with(
             if grpc:
                 gw_argv += ["--grpc-port", str(gateway_grpc_port)]
             procs.append(_spawn(gw_argv, logs[-1], env))
-            wait_ready(names[-1:], [gateway_url], procs[-1:], logs[-1:], deadline)
+            if cfg.pattern == "async":  # the workers load the model while the gateway starts
+                stack.worker_logs = [stack_dir / f"worker-{i}.log" for i in range(cfg.async_jobs.workers)]
+                stack.workers = [_spawn(worker_command(config_path, i), log, env) for i, log in enumerate(stack.worker_logs)]
+                procs.extend(stack.workers)
+                stack.logs.extend(stack.worker_logs)
+            wait_ready(names[-1:], [gateway_url], procs[cfg.replicas:cfg.replicas + 1], logs[cfg.replicas:cfg.replicas + 1],
+                       deadline)
+            if stack.workers:
+                wait_workers(cfg, stack.workers, stack.worker_logs, env, deadline)
             yield stack
     finally:
         stop_all(procs, grace_s)  # replicas added at run time included: they are in procs too

@@ -58,7 +58,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("queue_mean", "queue time mean", "s", lambda s: s.get("queue_s_mean")),
     Metric("shed_fraction", "shed fraction", "fraction", lambda s: s.get("shed_fraction")),
 )
-METRIC_BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
+# With a feature store (summary.json's `features`, sim.records.feature_figures): the replica
+# caches' hit ratio and the lookup time per batch, rows only when a side looked features up.
+FEATURE_METRICS: tuple[Metric, ...] = (
+    Metric("feature_hit_ratio", "feature cache hit ratio", "fraction", lambda s: (s.get("features") or {}).get("hit_ratio")),
+    Metric("feature_lookup_p50", "feature lookup p50, per batch", "s",
+           lambda s: ((s.get("features") or {}).get("lookup_s") or {}).get("p50")),
+)
+METRIC_BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS + FEATURE_METRICS}
 
 # The fidelity targets of issue 4: |relative error| at most this, per metric.
 DEFAULT_TARGETS: dict[str, float] = {"latency_p50": 0.05, "latency_p99": 0.10, "throughput": 0.02}
@@ -201,9 +208,10 @@ def compare_summaries(
     unknown = set(targets) - set(METRIC_BY_KEY)
     if unknown:
         raise ValueError(f"targets for unknown metrics {sorted(unknown)}; known: {', '.join(METRIC_BY_KEY)}")
+    rows = METRICS + (FEATURE_METRICS if predicted.get("features") or measured.get("features") else ())
     metrics = {
         m.key: {"label": m.label, "unit": m.unit, **compare_metric(m.read(predicted), m.read(measured), targets.get(m.key))}
-        for m in METRICS
+        for m in rows
     }
     within = {k: metrics[k]["within_target"] for k in targets}
     warnings = run_warnings(predicted, "predicted") + run_warnings(measured, "measured")

@@ -64,6 +64,8 @@ FIGURE_CAPTIONS = {
                     "included) per batch size; the star is the measured job, the dotted line the cores.",
     "rehearsal": "Rehearsals: when each rollout decided (filled: rolled back, outline: promoted), and how many requests "
                  "the candidate served before the decision, per scenario.",
+    "patterns": "One demand served three ways: latency CDFs (log axis; twin solid, real dashed; batch: arrival to the "
+                "job's completion), throughput (batch: the job's rows/s), replicas the load needs, cost per 1,000 predictions.",
 }
 
 
@@ -140,7 +142,7 @@ def _round(value: Any) -> str:
 SHOWN_KEYS = {"requests_total", "requests_measured", "window_s", "timeseries_window_s", "offered_rate", "throughput", "capacity_rps",
               "offered_load", "latency_s", "queue_s_mean", "service_s_mean", "status_counts", "shed_fraction",
               "batches", "batch_size_mean_per_batch", "batch_size_mean_per_request", "utilisation",
-              "utilisation_mean", "warnings"}
+              "utilisation_mean", "warnings", "features"}
 
 
 def summary_rows(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
@@ -175,6 +177,18 @@ def summary_rows(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list
         row("utilisation per replica", lambda s: ", ".join(
             f"{r}: {float(u):.0%}" for r, u in (s.get("utilisation") or {}).items()) or "-"),
     ]
+    if any(s.get("features") for s in summaries):  # the feature store (sim.records.feature_figures)
+        def feature(s: Mapping[str, Any]) -> Mapping[str, Any]:
+            return s.get("features") or {}
+
+        rows += [
+            row("feature cache hit ratio (measured / predicted)", lambda s: f"{_pct(feature(s).get('hit_ratio'))} / "
+                f"{_pct(feature(s).get('predicted_hit_ratio'))}"),
+            row("feature lookups / misses / fallbacks", lambda s: " / ".join(
+                str(feature(s).get(k, "-")) for k in ("lookups", "misses", "fallbacks"))),
+            row("feature lookup per batch p50 / p99", lambda s: f"{_ms((feature(s).get('lookup_s') or {}).get('p50'))} / "
+                f"{_ms((feature(s).get('lookup_s') or {}).get('p99'))}"),
+        ]
     extra: list[str] = []
     for s in summaries:
         extra += [k for k in s if k not in SHOWN_KEYS and k not in ("source", "backend") and k not in extra]

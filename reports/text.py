@@ -39,6 +39,17 @@ def format_summary(summary: dict[str, Any], title: str = "run") -> str:
         f"{_num(summary.get('batch_size_mean_per_batch'))}, per request {_num(summary.get('batch_size_mean_per_request'))}; "
         f"utilisation {'-' if utilisation is None else f'{utilisation:.0%}'}",
     ]
+    if "async" in summary:  # pattern=async: submit -> ready on the server, and what polling added
+        a = summary["async"]
+        lines.append(f"  async     {a['accepted']} accepted, {a['refused']} refused; ready p50 {_ms(a['ready_latency_s']['p50'])}, "
+                     f"p99 {_ms(a['ready_latency_s']['p99'])}; polls per request {_num(a['polls_per_request'])}, "
+                     f"adding {_ms(a['poll_overhead_s_mean'])} on average")
+    if summary.get("features"):  # the feature store: the replicas' caches and the lookups (sim.records.feature_figures)
+        f = summary["features"]
+        predicted = f.get("predicted_hit_ratio")
+        lines.append(f"  features  hit ratio {_num(f['hit_ratio'], '.3f')}" + ("" if predicted is None else f" (predicted {predicted:.3f})")
+                     + f", {f['misses']} misses, {f['fallbacks']} fallbacks; lookup per batch p50 "
+                     f"{_ms(f['lookup_s']['p50'])}, p99 {_ms(f['lookup_s']['p99'])}")
     if "shadow_dropped" in summary:
         lines.append(f"  shadow    {summary['shadow_dropped']} copies dropped (over gateway.shadow_max_in_flight, "
                      "or no replica of the shadow version routable)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import math
 import os
 import platform
 import time
@@ -31,6 +32,7 @@ import pandas as pd
 
 from scenarios.config import CompareConfig, ServelabConfig
 from sim.config import BatchingConfig, ExperimentConfig, RolloutConfig, ScenarioConfig, version_names, version_specs
+from sim.features import LookupTimes, load_point
 from sim.files import write_json
 from sim.host import GATEWAY, LOADGEN, REPLICA, ROLES, CpuPoint, HostCosts, fit_host_costs, stack_capacity
 from sim.profile import Profile
@@ -89,6 +91,9 @@ def profile_warnings(profile: Profile, cfg: ScenarioConfig) -> list[str]:
             notes.append(f"profile {key} {got[key]!r} differs from this run's {expected[key]!r}")
     if cfg.service.kind == "empirical" and got.get("max_batch_size", expected["max_batch_size"]) < expected["max_batch_size"]:
         notes.append(f"profile measured batches up to {got['max_batch_size']}, this run allows {expected['max_batch_size']}")
+    lookups = profile.feature_lookups
+    if lookups is not None and cfg.features.store != "none" and lookups.store != cfg.features.store:
+        notes.append(f"profile measured feature lookups of store {lookups.store!r}, this run's is {cfg.features.store!r}")
     theirs, ours = got.get("machine", {}), expected["machine"]
     for key in ("cpu", "cores"):
         if key in theirs and theirs[key] != ours[key]:
@@ -291,12 +296,16 @@ def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[
         with CpuSampler() as sampler:
             frame, summary, _ = measure(point_cfg, out)
         ok = frame[(frame["status"] == "ok") & (frame["arrival_s"] >= point_cfg.warmup_s)]
-        total = (ok["latency_s"] - ok["queue_s"] - ok["service_s"]).to_numpy(dtype=float)
+        # with a feature store, its lookup is the twin's own stage (sim.features), not overhead
+        lookup = ok["feature_lookup_s"].fillna(0.0) if "feature_lookup_s" in ok else 0.0
+        total = (ok["latency_s"] - ok["queue_s"] - ok["service_s"] - lookup).to_numpy(dtype=float)
         total = total[np.isfinite(total)]
         t0 = _t0_wall(out / "loadgen", cfg.loadgen.workers - cfg.loadgen.remote_workers)
         if len(total):
             point: dict[str, Any] = {"rate": float(rate), "total_s": np.clip(total, 0.0, None).tolist(),
                                      "send_lag_p99_s": summary.get("send_lag_s", {}).get("p99"), "valid": summary.get("valid", True)}
+            if cfg.features.store != "none":  # for the lookups under load (measure_profile)
+                point["feature_batches"] = feature_batches(ok)
             if t0 is not None:
                 cpu = _cpu_point(point_cfg, frame, sampler.trace, t0)
                 point |= {"requests_per_s": cpu.requests_per_s, "batches_per_s": cpu.batches_per_s, "cores_used": cpu.cores_used}
@@ -335,6 +344,12 @@ def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig 
     of the stack's capacity: the first point at the first fraction of the devices' capacity (at
     most FIRST_POINT_MAX_RPS), the others at fractions of the stack capacity it predicts."""
     s = settings if settings is not None else CompareConfig()
+    lookups = measure_feature_lookups(cfg) if cfg.features.store != "none" else None
+    # The stack with its feature store: its load points measure the lookups under load (the
+    # twin's own stage, so their time is taken out of the overhead there). And served
+    # synchronously: what is measured is a request's way through the stack, which an async
+    # run's latency (polls) is not; the twin of async serving builds on these (sim.async_serving)
+    cfg = dataclasses.replace(cfg, pattern="sync")
     times, handoffs = measure_device_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
     version_times = measure_version_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
     overheads = measure_overheads(cfg, run_dir, s.profile_idle_samples, s.profile_idle_warmup) | {"handoff_s": handoffs}
@@ -353,7 +368,125 @@ def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig 
         host = dataclasses.replace(host, handoff_s=float(np.median(handoffs)))
     if host is not None and cfg.model.backend == "emulated":
         host = dataclasses.replace(host, device_wake_s=device_wake_s(cfg, times))
-    return Profile(times_s=times, overheads_s=overheads, meta=meta, overhead_by_rate=by_rate, host=host, version_times_s=version_times)
+    if lookups is not None:  # the store's lookups as the stack's batches made them at each point
+        lookups = dataclasses.replace(lookups, by_rate=[load_point(p["rate"], p.pop("feature_batches", []), lookups) for p in by_rate])
+    return Profile(times_s=times, overheads_s=overheads, meta=meta, overhead_by_rate=by_rate, host=host, version_times_s=version_times,
+                   feature_lookups=lookups)
+
+
+def feature_batches(answered: pd.DataFrame) -> list[tuple[int, float]]:
+    """The answered requests' batches that looked features up, each as (distinct ids its round
+    trip fetched: its requests' entities that missed the cache, its lookup time)."""
+    rows = answered[answered["feature_hit"].notna() & (answered["batch_id"] >= 0)]
+    if not len(rows):
+        return []
+    missed = rows["user_id"].where(~rows["feature_hit"].astype(bool))
+    per_batch = pd.DataFrame({"batch_id": rows["batch_id"], "missed": missed, "lookup_s": rows["feature_lookup_s"]}) \
+        .groupby("batch_id").agg(fetched=("missed", "nunique"), lookup_s=("lookup_s", "first"))
+    return [(int(n), float(t)) for n, t in zip(per_batch["fetched"], per_batch["lookup_s"]) if math.isfinite(t)]
+
+
+FEATURE_LOOKUP_SAMPLES = 300  # per number of ids fetched: p99 rests on the 3 slowest
+FEATURE_LOOKUP_WARMUP = 30  # lookups sent and discarded first (connection, first allocations)
+
+
+def feature_fetch_sizes(max_batch_size: int) -> list[int]:
+    """The numbers of ids per round trip to measure: 1, 2, 4, ... and max_batch_size itself
+    (the twin interpolates between them, sim.features.LookupTimes)."""
+    sizes = [1 << k for k in range(max_batch_size.bit_length()) if 1 << k < max_batch_size]
+    return sizes + [max_batch_size]
+
+
+async def _time_lookups(store: Any, sizes: list[int], entities: int, samples: int, warmup: int,
+                        rng: np.random.Generator) -> tuple[dict[int, list[float]], list[float]]:
+    """The batch's whole lookup as the server runs it on its instance, timed: the plan against
+    the replica's cache, one mget for the misses, the fetched rows joined and cached. Per size:
+    distinct ids the cache lacks (a fresh cache each time: every id a miss, all in the store);
+    hit-only: the largest batch against a cache that holds it all (no round trip). Sizes in
+    turn, so drift hits them all alike."""
+    from sim.policy.features import FallbackPolicy, FeatureCache, LookupPlan
+
+    policy = FallbackPolicy.zeros(FEATURES)
+    clock = time.perf_counter
+    fetch: dict[int, list[float]] = {n: [] for n in sizes}
+    hit_only: list[float] = []
+    largest = max(sizes)
+    for k in range(warmup + samples):
+        for n in sizes:
+            ids = rng.choice(entities, size=min(n, entities), replace=False).tolist()
+            cache: FeatureCache[Any] = FeatureCache(largest, math.inf)
+            start = clock()
+            plan = LookupPlan.make(ids, cache, 0.0)
+            rows = await store.mget(plan.fetch)
+            cache.put_many(plan.found(rows), 0.0)
+            plan.join(rows, policy)
+            took = clock() - start
+            if k >= warmup:
+                fetch[n].append(took)
+        ids = rng.integers(0, entities, size=largest).tolist()
+        cache = FeatureCache(largest, math.inf)
+        cache.put_many(dict(zip(ids, await store.mget(ids))), 0.0)
+        start = clock()
+        plan = LookupPlan.make(ids, cache, 0.0)
+        if plan.fetch:  # never: the cache holds every id
+            raise RuntimeError("a hit-only lookup missed the cache")
+        plan.join([], policy)
+        took = clock() - start
+        if k >= warmup:
+            hit_only.append(took)
+    return fetch, hit_only
+
+
+def measure_feature_lookups(cfg: ScenarioConfig, samples: int = FEATURE_LOOKUP_SAMPLES,
+                            warmup: int = FEATURE_LOOKUP_WARMUP) -> LookupTimes:
+    """The configured store's lookup times for the twin (sim.features.MeasuredLookup): the
+    offline table of features.entities rows materialised into it (embedded: in this process;
+    redis: server.redis_url with $SERVELAB_REDIS_PASSWORD, else a private redis-server started
+    for this and stopped after), then `samples` lookups per number of ids fetched (1, 2, 4,
+    ... max_batch_size) and of a hit-only batch, from this process, one at a time."""
+    import asyncio
+    import contextlib
+
+    from real.features.offline import generate_table
+
+    f = cfg.features
+    if f.store not in ("embedded", "redis"):
+        raise ValueError(f"no feature store to measure (features.store={f.store})")
+    sizes = feature_fetch_sizes(cfg.batching.max_batch_size)
+    table = generate_table(f.entities, f.seed)
+    rng = np.random.default_rng(cfg.seed + 2)
+    meta: dict[str, Any] = {"entities": f.entities, "samples": samples, "machine": machine_info()}
+    if f.store == "embedded":
+        from real.features.embedded import EmbeddedStore
+
+        store: Any = EmbeddedStore()
+        store.materialise(table)
+        fetch, hit_only = asyncio.run(_time_lookups(store, sizes, f.entities, samples, warmup, rng))
+        return LookupTimes(f.store, fetch, hit_only, meta)
+    from real.features.redis_server import start_redis_server
+    from real.features.redis_store import RedisStore, redact
+
+    with contextlib.ExitStack() as stack:
+        if cfg.server.redis_url:
+            url, password = cfg.server.redis_url, os.environ.get("SERVELAB_REDIS_PASSWORD")
+        else:
+            server = stack.enter_context(start_redis_server())
+            url, password = server.url, server.password
+        # the profile's own timeout: a slow lookup is a sample here, not a failure
+        redis_store = RedisStore(url, password, timeout_s=max(f.timeout_s, 5.0), key="server.redis_url")
+        redis_store.check()
+        redis_store.materialise(table)
+
+        async def timed() -> tuple[dict[int, list[float]], list[float]]:
+            await redis_store.connect()
+            try:
+                return await _time_lookups(redis_store, sizes, f.entities, samples, warmup, rng)
+            finally:
+                await redis_store.close()
+
+        fetch, hit_only = asyncio.run(timed())
+        meta["redis_url"] = redact(url) if cfg.server.redis_url else "private redis-server"
+    return LookupTimes(f.store, fetch, hit_only, meta)
 
 
 def device_wake_s(cfg: ScenarioConfig, times: dict[int, list[float]]) -> float:
@@ -393,6 +526,21 @@ def format_profile(profile: Profile) -> str:
                      + f", replica per batch {host.replica_cpu_per_batch_s * 1e3:.3f}; "
                      f"a sleeping process wakes in {host.wake_s * 1e3:.3f}; the rest, not CPU (loopback) "
                      f"p50 {np.percentile(fixed, 50):.3f} p99 {np.percentile(fixed, 99):.3f}")
+    lookups = profile.feature_lookups
+    if lookups is not None:
+        lines.append(f"feature lookup of a batch, {lookups.store} store (ms): ids fetched in its round trip, p50 / p99")
+        hit = np.asarray(lookups.hit_only_s) * 1e3
+        lines.append(f"  {'hit-only':>8}  {np.percentile(hit, 50):.3f} / {np.percentile(hit, 99):.3f}")
+        for n, samples in sorted(lookups.fetch_s.items()):
+            a = np.asarray(samples) * 1e3
+            lines.append(f"  {n:>8}  {np.percentile(a, 50):.3f} / {np.percentile(a, 99):.3f}")
+        for point in lookups.by_rate:  # the stack's own batches under load
+            hit, excess = (np.asarray(point[k]) * 1e3 for k in ("hit_only_s", "excess_s"))
+            hit_text = f"hit-only p50 {np.percentile(hit, 50):.3f}" if len(hit) else "no hit-only batch"
+            excess_text = (f"a round trip's excess over idle p50 {np.percentile(excess, 50):.3f} p99 {np.percentile(excess, 99):.3f}"
+                           if len(excess) else "no round trip")
+            lines.append(f"  under load, {point['rate']:>7.0f} req/s: {hit_text}; {excess_text} "
+                         f"({len(hit)} + {len(excess)} batches)")
     return "\n".join(lines)
 
 

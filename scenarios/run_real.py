@@ -45,6 +45,7 @@ from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, report_run, write_parquet, write_run
 from scenarios.run_sim import format_rollout_line, rollout_summary, write_rollout
 from sim.config import ConfigError, ScenarioConfig, rollout_versions, version_names
+from sim.features import predicted_hit_ratio
 from sim.host import stack_capacity
 from sim.policy.rollout import controller_from_config
 from sim.policy.split import WARMUP_HEADER
@@ -294,8 +295,11 @@ def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None
     lag = send_lag_summary(result.merged.sends, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s)
     # with a rollout's replicas: every one that served (the twin counts every one that existed)
     served = int(frame["replica"].max()) + 1 if len(frame) else 0
-    summary = summarize(frame, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, replicas=max(cfg.replicas, served),
-                        concurrency=cfg.concurrency, capacity_rps=capacity, versions=version_names(cfg.model),
+    # async: the workers serve (as the twin counts them), one batch at a time each
+    servers, instances = (cfg.async_jobs.workers, 1) if cfg.pattern == "async" else (max(cfg.replicas, served), cfg.concurrency)
+    summary = summarize(frame, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, replicas=servers,
+                        concurrency=instances, capacity_rps=capacity, versions=version_names(cfg.model),
+                        hit_ratio_at=predicted_hit_ratio(cfg),  # with a feature store: the caches' theory beside the run
                         extra={"source": "real", "backend": cfg.model.backend, "seed": cfg.seed, **lag})
     if result.shadow_dropped is not None:  # as the twin's Twin.shadow_dropped
         summary["shadow_dropped"] = result.shadow_dropped - dropped_before

@@ -15,17 +15,19 @@ from reports.text import format_summary
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, report_run, write_run
 from scenarios.profile import profile_warnings
+from sim.async_serving import AsyncTwin, async_capacity_rps
 from sim.config import ScenarioConfig, version_names
+from sim.features import measured_lookups, predicted_hit_ratio
 from sim.control import Event, ReplicaCount
 from sim.files import write_json, write_parquet
 from sim.policy.rollout import controller_from_config
 from sim.policy.split import Router
 from sim.policy.strategy import RolloutController
-from sim.profile import load_profile
+from sim.profile import Profile, load_profile
 from sim.records import primary, requests_frame, series_window_s, summarize, timeseries, version_windows
 from sim.host import stack_capacity
 from sim.service import capacity_rps
-from sim.twin import Twin, default_progress
+from sim.twin import Twin, TwinResult, default_progress
 
 
 def mean_offered_rate(cfg: ScenarioConfig) -> float:
@@ -52,18 +54,25 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
     host = overhead.host if overhead is not None and cfg.overhead.model == "host" else None
     samples = overhead.overhead_samples(mean_offered_rate(cfg)) if overhead is not None and host is None else None
     controller = controller_from_config(cfg)
-    result = Twin(cfg, profile=profile, progress=bar, overhead_samples=samples, controller=controller, host=host).run()
+    if cfg.pattern == "async":  # submit, a queue, workers pulling batches, polls (sim.async_serving)
+        result = async_result(cfg, profile, overhead)
+    else:
+        result = Twin(cfg, profile=profile, progress=bar, overhead_samples=samples, controller=controller, host=host,
+                      lookups=measured_lookups(list(loaded.values()), mean_offered_rate(cfg))).run()
     wall = time.perf_counter() - wall
     capacity = capacity_rps(cfg, profile)  # the devices'; with the host modelled, the lesser of both
+    if cfg.pattern == "async":  # the workers' (the host is not modelled for async: sim.async_serving)
+        capacity, host = async_capacity_rps(cfg, profile), None
     frame = requests_frame(result.columns)
     summary = summarize(
         frame,
         warmup_s=cfg.warmup_s,
         duration_s=cfg.duration_s,
         replicas=len(result.busy_s),  # with a rollout's replicas: every one that existed
-        concurrency=cfg.concurrency,
+        concurrency=cfg.concurrency if cfg.pattern != "async" else 1,  # async: one batch at a time per worker
         capacity_rps=capacity if overhead is None or host is None else stack_capacity(cfg, overhead).rps,
         versions=version_names(cfg.model),
+        hit_ratio_at=predicted_hit_ratio(cfg),
         extra={
             "source": "sim",
             "backend": f"twin:{cfg.service.kind}",
@@ -82,6 +91,16 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
     summary["timeseries_window_s"] = series_window_s(end, cfg.window_s, cfg.timeseries_window_s)
     series = timeseries(frame, summary["timeseries_window_s"], end_s=end, versions=version_names(cfg.model))
     return frame, summary, series
+
+
+def async_result(cfg: ScenarioConfig, profile: Profile | None, overhead: Profile | None) -> TwinResult:
+    """pattern=async in the twin (sim.async_serving): the ways in and out of a submission or a
+    poll from the overhead profile's samples at the offered rate (or overhead.before_s/after_s),
+    the emulated device's measured lateness from its host part."""
+    samples = overhead.overhead_samples(mean_offered_rate(cfg)) if overhead is not None else None
+    wake = overhead.host.device_wake_s if overhead is not None and overhead.host is not None and cfg.model.backend == "emulated" \
+        and cfg.service.kind != "empirical" else 0.0
+    return AsyncTwin(cfg, profile, overhead_samples=samples, device_wake_s=wake).run()
 
 
 def rollout_summary(controller: RolloutController, events: Sequence[Event | Mapping[str, Any]],

@@ -421,6 +421,7 @@ class AsyncJobsConfig:
     poll_backoff: float = setting(2.0, "each next poll comes this many times the previous interval later (1 = fixed interval)")
     poll_max_interval_s: float = setting(1.0, "the poll interval's cap, s")
     callback: bool = setting(False, "clients give a loopback callback URL and are told when the result is ready, instead of polling")
+    batch_overhead_s: float = setting(0.001, "the twin's Redis round trip of an async worker (sim/async_serving.py): after every batch, the results' write and ack (a poll sees a result only then); before it, for a worker woken from idle, its blocked read (queue time); the real worker's queue_s at a light load measures it, s")
 
 
 @dataclass
@@ -867,12 +868,14 @@ def _validate_async(cfg: ScenarioConfig) -> None:
     _non_negative(a.retry_after_s, "async_jobs.retry_after_s")
     _positive(a.result_ttl_s, "async_jobs.result_ttl_s")
     _positive(a.claim_idle_s, "async_jobs.claim_idle_s")
+    _non_negative(a.batch_overhead_s, "async_jobs.batch_overhead_s")
     _positive(a.poll_first_s, "async_jobs.poll_first_s")
     _require(math.isfinite(a.poll_backoff) and a.poll_backoff >= 1, "async_jobs.poll_backoff", f"must be >= 1 (1 = a fixed interval), got {a.poll_backoff}")
     _require(a.poll_max_interval_s >= a.poll_first_s, "async_jobs.poll_max_interval_s",
              f"must be >= async_jobs.poll_first_s ({a.poll_first_s}), got {a.poll_max_interval_s}")
     if cfg.pattern == "async":
         _require(cfg.arrival.kind != "closed", "pattern", "async serving is driven open loop (a submit does not wait); use an open-loop arrival.kind")
+        _require(cfg.loadgen.protocol == "http", "loadgen.protocol", "async serving's submit and result endpoints are REST: use loadgen.protocol=http with pattern=async")
         _require(cfg.rollout.strategy == "none" and not cfg.experiment.variants, "pattern",
                  "async serving runs one version, without a rollout or an experiment; drop rollout.*/experiment.* or use pattern=sync")
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sim.config import ConfigError
+from sim.features import LookupTimes
 from sim.host import HostCosts
 
 
@@ -35,6 +36,8 @@ class Profile:
     # a CPU model's other versions (the numpy backend's MLP against its softmax): their own device
     # times per batch size, measured as `times_s` is for the first version (meta["version"])
     version_times_s: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    # the feature store's lookup times (features.store != none when profiled; sim.features)
+    feature_lookups: LookupTimes | None = None
 
     def __post_init__(self) -> None:
         if not self.times_s or any(not v for v in self.times_s.values()):
@@ -94,6 +97,8 @@ class Profile:
             doc["version_times_s"] = {name: {str(b): v for b, v in times.items()} for name, times in self.version_times_s.items()}
         if self.host is not None:
             doc["host"] = self.host.to_json()
+        if self.feature_lookups is not None:
+            doc["feature_lookups"] = self.feature_lookups.to_json()
         return doc
 
 
@@ -162,8 +167,10 @@ def _parse(raw: dict[str, Any], path: str, key: str) -> Profile:
             host = HostCosts.from_json(raw["host"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(key, f"profile {path}: 'host' is not a host model mode=profile wrote ({exc}); {PROFILE_HINT}") from exc
+    lookups = LookupTimes.from_json(raw["feature_lookups"], path, key) if "feature_lookups" in raw else None
     return Profile(
         host=host,
+        feature_lookups=lookups,
         times_s={_batch_size(b, path, key): _samples(v, f"times_s[{b}]", path, key) for b, v in times.items()},
         version_times_s={str(name): {_batch_size(b, path, key): _samples(v, f"version_times_s[{name}][{b}]", path, key)
                                      for b, v in by_size.items()} for name, by_size in versions.items()},

@@ -8,7 +8,7 @@ the very same code and differ only in what happened.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -91,10 +91,12 @@ def _latency_stats(latency: np.ndarray) -> dict[str, float | None]:
 
 def _batches_started(frame: pd.DataFrame, warmup_s: float, duration_s: float) -> pd.DataFrame:
     """One row per batch dispatched in [warmup_s, duration_s): its replica, start, service time
-    and size. A batch is one `batch_id`; its first member stands for it (members share all
-    four), so a batch counts once however many of its requests the table holds."""
+    and size. A batch is one `batch_id`; its first member the model ran for stands for it
+    (members share all four), so a batch counts once however many of its requests the table
+    holds. (A request whose feature lookup failed rode in a batch but the model did not run
+    for it: no service time; a batch of only such requests never ran the model.)"""
     bid = frame["batch_id"].to_numpy(dtype=np.int64)
-    served = np.flatnonzero(bid >= 0)
+    served = np.flatnonzero((bid >= 0) & np.isfinite(frame["service_s"].to_numpy(dtype=float)))
     first = served[np.unique(bid[served], return_index=True)[1]]
     batches = frame.iloc[first][["replica", "start_s", "service_s", "batch_size"]]
     start = batches["start_s"].to_numpy(dtype=float)
@@ -121,6 +123,56 @@ def completed_in(finish: np.ndarray, ok: np.ndarray, start_s: float, end_s: floa
     return int((ok & (finish >= start_s) & (finish < end_s)).sum())
 
 
+def feature_figures(frame: pd.DataFrame, *, warmup_s: float, duration_s: float,
+                    predicted_hit_ratio: float | None = None) -> dict[str, Any] | None:
+    """summary.json's `features`, or None when no request had a feature lookup. Over the
+    requests sent in [warmup_s, duration_s) that had one and were answered (status ok: the
+    real stack learns a lookup from the answer, so a request that failed or was given up on
+    has none there, and the twin's are left out too, for like to be compared with like):
+    `lookups`, `hits`, `misses`, `hit_ratio` (rows from the replica's cache among them),
+    `fallbacks` (served on the default row); over the batches of those that started in the
+    window, `batches` and the lookup time per batch `lookup_s` p50/p99/mean (each batch counts
+    once, as its one round trip does). With
+    `predicted_hit_ratio` (what the cache should reach in theory: sim.features), it too and
+    `hit_ratio_error`, measured less predicted."""
+    if "feature_hit" not in frame.columns:  # records written before the feature store
+        return None
+    hit = frame["feature_hit"].to_numpy(dtype=float, na_value=np.nan)
+    looked = ~np.isnan(hit)
+    if not looked.any():
+        return None
+    arrival = frame["arrival_s"].to_numpy(dtype=float)
+    looked &= frame["status"].to_numpy(dtype=object) == "ok"
+    sent = looked & (arrival >= warmup_s) & (arrival < duration_s)
+    lookups = int(sent.sum())
+    hits = int(hit[sent].sum())
+    fallbacks = int(frame["feature_fallback"].to_numpy(dtype=bool)[sent].sum())
+    bid = frame["batch_id"].to_numpy(dtype=np.int64)
+    lookup_s = frame["feature_lookup_s"].to_numpy(dtype=float)
+    start = frame["start_s"].to_numpy(dtype=float)
+    rows = np.flatnonzero(looked & (bid >= 0) & np.isfinite(lookup_s) & (start >= warmup_s) & (start < duration_s))
+    per_batch = lookup_s[rows[np.unique(bid[rows], return_index=True)[1]]]
+    if len(per_batch):
+        p50, p99 = (float(x) for x in np.percentile(per_batch, [50, 99]))
+        times: dict[str, float | None] = {"p50": p50, "p99": p99, "mean": float(per_batch.mean())}
+    else:
+        times = {"p50": None, "p99": None, "mean": None}
+    ratio = hits / lookups if lookups else None
+    out: dict[str, Any] = {
+        "lookups": lookups,
+        "hits": hits,
+        "misses": lookups - hits,
+        "hit_ratio": ratio,
+        "fallbacks": fallbacks,
+        "batches": int(len(per_batch)),
+        "lookup_s": times,
+    }
+    if predicted_hit_ratio is not None and math.isfinite(predicted_hit_ratio):
+        out["predicted_hit_ratio"] = float(predicted_hit_ratio)
+        out["hit_ratio_error"] = None if ratio is None else ratio - float(predicted_hit_ratio)
+    return out
+
+
 def summarize(
     frame: pd.DataFrame,
     *,
@@ -131,6 +183,7 @@ def summarize(
     capacity_rps: float | None = None,
     extra: Mapping[str, Any] | None = None,
     versions: Sequence[str] = (),
+    hit_ratio_at: Callable[[float], float] | None = None,
 ) -> dict[str, Any]:
     """summary.json: rates, latency of answered requests, status counts, batching, utilisation.
 
@@ -142,7 +195,9 @@ def summarize(
     it only reaches by draining its backlog after the window). `capacity_rps`, when the caller
     knows it (sim.service.capacity_rps), adds itself and the offered load as a fraction of it.
     `versions` (per-version figures, `version_figures`) lists the versions in the order to
-    report them; versions the records name beyond those follow.
+    report them; versions the records name beyond those follow. With a feature store, a
+    `features` block (`feature_figures`); `hit_ratio_at` (sim.features.predicted_hit_ratio)
+    gives the cache's predicted hit ratio at a replica's share of the offered rate.
     """
     window = duration_s - warmup_s
     per_version = version_figures(frame, warmup_s=warmup_s, duration_s=duration_s, versions=versions)
@@ -175,12 +230,57 @@ def summarize(
         "utilisation_mean": float(sum(utilisation.values()) / replicas) if replicas else None,
         "versions": per_version,
     }
+    if is_async(frame):
+        summary["async"] = async_figures(frame[sent])
+    predicted = hit_ratio_at(offered / replicas) if hit_ratio_at is not None and replicas else None
+    features = feature_figures(frame, warmup_s=warmup_s, duration_s=duration_s, predicted_hit_ratio=predicted)
+    if features is not None:
+        summary["features"] = features
     if capacity_rps is not None and capacity_rps > 0 and math.isfinite(capacity_rps):
         summary["capacity_rps"] = float(capacity_rps)
         summary["offered_load"] = offered / capacity_rps
     if extra:
         summary.update(extra)
     return summary
+
+
+def is_async(frame: pd.DataFrame) -> bool:
+    """Records of async serving (pattern=async): some result was ready, or some client polled
+    (records written before these columns existed are sync ones)."""
+    if "ready_s" not in frame or "polls" not in frame:
+        return False
+    return bool(frame["ready_s"].notna().any() or (frame["polls"].to_numpy(dtype=np.int64) > 0).any())
+
+
+def async_figures(frame: pd.DataFrame) -> dict[str, Any]:
+    """summary.json's `async` block over the measured requests: `submitted`, of which
+    `accepted` (202) and `refused` (503 at submit: status shed), `polls_per_request` (mean
+    result requests per accepted submission), `ready_latency_s` (submit -> result ready on the server) and
+    `observed_latency_s` (submit -> the client has it) p50/p99 of the results got, and
+    `poll_overhead_s_mean`: what polling added (observed - ready, mean)."""
+    status = frame["status"].to_numpy(dtype=object)
+    arrival = frame["arrival_s"].to_numpy(dtype=float)
+    ready = frame["ready_s"].to_numpy(dtype=float) - arrival
+    observed = frame["latency_s"].to_numpy(dtype=float)
+    got = (status == "ok") & ~np.isnan(ready)
+    accepted = status != "shed"
+
+    def p50_p99(x: np.ndarray) -> dict[str, float | None]:
+        if not len(x):
+            return {"p50": None, "p99": None}
+        p50, p99 = np.percentile(x, [50, 99])
+        return {"p50": float(p50), "p99": float(p99)}
+
+    polls = frame["polls"].to_numpy(dtype=float)[accepted]
+    return {
+        "submitted": int(len(status)),
+        "accepted": int(accepted.sum()),
+        "refused": int((~accepted).sum()),
+        "polls_per_request": float(polls.mean()) if len(polls) else None,
+        "ready_latency_s": p50_p99(ready[got]),
+        "observed_latency_s": p50_p99(observed[got]),
+        "poll_overhead_s_mean": float((observed[got] - ready[got]).mean()) if got.any() else None,
+    }
 
 
 def _correct_codes(frame: pd.DataFrame) -> np.ndarray:

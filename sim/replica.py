@@ -23,6 +23,7 @@ from sim.records import ERROR, OK, SHED, TIMEOUT
 from sim.service import ServiceTime, VersionService
 
 if TYPE_CHECKING:
+    from sim.features import BatchLookup, FeatureStage
     from sim.host_path import ReplicaLane
     from sim.requests import RequestLog
 
@@ -105,7 +106,8 @@ class BatchJudge:
 
 class SimReplica:
     __slots__ = ("index", "queue", "env", "log", "service", "cores", "version_factor", "down", "slowdown", "busy_s",
-                 "timer_at", "on_release", "timeout_s", "constant_after_s", "_batches", "judge", "cpu", "lane")
+                 "timer_at", "on_release", "timeout_s", "constant_after_s", "_batches", "judge", "cpu", "lane",
+                 "features")
 
     def __init__(
         self,
@@ -125,6 +127,7 @@ class SimReplica:
         judge: BatchJudge | None = None,
         cpu: Callable[[float, Callable[[], None]], None] | None = None,
         lane: ReplicaLane | None = None,
+        features: FeatureStage | None = None,
     ) -> None:
         self.index = index
         self.queue: ReplicaQueue[int] = ReplicaQueue(batcher, instances, max_queue_size)
@@ -153,6 +156,8 @@ class SimReplica:
         # answers it and only then frees the instance (real/server/batcher.py), as a job of
         # the replica's process: a busy loop or host keeps a done instance from its next batch
         self.lane = lane
+        # with a feature store: the batch's lookup on the instance before the model (sim.features)
+        self.features = features
 
     # -- arrivals --------------------------------------------------------------------------
 
@@ -203,13 +208,72 @@ class SimReplica:
         self.on_release(self.index, expired)
 
     def _start(self, batch: list[int], now: float) -> None:
-        """Hold a batch on its device (or a shared core) for its service time. A replica
-        measures service as the wall time from dispatch, so time spent waiting for a shared
-        core counts as service."""
-        size = len(batch)
         batch_id = self._batches[0]
         self._batches[0] = batch_id + 1
-        service_s = self.service.draw(size)
+        if self.features is not None:
+            self._look_up(batch, batch_id, now)
+            return
+        self._serve(batch, batch_id, len(batch), now)
+
+    def _look_up(self, batch: list[int], batch_id: int, now: float) -> None:
+        """The instance looks the batch's features up before its model runs, as the real
+        server does (sim.features): the batch's start is the lookup's, every request of it
+        carries the lookup's time, and the instance stays held until the round trip is back."""
+        log = self.log
+        user, start, bsz, bid = log.user, log.start, log.batch_size, log.batch_id
+        lookup = self.features.begin([user[j] for j in batch], now)  # type: ignore[union-attr]
+        size, took = len(batch), lookup.duration_s
+        lookup_s, hit = log.lookup_s, log.hit
+        for j, from_cache in zip(batch, lookup.hit):
+            start[j] = now
+            bsz[j] = size
+            bid[j] = batch_id
+            lookup_s[j] = took
+            hit[j] = 1 if from_cache else 0
+        if lookup.fallback is not None:
+            fallback = log.fallback
+            for j, default in zip(batch, lookup.fallback):
+                fallback[j] = default
+        if lookup.duration_s > 0:
+            self.env.timeout(lookup.duration_s).callbacks.append(partial(self._looked_up, batch, batch_id, lookup))
+        else:
+            self._looked_up(batch, batch_id, lookup, None)
+
+    def _looked_up(self, batch: list[int], batch_id: int, lookup: BatchLookup, _event: simpy.Event | None) -> None:
+        """The round trip is back: its rows enter the cache; a request whose lookup failed
+        (fallback=error) is answered with its error now, and the model runs the rest."""
+        now = self.env._now
+        self.features.done(lookup, now)  # type: ignore[union-attr]
+        if lookup.failed is None or not any(lookup.failed):
+            self._serve(batch, batch_id, len(batch), now, looked_up=True)
+            return
+        failed = [j for j, bad in zip(batch, lookup.failed) if bad]
+        run = [j for j, bad in zip(batch, lookup.failed) if not bad]
+        log = self.log
+        for j in failed:
+            done = now + log.after_s[j]
+            if done - log.arrival[j] <= self.timeout_s:
+                log.finish[j] = done
+                log.status[j] = ERROR
+            else:
+                log.finish[j] = log.arrival[j] + self.timeout_s
+                log.status[j] = TIMEOUT
+        self.on_release(self.index, failed)
+        if run:
+            self._serve(run, batch_id, len(batch), now, looked_up=True)
+            return
+        queue = self.queue  # nothing for the model: the instance is free again
+        queue.free += 1
+        if queue.waiting or queue.expired:
+            self.dispatch(now)
+
+    def _serve(self, batch: list[int], batch_id: int, size: int, now: float, looked_up: bool = False) -> None:
+        """Hold a batch on its device (or a shared core) for its service time. A replica
+        measures service as the wall time from dispatch, so time spent waiting for a shared
+        core counts as service. `size` is the batch as formed (the model runs `batch`, which
+        a failed feature lookup may have made smaller); after a lookup, the batch's start is
+        the lookup's, already written."""
+        service_s = self.service.draw(len(batch))
         if self.version_factor is not None:
             service_s *= self.version_factor(self.index)
         if self.slowdown != 1.0:
@@ -218,21 +282,26 @@ class SimReplica:
         start, bsz, bid, svc = log.start, log.batch_size, log.batch_id, log.service_s
         cores = self.cores
         if cores.count:
-            for j in batch:
-                start[j] = now
-                bsz[j] = size
-                bid[j] = batch_id
+            if not looked_up:
+                for j in batch:
+                    start[j] = now
+                    bsz[j] = size
+                    bid[j] = batch_id
             if not cores.free:
                 cores.waiting.append((self, batch, service_s, now))
                 return
             cores.free -= 1
             self._run(batch, service_s, now, now)
             return
-        for j in batch:
-            start[j] = now
-            bsz[j] = size
-            bid[j] = batch_id
-            svc[j] = service_s
+        if looked_up:
+            for j in batch:
+                svc[j] = service_s
+        else:
+            for j in batch:
+                start[j] = now
+                bsz[j] = size
+                bid[j] = batch_id
+                svc[j] = service_s
         if self.cpu is not None:
             self.cpu(service_s, partial(self._on_complete, batch, service_s, None))
             return
@@ -244,11 +313,13 @@ class SimReplica:
 
     def _on_device(self, batch: list[int], service_s: float) -> None:
         """On the modelled host: the instance's thread has the batch: the device starts now,
-        and the replica's queue time runs to here, as the real replica measures it."""
+        and the replica's queue time runs to here, as the real replica measures it (with a
+        feature store, the batch started with its lookup, before the hand-off)."""
         start = self.log.start
         now = self.env._now
-        for j in batch:
-            start[j] = now
+        if self.features is None:
+            for j in batch:
+                start[j] = now
         self.env.timeout(service_s).callbacks.append(partial(self._on_complete, batch, service_s))
 
     def _run(self, batch: list[int], service_s: float, dispatched: float, now: float) -> None:
@@ -295,6 +366,11 @@ class SimReplica:
                     status[j] = TIMEOUT
         if self.judge is not None:
             self.judge(self.index, batch, now)
+            if self.features is not None:  # a default row's answer is never judged
+                correct, fallback = log.correct, log.fallback
+                for j in batch:
+                    if fallback[j]:
+                        correct[j] = -1
         self.on_release(self.index, batch)
         queue = self.queue
         queue.free += 1  # what queue.finish() does, without its check: this batch was running

@@ -11,13 +11,14 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 PENDING = -1
 
 
 class RequestLog:
     __slots__ = ("user", "arrival", "enqueued", "after_s", "start", "finish", "service_s", "replica",
-                 "version", "batch_id", "batch_size", "status", "correct", "shadow")
+                 "version", "batch_id", "batch_size", "status", "correct", "shadow", "lookup_s", "hit", "fallback")
 
     def __init__(self) -> None:
         self.user: list[int] = []
@@ -34,6 +35,10 @@ class RequestLog:
         self.status: list[int] = []
         self.correct: list[int] = []  # 1 right, 0 wrong, -1 unknown (unlabelled, or not answered)
         self.shadow: list[bool] = []  # a mirrored copy (sim.records: never offered load)
+        # the feature lookup of the request's batch (sim.features): its time, NaN none
+        self.lookup_s: list[float] = []
+        self.hit: list[int] = []  # 1 the row came from the replica's cache, 0 fetched (or missing), -1 no lookup
+        self.fallback: list[bool] = []  # served on the declared default row
 
     def __len__(self) -> int:
         return len(self.arrival)
@@ -55,6 +60,9 @@ class RequestLog:
         self.status.append(PENDING)
         self.correct.append(-1)
         self.shadow.append(shadow)
+        self.lookup_s.append(math.nan)
+        self.hit.append(-1)
+        self.fallback.append(False)
         return i
 
     def fill(self, users: list[int], times: list[float], after_s: float) -> None:
@@ -75,12 +83,17 @@ class RequestLog:
         self.status = [PENDING] * n
         self.correct = [-1] * n
         self.shadow = [False] * n
+        self.lookup_s = [nan] * n
+        self.hit = [-1] * n
+        self.fallback = [False] * n
 
     def truncate(self, n: int) -> None:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name)[:n])
 
-    def columns(self, status: list[int], version_names: Sequence[str]) -> dict[str, Any]:
+    def columns(self, status: list[int], version_names: Sequence[str], features: bool = False) -> dict[str, Any]:
+        """The record columns; with `features` (the run had a feature store) its lookup columns,
+        else they are left to sim.records.DEFAULTS."""
         arrival = np.asarray(self.arrival, dtype=float)
         start = np.asarray(self.start, dtype=float)
         finish = np.asarray(self.finish, dtype=float)
@@ -101,4 +114,13 @@ class RequestLog:
             "status": np.asarray(status, dtype=np.int64),
             "correct": np.asarray(self.correct, dtype=np.int64),
             "shadow": np.asarray(self.shadow, dtype=bool),
+            **(self._feature_columns() if features else {}),
+        }
+
+    def _feature_columns(self) -> dict[str, Any]:
+        hit = np.asarray(self.hit, dtype=np.int64)
+        return {
+            "feature_lookup_s": np.asarray(self.lookup_s, dtype=float),
+            "feature_hit": pd.arrays.BooleanArray(hit == 1, hit < 0),
+            "feature_fallback": np.asarray(self.fallback, dtype=bool),
         }

@@ -3,7 +3,8 @@
 Every decision is a `sim.policy` object: routing over a run-time membership (`Router`), the
 replica's queue (`ReplicaQueue`: shed, expire, batch), health (`HealthPolicy`) and controllers.
 This module plays the clients and the gateway and only moves time; `sim.replica` plays the
-replicas and `sim.control` the probes and controller ticks. (The gateway's `RetryPolicy` retries
+replicas (with a feature store, each batch's lookup first: `sim.features`) and `sim.control` the
+probes and controller ticks. (The gateway's `RetryPolicy` retries
 only transport failures, which the twin's modelled network never has; a replica that is down
 answers 503, which is not retried, in both worlds.)
 
@@ -30,6 +31,7 @@ import simpy
 from sim.arrivals import ArrivalSchedule, make_schedule, unknown_trace_versions
 from sim.config import ScenarioConfig, version_specs
 from sim.control import ControlPlane, Event, ReplicaCount
+from sim.features import LookupTimes, make_feature_stages
 from sim.host import HostCosts
 from sim.host_path import HostPath
 from sim.policy.batching import DynamicBatcher
@@ -83,6 +85,7 @@ class Twin:
         controller: Controller | None = None,
         stop_when_done: bool = False,
         host: HostCosts | None = None,
+        lookups: LookupTimes | None = None,
     ) -> None:
         self.cfg = cfg
         self.streams: Streams = make_streams(cfg.seed)
@@ -152,12 +155,15 @@ class Twin:
         constant_after = 0.0 if self.path is not None else None if self.overhead.active else self.hop_s
         # a model that computes on the replica's own loop (numpy) runs as that process's job
         on_cpu = self.path is not None and cfg.model.backend == "numpy"
+        # with a feature store, each replica's lookup stage: its own cache, the run's lookup
+        # times (`lookups`, measured by mode=profile; else features.round_trip_s/per_miss_s)
+        feature_stage = make_feature_stages(cfg, lookups)
 
         def make_replica(r: int) -> SimReplica:  # those of the start, and those a rollout starts
             own = VersionService(by_version, version_of, r) if by_version is not None else service
             return SimReplica(r, self.env, self.log, batcher, cfg.concurrency, cfg.batching.max_queue_size, own, cores,
                               version_factor, on_release, self.timeout_s, batches, constant_after, self.judge,
-                              **self._host_lanes(r, on_cpu))
+                              **self._host_lanes(r, on_cpu), features=feature_stage() if feature_stage is not None else None)
 
         self._make_replica = make_replica
         self.replicas = [make_replica(r) for r in range(cfg.replicas)]
@@ -450,7 +456,7 @@ class Twin:
         if PENDING in status:  # a bug, but never a lost request: account for it as an error
             status = [ERROR if s == PENDING else s for s in status]
         return TwinResult(
-            columns=self.log.columns(status, [v.name for v in self.versions]),
+            columns=self.log.columns(status, [v.name for v in self.versions], features=self.cfg.features.store != "none"),
             busy_s=[r.busy_s for r in self.replicas],
             end_s=self.env.now,
             events=self.events,

@@ -16,9 +16,14 @@ must not block its event loop; a lookup timeout is then the caller's `asyncio.wa
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from sim.policy.features import FeatureRow
+
+if TYPE_CHECKING:
+    from sim.config import FeatureConfig
+
+STORES = ("embedded", "redis")
 
 
 class FeatureStore(Protocol):
@@ -33,4 +38,42 @@ class FeatureStore(Protocol):
         ...
 
 
-__all__ = ["FeatureRow", "FeatureStore"]
+def make_store(features: FeatureConfig, *, redis_url: str = "", redis_password: str | None = None) -> FeatureStore:
+    """The store a replica looks its rows up in (`features.store`), ready to answer:
+    - embedded: a fresh `EmbeddedStore` holding the offline table (`generate_table(features.entities,
+      features.seed)`): each replica materialises its own copy at start;
+    - redis: a `RedisStore` on `redis_url` (the launcher's, which materialised the table once for
+      the run before any replica started), its lookups bounded by `features.timeout_s`.
+    A store name it does not know, or redis without a URL, is a ConfigError on `features.store`."""
+    from sim.config import ConfigError
+
+    if features.store == "embedded":
+        from real.features.embedded import EmbeddedStore
+        from real.features.offline import generate_table
+
+        store = EmbeddedStore()
+        store.materialise(generate_table(features.entities, features.seed))
+        return store
+    if features.store == "redis":
+        if not redis_url:
+            raise ConfigError("features.store", "redis needs the run's Redis URL ($SERVELAB_REDIS_URL, set by the launcher, "
+                                                "or server.redis_url)")
+        from real.features.redis_store import RedisStore
+
+        return RedisStore(redis_url, redis_password, timeout_s=features.timeout_s, key="server.redis_url")
+    raise ConfigError("features.store", f"{features.store!r} has no store to look rows up in; one of {', '.join(STORES)}")
+
+
+def materialise_for_run(features: FeatureConfig, redis_url: str, redis_password: str | None) -> int:
+    """The materialisation step of a run with `features.store=redis`: check the server (a
+    ConfigError naming the URL when it is down or refuses the password), then write the offline
+    table into it, once, before any replica serves. Returns the rows written."""
+    from real.features.offline import generate_table
+    from real.features.redis_store import RedisStore
+
+    store = RedisStore(redis_url, redis_password, timeout_s=features.timeout_s, key="server.redis_url")
+    store.check()
+    return store.materialise(generate_table(features.entities, features.seed))
+
+
+__all__ = ["FeatureRow", "FeatureStore", "STORES", "make_store", "materialise_for_run"]

@@ -49,6 +49,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, request_response
 
+from real.asyncq import api as asyncq
 from real.gateway import aggregate, control
 from real.gateway.auth import BearerAuth
 from real.gateway.errors import JSON, http_exception, json_response, oip_error, unexpected
@@ -76,7 +77,7 @@ RETRY_AFTER_S = "1"
 CORRECT_HEADER = "x-correct"  # a replica's verdict on a labelled request: 1 right, 0 wrong
 INFER_HEADER_LENGTH = "Inference-Header-Content-Length"  # Triton's binary tensors: JSON part's length
 # the replica's answer headers a client needs to read it, passed back as they came
-PASSED_BACK = ("Content-Type", "Retry-After", CORRECT_HEADER, INFER_HEADER_LENGTH)
+PASSED_BACK = ("Content-Type", "Retry-After", CORRECT_HEADER, INFER_HEADER_LENGTH, "x-feature-failure")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 UPSTREAM_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
@@ -151,6 +152,7 @@ class Gateway:
         # shadow traffic: the twin's Mirror, on the seed's shadow stream (never routing's)
         mirror = Mirror.from_config(cfg, self.router, make_streams(cfg.seed).shadow)
         self.shadow = ShadowTraffic(self, mirror) if mirror is not None else None
+        self.async_api: asyncq.AsyncApi | None = None  # pattern=async: the queue (real.asyncq.api)
 
     # -- proxy -----------------------------------------------------------------------------
 
@@ -195,7 +197,12 @@ class Gateway:
         is no part of the run: routed, and its copy decided, with a throwaway stream). An infer may also be copied to the shadow version
         (`real.gateway.shadow`): decided at the first pick, sent as a task this never awaits.
         `ctype` and `header_length` (Inference-Header-Content-Length) go upstream as the client
-        sent them, absent when it sent none."""
+        sent them, absent when it sent none. A body asking for async serving (`parameters.async`)
+        is queued instead (real.asyncq.api): 202, or what refuses it."""
+        if method == "POST" and asyncq.ASYNC_MARK in body:
+            submitted = await asyncq.submit(self, model, version_name, raw_user, pin, ctype, body, header_length)
+            if submitted is not None:
+                return self._done(t0, Reply(*submitted))
         target = self._target(model, version_name, raw_user, pin)
         if isinstance(target, Reply):
             return self._done(t0, target)
@@ -203,6 +210,8 @@ class Gateway:
         headers = {"Content-Type": ctype} if ctype is not None else {}
         if header_length is not None:
             headers[INFER_HEADER_LENGTH] = header_length
+        if raw_user is not None:  # the replica's feature store takes an input-less request's entity from it
+            headers["x-user-id"] = raw_user
         pool = self.pool
         record = method == "POST"  # infers count in the versions' windows; metadata reads do not
         mirror = self.shadow if record else None
@@ -314,6 +323,8 @@ class Gateway:
         return Response(b"", status_code=200 if self.pool.any_routable() else 503)
 
     async def metrics(self, request: Request) -> Response:
+        if self.async_api is not None:
+            await self.async_api.refresh_metrics()
         return Response(generate_latest(self.pool.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def _replica_doc(self, r: int) -> dict[str, object]:
@@ -472,13 +483,22 @@ def create_app(cfg: ScenarioConfig, upstreams: Sequence[str], *, token: str | No
         token = os.environ.get("SERVELAB_TOKEN") or cfg.server.token
     pool = ReplicaPool(cfg, upstreams, Router.from_config(cfg))
     gw = Gateway(cfg, pool)
+    if cfg.pattern == "async":
+        from real.asyncq.queue import redis_from_env
+        from real.asyncq.worker import output_specs
+
+        gw.async_api = asyncq.AsyncApi(cfg, pool.metrics.registry, *redis_from_env(), frozenset(output_specs(cfg)))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pool.start()
+        if gw.async_api is not None:
+            await gw.async_api.start()
         try:
             yield
         finally:
+            if gw.async_api is not None:
+                await gw.async_api.close()
             if gw.shadow is not None:
                 await gw.shadow.stop()
             await pool.stop()
@@ -508,6 +528,7 @@ def create_app(cfg: ScenarioConfig, upstreams: Sequence[str], *, token: str | No
         Route(WEIGHTS_PATH, gw.get_weights, methods=["GET"]),
         Route(WEIGHTS_PATH, gw.set_weights, methods=["POST"]),
         Route("/metrics", gw.metrics, methods=["GET"]),
+        *asyncq.routes(gw),  # GET /v2/models/{model}/results/{id}
     ]
     app = Starlette(
         routes=routes,

@@ -22,6 +22,7 @@ import orjson
 
 from real.grpc import grpc_service_pb2 as pb
 from real.server.protocol import (
+    ENTITY_PARAMETER,
     FEATURES,
     INPUT_NAME,
     InferRequest,
@@ -29,6 +30,7 @@ from real.server.protocol import (
     ProtocolError,
     TensorSpec,
     _label,
+    entity_of,
     input_rows,
 )
 
@@ -95,12 +97,20 @@ def _label_param(params: Mapping[str, pb.InferParameter]) -> int | list[int] | N
     return _label(value)
 
 
-def infer_request(msg: pb.ModelInferRequest, max_rows: int, output_names: frozenset[str]) -> InferRequest:
+def infer_request(msg: pb.ModelInferRequest, max_rows: int, output_names: frozenset[str], features: bool = False,
+                  user: str | None = None) -> InferRequest:
     """The REST path's `InferRequest` for a gRPC infer, or ProtocolError naming the first problem
-    (the checks and messages of `real.server.protocol.parse_infer`, in the same order)."""
+    (the checks and messages of `real.server.protocol.parse_infer`, in the same order). With
+    `features`, an input-less infer names its entity (`parameters.entity_id`, else `user`, the
+    x-user-id metadata), as over REST."""
     params = msg.parameters
     timeout_s = _timeout_s(params)
     label = _label_param(params)
+    if features and not len(msg.inputs):
+        entity = entity_of({ENTITY_PARAMETER: param_value(params[ENTITY_PARAMETER])} if ENTITY_PARAMETER in params else None, user)
+        wanted = _wanted(msg, output_names)
+        return InferRequest(rows=np.zeros((1, FEATURES), np.float32), id=msg.id or None, timeout_s=timeout_s, outputs=wanted,
+                            entity_id=entity)
     if len(msg.inputs) != 1:
         raise ProtocolError(400, f"'inputs' must be a list with exactly one tensor ({INPUT_NAME!r})")
     tensor = msg.inputs[0]
@@ -108,16 +118,21 @@ def infer_request(msg: pb.ModelInferRequest, max_rows: int, output_names: frozen
     rows = _input_rows(msg, tensor, n)
     if not np.isfinite(rows).all():
         raise ProtocolError(400, "input 'data' holds values that are not finite in FP32")
-    wanted: tuple[str, ...] | None = None
-    if len(msg.outputs):
-        names = [o.name for o in msg.outputs]
-        bad = [x for x in names if x not in output_names]
-        if bad:
-            raise ProtocolError(400, f"unknown output(s) {bad!r}; this model has {sorted(output_names)}")
-        wanted = tuple(names)
+    wanted = _wanted(msg, output_names)
     if isinstance(label, list) and len(label) != n:
         raise ProtocolError(400, f"'parameters.label' has {len(label)} labels for {n} rows; give one per row, or one for all")
     return InferRequest(rows=rows, id=msg.id or None, timeout_s=timeout_s, outputs=wanted, label=label)
+
+
+def _wanted(msg: pb.ModelInferRequest, output_names: frozenset[str]) -> tuple[str, ...] | None:
+    """The outputs asked for (None = all), or ProtocolError for an unknown one."""
+    if not len(msg.outputs):
+        return None
+    names = [o.name for o in msg.outputs]
+    bad = [x for x in names if x not in output_names]
+    if bad:
+        raise ProtocolError(400, f"unknown output(s) {bad!r}; this model has {sorted(output_names)}")
+    return tuple(names)
 
 
 def _input_rows(msg: pb.ModelInferRequest, tensor: pb.ModelInferRequest.InferInputTensor, n: int) -> np.ndarray:
@@ -189,6 +204,8 @@ def infer_response(
     params["server_s"].double_param = float(server_s)
     if correct is not None:
         params["correct"].bool_param = bool(correct)
+    if result.extra:  # the feature lookup's figures, as the JSON answer's
+        set_parameters(params, result.extra)
     return resp
 
 

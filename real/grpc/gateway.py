@@ -134,6 +134,6 @@ class GatewayService(pb_grpc.GRPCInferenceServiceServicer):
 def _reply_metadata(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
     """Which replica and version answered a failed infer (a client records a failure's version
     from these, as it does from REST's headers)."""
-    keys = ("x-replica", VERSION_HEADER, "x-gateway-s")
+    keys = ("x-replica", VERSION_HEADER, "x-gateway-s", "x-feature-failure")
     return tuple((k, headers[k]) for k in keys if k in headers)
 

@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from real.grpc import convert
 from real.grpc import grpc_service_pb2 as pb
 from real.grpc import grpc_service_pb2_grpc as pb_grpc
-from real.server.batcher import BackendFailed, DeadlineExceeded, QueueFull, clock
+from real.server.batcher import BackendFailed, DeadlineExceeded, FeatureLookupFailed, QueueFull, clock
 from real.server.protocol import INPUT_SPEC, ProtocolError, TensorSpec
 
 if TYPE_CHECKING:
@@ -117,12 +117,13 @@ class ReplicaService(pb_grpc.GRPCInferenceServiceServicer):
         if (problem := self._problem(request.model_name, request.model_version)) is not None:
             m.errors.labels("404").inc()
             await abort(context, 404, problem, self.who)
-        status, message = 0, ""
+        status, message, who = 0, "", self.who
         m.in_flight.inc()
         try:
             if rep.fault.down:
                 raise ProtocolError(503, f"replica {rep.index} is down (a fault drill: POST /v2/fault)")
-            req = convert.infer_request(request, rep.cfg.batching.max_batch_size, rep.output_names)
+            req = convert.infer_request(request, rep.cfg.batching.max_batch_size, rep.output_names, rep.features is not None,
+                                        _user(context) if rep.features is not None and not request.inputs else None)
             if not rep.loaded:
                 raise ProtocolError(503, f"model {rep.model!r} version {rep.version!r} is not loaded")
             result = await rep.batcher.submit(req, received)
@@ -143,10 +144,15 @@ class ReplicaService(pb_grpc.GRPCInferenceServiceServicer):
             m.errors.labels("500").inc()
             m.requests.labels("error").inc()
             status, message = 500, str(exc)
+        except FeatureLookupFailed as exc:  # features.fallback=error: NOT_FOUND missing entity, UNAVAILABLE store down
+            m.errors.labels(str(exc.status)).inc()
+            m.requests.labels("error").inc()
+            status, message = exc.status, exc.message
+            who = self.who + (("x-feature-failure", exc.reason),)  # told apart from a full queue's UNAVAILABLE
         finally:
             m.in_flight.dec()
         if status:
-            await abort(context, status, message, self.who)
+            await abort(context, status, message, who)
         judged = rep.quality.judge(result.outputs, req.label, req.id) if rep.quality is not None else None
         if judged is not None and judged.failed:
             m.errors.labels("500").inc()
@@ -160,3 +166,7 @@ class ReplicaService(pb_grpc.GRPCInferenceServiceServicer):
         m.ok.inc()
         return response
 
+
+def _user(context: Any) -> str | None:
+    """The call's x-user-id metadata (an input-less request's entity when its parameters name none)."""
+    return next((v for k, v in (context.invocation_metadata() or ()) if k == "x-user-id" and isinstance(v, str)), None)

@@ -48,10 +48,20 @@ class GrpcRequestEncoder:
                 msg.parameters["label"].int64_param = int(label)
             self.parts.append(msg.SerializeToString())
 
-    def encode(self, request_key: str, k: int, micros: int) -> bytes:
+    @classmethod
+    def for_entities(cls, model: str) -> GrpcRequestEncoder:
+        """Input-less requests, each naming its entity (`encode(..., entity_id=)`): the feature
+        store's requests (features.store != none), whose input is the entity's feature row."""
+        encoder = cls(model, np.empty((0, 64), np.float32), [])
+        encoder.parts = [pb.ModelInferRequest(model_name=model).SerializeToString()]
+        return encoder
+
+    def encode(self, request_key: str, k: int, micros: int, entity_id: int | None = None) -> bytes:
         tail = pb.ModelInferRequest(id=request_key)
         tail.parameters["timeout"].int64_param = micros
-        return self.parts[k] + tail.SerializeToString()
+        if entity_id is not None:
+            tail.parameters["entity_id"].int64_param = entity_id
+        return self.parts[k] + tail.SerializeToString()  # serialised messages concatenate as a merge
 
 
 def read_answer(data: bytes) -> tuple[dict[str, Any], int | None]:

@@ -47,6 +47,7 @@ import json
 import os
 import time
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
@@ -74,8 +75,11 @@ from real.loadgen.plan import (
     write_arrays,
     write_json_file,
 )
-from real.loadgen.recordfile import CLIENT_TIMEOUT, CONNECTION_ERROR, CUT_SHORT, RECORD_FIELDS
-from real.loadgen.wire import Answer, AnswerReader, RequestEncoder
+from real.loadgen.async_client import CALLBACK_REPLY, POLLING, SUBMITTING, AsyncCall, Callback, CallbackReader, Done, Poll, \
+    ResultRequestEncoder, ready_on_run_clock, result_parameters, submit_mid
+from real.loadgen.recordfile import ASYNC_RECORD_FIELDS, CLIENT_TIMEOUT, CONNECTION_ERROR, CUT_SHORT, RECORD_FIELDS
+from real.loadgen.wire import ENTITY_MID, Answer, AnswerReader, RequestEncoder
+from sim.policy.async_jobs import PollSchedule
 from sim.policy.users import ThinkTime
 from sim.rng import make_streams
 
@@ -194,6 +198,9 @@ class _Conn(_Socket):
 class Driver:
     """One worker's share of the load: sends, reads, records. One per process."""
 
+    # what `send` makes of a due request, from (key, request_id, user_id, intended_s, deadline, on_done)
+    request_type: Callable[..., _Request] = _Request
+
     def __init__(self, plan: LoadPlan, worker: int, environment: Environment) -> None:
         self.plan = plan
         self.worker = worker
@@ -232,8 +239,8 @@ class Driver:
         key = self._next_key
         self._next_key += 1
         timeout_s = self.plan.timeout_s
-        req = _Request(key, request_id, user_id, intended_s,
-                       self.t0 + intended_s + timeout_s if timeout_s > 0 else float("inf"), on_done)
+        req = self.request_type(key, request_id, user_id, intended_s,
+                                self.t0 + intended_s + timeout_s if timeout_s > 0 else float("inf"), on_done)
         self.in_flight[key] = req
         if timeout_s > 0:
             heapq.heappush(self.deadlines, (req.deadline, req))
@@ -250,7 +257,8 @@ class Driver:
         micros = max(int((req.deadline - now) * 1e6), 1) if timeout_s > 0 else 0
         rid = req.request_id if req.request_id >= 0 else req.key
         pin = self.pins.get(req.request_id) if self.pins else None  # a trace row's version: header routing
-        return self.encoder.encode(f"w{self.worker}-{rid}", req.user_id, input_index(rid, len(self._labels)), micros, pin)
+        return self.encoder.encode(f"w{self.worker}-{rid}", req.user_id, input_index(rid, len(self._labels)), micros, pin,
+                                   self.plan.entity)
 
     def _write(self, conn: _Conn, req: _Request) -> None:
         now = clock()
@@ -348,6 +356,8 @@ class Driver:
                 label = self._labels[input_index(rid, len(self._labels))]
                 if label is not None and "correct" in (params or {}):
                     correct = _judge(doc, label)
+                elif self.plan.entity and "correct" in (params or {}):  # judged by the feature table's label
+                    correct = int(bool(params["correct"]))  # type: ignore[index]
             except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
                 status, exc = CONNECTION_ERROR, e
         elif answer.replica is not None and answer.version is not None:
@@ -362,7 +372,8 @@ class Driver:
                 gateway_s = float(answer.gateway_s)
             except ValueError:
                 pass
-        self._finish(req, status, params, exc, gateway_s, replica, version, correct, len(answer.body))
+        self._finish(req, status, params, exc, gateway_s, replica, version, correct, len(answer.body),
+                     feature_failed=int(answer.feature_failure is not None and status != 200))
 
     def _release(self, conn: _Conn) -> None:
         """A connection free again: the longest-waiting request takes it, else it idles."""
@@ -400,8 +411,9 @@ class Driver:
 
     def _finish(self, req: _Request, status: int, params: dict[str, Any] | None, exc: BaseException | None,
                 gateway_s: float = float("nan"), replica: int = -1, version: str = "", correct: int = -1,
-                length: int = 0) -> None:
-        """Record the outcome, fire Locust's event, wake a closed-loop user."""
+                length: int = 0, feature_failed: int = 0) -> None:
+        """Record the outcome, fire Locust's event, wake a closed-loop user. `feature_failed`: the
+        refusal was the feature lookup's (the replica's x-feature-failure)."""
         finish_s = clock() - self.t0
         req.done = True
         self.in_flight.pop(req.key, None)
@@ -410,7 +422,9 @@ class Driver:
                           float(p.get("queue_s", np.nan)), float(p.get("service_s", np.nan)),
                           float(p.get("server_s", np.nan)), float(p.get("gateway_s", gateway_s)),
                           int(p.get("batch_size", 0)), int(p.get("batch_id", -1)), int(p.get("replica", replica)),
-                          str(p.get("version", version)), correct))
+                          str(p.get("version", version)), correct, float(p.get("feature_lookup_s", np.nan)),
+                          -1 if p.get("feature_hit") is None else int(bool(p["feature_hit"])),
+                          int(bool(p.get("feature_fallback", False))), feature_failed))
         if exc is None and status >= 400:
             exc = RuntimeError(f"HTTP {status}")
         try:
@@ -555,15 +569,23 @@ class Driver:
         rows = list(self.rows)
         for req in list(self.in_flight.values()):
             rows.append((req.request_id, req.user_id, req.intended_s, req.send_s, np.nan, CUT_SHORT,
-                         np.nan, np.nan, np.nan, np.nan, 0, -1, -1, "", -1))
+                         np.nan, np.nan, np.nan, np.nan, 0, -1, -1, "", -1, np.nan, -1, 0, 0))
         columns = list(zip(*rows)) if rows else [[] for _ in RECORD_FIELDS]
         arrays = {name: np.asarray(col, dtype=dtype) for (name, dtype), col in zip(RECORD_FIELDS.items(), columns)}
-        write_arrays(records_path(self.plan.out_dir, self.worker), arrays)
+        write_arrays(records_path(self.plan.out_dir, self.worker), {**arrays, **self.extra_columns()})
+
+    def extra_columns(self) -> dict[str, np.ndarray]:
+        """Fields a kind of driver records beyond RECORD_FIELDS, one per row in `flush`'s order
+        (its rows, then the requests still in flight): none here."""
+        return {}
 
 
 def _bodies(plan: LoadPlan) -> tuple[list[bytes], list[int | None]]:
-    """Each input's body part after the id (ending where the timeout's value goes) and its label."""
+    """Each input's body part after the id (ending where the timeout's value goes) and its label;
+    with `plan.entity`, the one part of an input-less request, ending where its entity id goes."""
     head = b'","inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":'
+    if plan.entity:  # the replica's feature store gives the input (and the label that judges it)
+        return [ENTITY_MID], [None]
     if not plan.inputs:
         data = np.random.default_rng(plan.seed).uniform(0.0, 16.0, 64).round(3).tolist()
         return [head + orjson.dumps(data) + b'}],"parameters":{"timeout":'], [None]
@@ -579,6 +601,174 @@ def _judge(doc: dict[str, Any], label: int) -> int:
         if output.get("name") == "label" and output.get("data"):
             return int(output["data"][0] == label)
     return -1
+
+
+class _AsyncRequest(_Request):
+    """An async request: its conversation (submit, then polls) and its next poll's timer."""
+
+    __slots__ = ("call", "timer")
+
+    def __init__(self, schedule: PollSchedule | None, key: int, request_id: int, user_id: int, intended_s: float,
+                 deadline: float, on_done: Callable[[], None] | None) -> None:
+        super().__init__(key, request_id, user_id, intended_s, deadline, on_done)
+        self.call = AsyncCall(schedule)
+        self.timer: Any = None  # the next poll's libev timer, while one is armed
+
+
+class AsyncDriver(Driver):
+    """pattern=async (real.loadgen.async_client): each scheduled request is submitted at its
+    time exactly as a sync request is sent (the same dispatcher, connections, send lag and
+    deadline heap), its 202 read, then its result polled: a GET on a pooled keep-alive
+    connection (beyond loadgen.max_connections in flight, it waits for one, as a send does)
+    at each of the plan's PollSchedule times from the 202, by a libev timer on the hub. The
+    client deadline ends the polling; the record is written once, when the conversation ends.
+
+    With `async_jobs.callback` it never polls: each submission names a loopback listener of
+    this worker's (`parameters.callback_url`), the server's worker POSTs the result there, and
+    the request ends when that is read. A callback may overtake its own 202 (the worker is
+    quick, the gateway's answer still on its way): it waits in `early` until the 202 names it."""
+
+    def __init__(self, plan: LoadPlan, worker: int, environment: Environment) -> None:
+        super().__init__(plan, worker, environment)
+        schedule = None if plan.callback else PollSchedule(plan.poll_first_s, plan.poll_backoff, plan.poll_max_interval_s)
+        self.request_type = partial(_AsyncRequest, schedule)
+        netloc = urlsplit(plan.url).netloc
+        self.by_job: dict[str, _AsyncRequest] = {}  # callbacks: the requests waiting for theirs
+        self.early: dict[str, Callback] = {}  # callbacks read before their 202
+        callback_url = self._listen() if plan.callback else None
+        mids, _ = _bodies(plan)
+        self.encoder = RequestEncoder(netloc, plan.infer_path, [submit_mid(m, callback_url) for m in mids])
+        self.results = ResultRequestEncoder(netloc, plan.model)
+        self.t0_wall = float("nan")
+        self.ready: list[float] = []  # per row, beside self.rows
+        self.polls: list[int] = []
+
+    def _listen(self) -> str:
+        """A loopback listener for the results' callbacks; its URL."""
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.listener = sock
+        self.accepting = self.loop.io(sock.fileno(), READ)
+        self.accepting.start(self._accept)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/callback/w{self.worker}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                fd, _ = self.listener._accept()  # the C socket's accept: a descriptor
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors: the callback's sender times out, the request too
+                return
+            sock = _socket.socket(fileno=fd)
+            sock.setblocking(False)
+            watcher = self.loop.io(fd, READ)
+            watcher.start(self._callback_readable, sock, watcher, CallbackReader())
+
+    def _callback_readable(self, sock: Any, watcher: Any, reader: CallbackReader) -> None:
+        try:
+            data = sock.recv(RECV_BYTES)
+            if data:
+                for callback in reader.feed(data):
+                    sock.send(CALLBACK_REPLY)  # a few bytes on a fresh socket: it takes them
+                    self._called_back(callback)
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, httptools.HttpParserError):
+            pass
+        watcher.stop()
+        watcher.close()
+        sock.close()
+
+    def _called_back(self, callback: Callback) -> None:
+        req = self.by_job.pop(callback.job, None)
+        if req is None:
+            self.early[callback.job] = callback
+        elif not req.done:
+            self._result(req, callback)
+
+    def _result(self, req: _AsyncRequest, callback: Callback) -> None:
+        """A result told by callback: recorded as a polled result is."""
+        Driver._answered(self, req, Answer(callback.status, callback.body, None, None, None, False))
+
+    def run(self) -> None:
+        self.t0_wall = _t0_wall.get()  # a result's ready_unix_s - this = its time on the run's clock
+        super().run()
+
+    def _bytes(self, req: _Request, now: float) -> bytes:
+        call = req.call  # type: ignore[attr-defined]
+        if call.phase == POLLING:
+            return self.results.encode(call.job)
+        return super()._bytes(req, now)
+
+    def _connect(self, req: _Request) -> None:
+        sent = req.send_s
+        super()._connect(req)
+        if req.call.phase == POLLING:  # type: ignore[attr-defined]  # a poll's connection: the record keeps the submit's send time
+            req.send_s = sent
+
+    def _answered(self, req: _Request, answer: Answer) -> None:
+        call: AsyncCall = req.call  # type: ignore[attr-defined]
+        step = call.submitted(answer.status, answer.body) if call.phase == SUBMITTING else call.answered(answer.status)
+        if step is None:  # told by callback: wait for it (it may be here already)
+            job = call.job
+            assert job is not None
+            early = self.early.pop(job, None)
+            if early is not None:
+                self._result(req, early)  # type: ignore[arg-type]
+            else:
+                self.by_job[job] = req  # type: ignore[assignment]
+            return
+        if isinstance(step, Poll):
+            timer = self.loop.timer(step.after_s)
+            timer.start(self._poll, req, update=True)
+            req.timer = timer  # type: ignore[attr-defined]
+            return
+        assert isinstance(step, Done)
+        if step.http_status == CONNECTION_ERROR:
+            self._finish(req, CONNECTION_ERROR, None, ValueError("a 202 that names no request id"))
+            return
+        super()._answered(req, answer)  # the result (or the refusal, the 404): recorded as a sync answer is
+
+    def _poll(self, req: _AsyncRequest) -> None:
+        """A poll is due: send it on a free connection, a new one, or the first that frees."""
+        timer, req.timer = req.timer, None
+        if timer is not None:
+            timer.close()
+        if req.done:
+            return
+        req.call.polled()
+        if self.idle:
+            self._write(self.idle.popleft(), req)
+        elif self.open < self.plan.max_connections:
+            self._connect(req)
+        else:
+            self.waiting.append(req)
+
+    def _finish(self, req: _Request, status: int, params: dict[str, Any] | None, exc: BaseException | None,
+                *args: Any, **kwargs: Any) -> None:
+        """Driver's, with the poll timer stopped and the result's ready time and polls beside
+        the row; the rest of the arguments pass through as they are."""
+        timer = req.timer  # type: ignore[attr-defined]
+        if timer is not None:  # the deadline (or a stop) came between polls
+            req.timer = None  # type: ignore[attr-defined]
+            timer.close()
+        if req.call.job is not None:  # type: ignore[attr-defined]
+            self.by_job.pop(req.call.job, None)  # type: ignore[attr-defined]
+        self.ready.append(ready_on_run_clock(params, self.t0_wall) if status == 200 else float("nan"))
+        self.polls.append(req.call.polls)  # type: ignore[attr-defined]
+        super()._finish(req, status, result_parameters(params), exc, *args, **kwargs)
+
+    def extra_columns(self) -> dict[str, np.ndarray]:
+        in_flight = list(self.in_flight.values())  # flush's order for the rows it adds
+        ready = self.ready + [float("nan")] * len(in_flight)
+        polls = self.polls + [req.call.polls for req in in_flight]  # type: ignore[attr-defined]
+        return {"ready_s": np.asarray(ready, dtype=ASYNC_RECORD_FIELDS["ready_s"]),
+                "polls": np.asarray(polls, dtype=ASYNC_RECORD_FIELDS["polls"])}
 
 
 class _H2Link(_Socket):
@@ -617,7 +807,8 @@ class GrpcDriver(Driver):
         else:
             images = np.random.default_rng(plan.seed).uniform(0.0, 16.0, (1, 64)).round(3)
             label_list = [None]
-        self.grpc_encoder = grpc_wire.GrpcRequestEncoder(plan.model, images, label_list)
+        self.grpc_encoder = (grpc_wire.GrpcRequestEncoder.for_entities(plan.model) if plan.entity
+                             else grpc_wire.GrpcRequestEncoder(plan.model, images, label_list))
         self.authority = plan.url.split("//", 1)[-1].rstrip("/")
         host, _, port = self.authority.rpartition(":")
         family, _, _, _, self.grpc_address = _socket.getaddrinfo(host.strip("[]") or "127.0.0.1", int(port), 0,
@@ -653,7 +844,8 @@ class GrpcDriver(Driver):
         now = clock()
         rid = req.request_id if req.request_id >= 0 else req.key
         micros = max(int((req.deadline - now) * 1e6), 1) if self.plan.timeout_s > 0 else 0
-        message = self.grpc_encoder.encode(f"w{self.worker}-{rid}", input_index(rid, len(self._labels)), micros)
+        message = self.grpc_encoder.encode(f"w{self.worker}-{rid}", input_index(rid, len(self._labels)), micros,
+                                           req.user_id if self.plan.entity else None)
         if not link.client.can_call(len(message)):
             return False
         metadata: tuple[tuple[str, str], ...] = (("x-user-id", str(req.user_id)),)
@@ -788,7 +980,7 @@ class GrpcDriver(Driver):
 
     def _finish(self, req: _Request, status: int, params: dict[str, Any] | None, exc: BaseException | None,
                 gateway_s: float = float("nan"), replica: int = -1, version: str = "", correct: int = -1,
-                length: int = 0) -> None:
+                length: int = 0, feature_failed: int = 0) -> None:
         """As the HTTP driver's; a call still open (its client deadline passed) is reset first."""
         where = self.calls.pop(req.key, None)
         if where is not None:
@@ -796,7 +988,7 @@ class GrpcDriver(Driver):
             link.streams.pop(sid, None)
             if not link.closed:
                 self._send_bytes(link, link.client.cancel(sid))
-        super()._finish(req, status, params, exc, gateway_s, replica, version, correct, length)
+        super()._finish(req, status, params, exc, gateway_s, replica, version, correct, length, feature_failed)
 
     def _grpc_answered(self, req: _Request, reply: GrpcReply) -> None:
         if reply.code is self.wire.OK:
@@ -811,6 +1003,8 @@ class GrpcDriver(Driver):
             rid = req.request_id if req.request_id >= 0 else req.key
             sent = self._labels[input_index(rid, len(self._labels))]
             correct = int(label == sent) if sent is not None and label is not None and "correct" in params else -1
+            if self.plan.entity and "correct" in params:  # judged by the feature table's label
+                correct = int(bool(params["correct"]))
             self._finish(req, 200, params, None, float(params.get("gateway_s", float("nan"))),
                          correct=correct, length=len(data))
             return
@@ -818,7 +1012,8 @@ class GrpcDriver(Driver):
         exc = TimeoutError(f"no answer within {self.plan.timeout_s:g} s") if status == CLIENT_TIMEOUT else None
         if status == CONNECTION_ERROR:
             exc = ConnectionError(f"gRPC {reply.code.name}: {reply.details}")
-        self._finish(req, status, None, exc, replica=replica, version=version)
+        feature_failed = int(any(k == "x-feature-failure" for k, _ in reply.trailing or ()))  # the lookup's refusal
+        self._finish(req, status, None, exc, replica=replica, version=version, feature_failed=feature_failed)
 
 
 _driver: Driver | None = None
@@ -834,7 +1029,7 @@ class ScheduleUser(User):
         global _driver
         if _driver is None:  # a second user on the same worker must not send the share twice
             plan = _plan()
-            driver = GrpcDriver if plan.protocol == "grpc" else Driver
+            driver = GrpcDriver if plan.protocol == "grpc" else AsyncDriver if plan.pattern == "async" else Driver
             _driver = driver(plan, int(os.environ.get(WORKER_ENV, "0")), self.environment)
             _driver.run()
         while True:

@@ -5,9 +5,10 @@ short before its time, or a worker died) is an `error` row with no finish, never
 
 Outcomes, from the client's side:
   ok       HTTP 200 within the client deadline (timeout_s from the intended send)
-  shed     HTTP 503 (a full queue, or no healthy replica at the gateway)
+  shed     HTTP 503 (a full queue, or no healthy replica at the gateway; async: at submit)
   timeout  the client deadline passed first, or the replica dropped it from its queue (504)
-  error    anything else: other HTTP statuses, connection errors, cut short, never sent
+  error    anything else: other HTTP statuses, connection errors, cut short, never sent (async: a
+           poll answered 404 or 503, real.loadgen.async_client)
 
 Batches: the replica numbers its batches and answers each request with its batch's id; a batch
 is (replica, that id), renumbered here in order of start so `batch_id` is unique in the run, as
@@ -36,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from real.loadgen.recordfile import CLIENT_TIMEOUT, RECORD_DEFAULTS, RECORD_FIELDS
+from real.loadgen.recordfile import ASYNC_RECORD_DEFAULTS, ASYNC_RECORD_FIELDS, CLIENT_TIMEOUT, RECORD_DEFAULTS, RECORD_FIELDS
 from sim.records import COLUMNS, ERROR, OK, SHED, TIMEOUT, requests_frame
 
 
@@ -53,6 +54,8 @@ def read_records(path: Path) -> pd.DataFrame:
         n = len(z["request_id"])
         data = {name: z[name] if name in z.files else np.full(n, RECORD_DEFAULTS[name], dtype=RECORD_FIELDS[name])
                 for name in RECORD_FIELDS}
+        data.update({name: z[name] if name in z.files else np.full(n, ASYNC_RECORD_DEFAULTS[name], dtype=dtype)
+                     for name, dtype in ASYNC_RECORD_FIELDS.items()})
     frame = pd.DataFrame(data)
     frame["version"] = frame["version"].astype(str)
     return frame
@@ -66,7 +69,8 @@ def _collect(files: Sequence[Path]) -> pd.DataFrame:
         part["order"] = np.arange(len(part))
         parts.append(part)
     if not parts:
-        empty = {name: np.empty(0, dtype=dtype if dtype != "U32" else object) for name, dtype in RECORD_FIELDS.items()}
+        empty = {name: np.empty(0, dtype=dtype if dtype != "U32" else object)
+                 for name, dtype in {**RECORD_FIELDS, **ASYNC_RECORD_FIELDS}.items()}
         return pd.DataFrame({**empty, "worker": np.empty(0, np.int64), "order": np.empty(0, np.int64)})
     return pd.concat(parts, ignore_index=True)
 
@@ -111,7 +115,7 @@ def merge(
                 column = np.full(n, "", dtype=object)
             elif c == "http_status":
                 column = np.full(n, -3, dtype=np.int64)  # never sent
-            elif c in ("replica", "worker", "batch_id", "correct"):
+            elif c in ("replica", "worker", "batch_id", "correct", "feature_hit"):
                 column = np.full(n, -1, dtype=np.int64)
             else:
                 column = np.zeros(n, dtype=np.int64)
@@ -129,12 +133,18 @@ def merge(
     finish = full["finish_s"].to_numpy(dtype=float)
     http = full["http_status"].to_numpy(dtype=np.int64)
     latency = finish - intended
+    polls = full["polls"].to_numpy(dtype=np.int64)
     status = outcome(http, latency, timeout_s)
+    # a 503 because the feature store did not answer (fallback=error) is a failure, not a shed
+    status[(http == 503) & (full["feature_failed"].to_numpy(dtype=np.int64) == 1)] = ERROR
+    status[(http == 503) & (polls > 0)] = ERROR  # async: a poll's 503 (the queue's Redis down) fails a request it had accepted
     served = http == 200  # answered, maybe past the deadline (a timeout): as in the twin, it ran in a batch
     queue = full["queue_s"].to_numpy(dtype=float)
     service = full["service_s"].to_numpy(dtype=float)
     server = full["server_s"].to_numpy(dtype=float)
     derived = np.where(served, send + (finish - send - server) / 2 + queue, np.nan)
+    ready = np.where(served, full["ready_s"].to_numpy(dtype=float), np.nan)
+    derived = np.where(np.isnan(ready), derived, ready - service)  # async: the batch ran up to the result's ready time
     # a failure a replica answered (500, 503, 504) keeps its replica and version, as in the twin
     replica = full["replica"].to_numpy(dtype=np.int64)
     batch = np.where(served, full["batch_size"].to_numpy(dtype=np.int64), 0)
@@ -145,6 +155,10 @@ def merge(
     version = full["version"].to_numpy(dtype=object)
     # right or wrong only for an answer (HTTP 200), as the worker judged it; unknown otherwise
     correct = np.where(served, full["correct"].to_numpy(dtype=np.int64), -1)
+    # the feature lookup of an answered request's batch, as its replica answered (NA/NaN otherwise)
+    hit_code = np.where(served, full["feature_hit"].to_numpy(dtype=np.int64), -1)
+    feature_hit = pd.array(hit_code == 1, dtype="boolean")
+    feature_hit[hit_code < 0] = pd.NA
     requests = requests_frame({
         "request_id": full["request_id"].to_numpy(dtype=np.int64),
         "user_id": full["user_id"].to_numpy(dtype=np.int64),
@@ -160,6 +174,11 @@ def merge(
         "batch_size": batch,
         "status": status,
         "correct": correct,
+        "feature_lookup_s": np.where(served, full["feature_lookup_s"].to_numpy(dtype=float), np.nan),
+        "feature_hit": feature_hit,
+        "feature_fallback": served & (full["feature_fallback"].to_numpy(dtype=np.int64) == 1),
+        "ready_s": ready,  # async: when the server had the result; NaN otherwise
+        "polls": polls,
     })
     sends = pd.DataFrame({
         "request_id": full["request_id"].to_numpy(dtype=np.int64),

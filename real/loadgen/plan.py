@@ -50,6 +50,13 @@ class LoadPlan:
     spin_s: float = 0.0  # loadgen.spin_s: sleep to this long before a send, spin the rest
     protocol: str = "http"  # loadgen.protocol: http (url is http://host:port) | grpc (url is the gRPC target host:port)
     model: str = "digits"  # the model a gRPC infer names (REST names it in infer_path)
+    # pattern=async (real.loadgen.async_client): submit, then poll on PollSchedule(poll_*) or be called back
+    pattern: str = "sync"
+    poll_first_s: float = 0.05
+    poll_backoff: float = 2.0
+    poll_max_interval_s: float = 1.0
+    callback: bool = False
+    entity: bool = False  # features.store != none: requests carry no input, parameters.entity_id = the schedule's user_id
 
     @property
     def drain_after_s(self) -> float:

@@ -29,6 +29,18 @@ RECORD_FIELDS: dict[str, str] = {
     "replica": "int64",
     "version": "U32",
     "correct": "int64",  # the answer's label vs the one sent: 1 right, 0 wrong, -1 unknown (unlabelled, not judged, no answer)
+    # the feature lookup of the request's batch, as the replica answered (features.store != none)
+    "feature_lookup_s": "float64",  # NaN: no lookup (or no answer)
+    "feature_hit": "int64",  # 1 the row came from the replica's cache, 0 fetched (or not had), -1 no lookup
+    "feature_fallback": "int64",  # 1 served on the default row, 0 not
+    "feature_failed": "int64",  # 1 refused because its feature lookup failed (fallback=error: 404 missing, 503 store down), 0 not
 }
 # fields a record file may lack (written before they existed), and what they then hold
-RECORD_DEFAULTS: dict[str, int] = {"correct": -1}
+RECORD_DEFAULTS: dict[str, float] = {"correct": -1, "feature_lookup_s": float("nan"), "feature_hit": -1,
+                                     "feature_fallback": 0, "feature_failed": 0}
+# pattern=async (real.loadgen.async_client): written beside the fields above by the async driver
+ASYNC_RECORD_FIELDS: dict[str, str] = {
+    "ready_s": "float64",  # when the server had the result (its ready_unix_s on the run's clock); NaN: no result
+    "polls": "int64",  # result requests sent (0: sync, refused at once, or told by callback)
+}
+ASYNC_RECORD_DEFAULTS: dict[str, float] = {"ready_s": float("nan"), "polls": 0}

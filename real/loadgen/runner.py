@@ -108,7 +108,9 @@ def make_plan(cfg: ScenarioConfig, url: str, out_dir: Path, *, path: str | None 
         workers=lg.workers, duration_s=cfg.duration_s, timeout_s=cfg.timeout_s,
         users=cfg.arrival.users, think_s=cfg.arrival.think_s, seed=cfg.seed, dispatch=lg.dispatch,
         start_lead_s=lg.start_lead_s, max_connections=lg.max_connections, drain_s=lg.drain_s, inputs=str(inputs),
-        spin_s=lg.spin_s, protocol=lg.protocol, model=cfg.model.name,
+        spin_s=lg.spin_s, protocol=lg.protocol, model=cfg.model.name, entity=cfg.features.store != "none",
+        pattern=cfg.pattern, poll_first_s=cfg.async_jobs.poll_first_s, poll_backoff=cfg.async_jobs.poll_backoff,
+        poll_max_interval_s=cfg.async_jobs.poll_max_interval_s, callback=cfg.async_jobs.callback,
     )
 
 

@@ -20,9 +20,14 @@ import httptools
 
 BODY_HEAD = b'{"id":"'
 BODY_TAIL = b"}}"
+# an input-less request naming its entity (features.store != none): the replica looks its row up
+ENTITY_MID = b'","inputs":[],"parameters":{"entity_id":'
+TIMEOUT_KEY = b',"timeout":'
 # the headers a record reads (the gateway's own time, and who answered a failure)
 GATEWAY_S, REPLICA, MODEL_VERSION = b"x-gateway-s", b"x-replica", b"x-model-version"
-_KEPT = frozenset((GATEWAY_S, REPLICA, MODEL_VERSION))
+# a refusal because the request's feature lookup failed (features.fallback=error): missing | timeout
+FEATURE_FAILURE = b"x-feature-failure"
+_KEPT = frozenset((GATEWAY_S, REPLICA, MODEL_VERSION, FEATURE_FAILURE))
 
 
 class RequestEncoder:
@@ -35,10 +40,17 @@ class RequestEncoder:
                        "x-user-id: ").encode("latin-1")
         self._mids = list(mids)
 
-    def encode(self, request_key: str, user_id: int, k: int, micros: int, pin: str | None = None) -> bytes:
+    def encode(self, request_key: str, user_id: int, k: int, micros: int, pin: str | None = None,
+               entity: bool = False) -> bytes:
         """Request `request_key` (its OIP id) of user `user_id` with input `k`, a server-side
-        deadline of `micros` µs (0 = none), and `pin` in x-model-version when given."""
-        body = b"".join((BODY_HEAD, request_key.encode(), self._mids[k], str(micros).encode(), BODY_TAIL))
+        deadline of `micros` µs (0 = none), and `pin` in x-model-version when given. `entity`:
+        the request names its entity instead (the feature store's input), `mids[k]` ending in
+        ENTITY_MID's `"entity_id":`, the user id its value."""
+        if entity:
+            body = b"".join((BODY_HEAD, request_key.encode(), self._mids[k], str(user_id).encode(), TIMEOUT_KEY,
+                             str(micros).encode(), BODY_TAIL))
+        else:
+            body = b"".join((BODY_HEAD, request_key.encode(), self._mids[k], str(micros).encode(), BODY_TAIL))
         version = b"" if pin is None else b"\r\nx-model-version: " + pin.encode("latin-1")
         return b"".join((self._start, str(user_id).encode(), version, b"\r\ncontent-length: ",
                          str(len(body)).encode(), b"\r\n\r\n", body))
@@ -52,6 +64,7 @@ class Answer:
     replica: bytes | None  # x-replica
     version: bytes | None  # x-model-version
     keep_alive: bool  # the connection may carry the next request
+    feature_failure: bytes | None = None  # x-feature-failure: the refusal was the feature lookup's
 
 
 class AnswerReader:
@@ -86,6 +99,6 @@ class AnswerReader:
         parser = self._parser
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._done.append(Answer(parser.get_status_code(), body, h.get(GATEWAY_S), h.get(REPLICA),
-                                 h.get(MODEL_VERSION), parser.should_keep_alive()))
+                                 h.get(MODEL_VERSION), parser.should_keep_alive(), h.get(FEATURE_FAILURE)))
         self._body = []
         self._headers = {}

@@ -13,9 +13,19 @@ Status codes, all with an OIP error body `{"error": "..."}`:
   503 queue full (shed, with Retry-After), model unloaded, or the replica is down (a fault drill)
   504 the request's `parameters.timeout` (microseconds) ran out while it was queued: it was
       dropped at dispatch and never ran (gRPC's DEADLINE_EXCEEDED maps to 504 as well)
+  404 also: features.fallback=error and the request's entity has no row in the feature store
+  503 also: features.fallback=error and the feature store did not answer within features.timeout_s
   500 the model failed: it raised, or the version's error rate (model.versions[...].error_rate,
       or a scheduled fault's) failed the request after its batch ran (real.server.quality; only
       once the replica knows the run's time 0: warm-up and calibration requests never fail)
+
+With an online feature store (features.store != none, real.server.features) a request may carry
+no input (`inputs` absent or `[]`) and name an entity instead, `parameters.entity_id` (an integer
+>= 0) or else the x-user-id header (the gateway forwards it): the entity's 64 features are then
+its input row, and its label (from the offline table) judges the answer. A request that carries
+its input is served on it, with no lookup (features.store=none: always; `entity_id` is ignored).
+The answer's parameters then say `feature_lookup_s` (its batch's lookup time), `feature_hit`
+(its row came from the replica's cache) and `feature_fallback` (served on the default row).
 
 A labelled request (`parameters.label`) is judged: the answer's parameters say `correct`
 (true/false) and an `x-correct: 1|0` header tells the gateway, whose windows count accuracy.
@@ -45,11 +55,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from real.asgi import BodyTooLarge, ClientGone, header_values, infer_target, receive_body
 
 from real.server.backends import Backend, make_backend
-from real.server.batcher import AsyncBatcher, BackendFailed, DeadlineExceeded, QueueFull, clock
+from real.server.batcher import AsyncBatcher, BackendFailed, DeadlineExceeded, FeatureLookupFailed, QueueFull, clock
+from real.server.features import FeatureStage
 from real.server.metrics import CONTENT_TYPE, ServerMetrics
 from real.server.protocol import (
     INFER_HEADER_LENGTH,
     INPUT_SPEC,
+    USER_HEADER,
     InferRequest,
     InferResult,
     ProtocolError,
@@ -70,6 +82,7 @@ JSON_BYTES = JSON.encode()
 OCTET_STREAM = "application/octet-stream"  # what Triton's clients send with binary tensors
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 TOKEN_ENV = "SERVELAB_TOKEN"
+FEATURE_FAILURE_HEADER = "x-feature-failure"  # a refusal the feature lookup caused: missing | timeout
 
 
 @dataclass
@@ -121,6 +134,7 @@ class Replica:
     output_names: frozenset[str] = field(default_factory=frozenset)
     fault: FaultState = field(default_factory=FaultState)
     quality: ReplicaQuality | None = None  # failures and right/wrong answers of its version (None: never)
+    features: FeatureStage | None = None  # the feature lookup stage (features.store != none)
 
     @property
     def model(self) -> str:
@@ -249,6 +263,7 @@ def stats_document(rep: Replica) -> dict[str, object]:
                     {"batch_size": size, "compute_infer": {"count": c, "ns": ns}}
                     for size, (c, ns) in sorted(st.by_batch.items())
                 ],
+                **({"feature_store": rep.features.document()} if rep.features is not None else {}),
             }
         ]
     }
@@ -274,6 +289,7 @@ class InferOutcome:
     correct: bool | None = None  # a labelled request's verdict (None: not judged)
     server_s: float = 0.0  # from `received` to the answer's being ready
     retry_after: bool = False  # a shed: the answer tells when to retry
+    feature_failure: str = ""  # refused because the feature lookup failed: missing | timeout
 
 
 def refuse(rep: Replica, status: int, message: str) -> InferOutcome:
@@ -307,6 +323,11 @@ async def infer_parsed(rep: Replica, req: InferRequest, received: float) -> Infe
         return InferOutcome(504, "request timeout (parameters.timeout) expired while queued")
     except BackendFailed as exc:
         return refuse(rep, 500, str(exc))
+    except FeatureLookupFailed as exc:  # features.fallback=error: 404 missing entity, 503 store unavailable
+        outcome = refuse(rep, exc.status, exc.message)
+        outcome.retry_after = exc.status == 503
+        outcome.feature_failure = exc.reason
+        return outcome
     finally:
         m.in_flight.dec()
     judged = rep.quality.judge(result.outputs, req.label, req.id) if rep.quality is not None else None
@@ -326,11 +347,13 @@ async def answer_infer(
     read_body: Callable[[], Awaitable[bytes]],
     received: float,
     header_length: str | None = None,
+    user: str | None = None,
 ) -> tuple[int, bytes, dict[str, str] | None]:
     """One REST infer, from the raw request parts to (status, body, extra headers): the one code
     path behind both the Starlette route and the bare-ASGI fast path. `header_length` is the
     request's Inference-Header-Content-Length (binary tensors); a binary answer's extra headers
-    carry its own and its content type."""
+    carry its own and its content type. `user` is the x-user-id header: an input-less request's
+    entity when its body names none (features on)."""
     if (problem := model_problem(rep, model, version)) is not None:
         rep.metrics.errors.labels("404").inc()
         return 404, error_body(problem), None
@@ -340,13 +363,16 @@ async def answer_infer(
         check_content_type(content_type)
         split = parse_header_length(header_length)
         body = await read_body()
-        req = parse_infer(body, rep.cfg.batching.max_batch_size, rep.output_names, split)
+        req = parse_infer(body, rep.cfg.batching.max_batch_size, rep.output_names, split, rep.features is not None, user)
     except ProtocolError as exc:
         refuse(rep, exc.status, exc.message)
         return exc.status, error_body(exc.message), None
     outcome = await infer_parsed(rep, req, received)
     if outcome.result is None:
-        return outcome.status, error_body(outcome.message), {"Retry-After": "1"} if outcome.retry_after else None
+        headers = {"Retry-After": "1"} if outcome.retry_after else None
+        if outcome.feature_failure:  # the client can tell it from a full queue's 503 (FEATURE_FAILURE_HEADER)
+            headers = {**(headers or {}), FEATURE_FAILURE_HEADER: outcome.feature_failure}
+        return outcome.status, error_body(outcome.message), headers
     correct = outcome.correct
     content, json_length = infer_response(rep.model, rep.version, req, outcome.result, rep.backend.outputs, rep.index,
                                           outcome.server_s, correct)
@@ -363,6 +389,7 @@ async def infer(request: Request) -> Response:
 
 
 INFER_HEADER_BYTES = INFER_HEADER_LENGTH.lower().encode()
+USER_HEADER_BYTES = USER_HEADER.encode()
 
 
 class InferFastPath:
@@ -382,7 +409,7 @@ class InferFastPath:
     @staticmethod
     async def answer(rep: Replica, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
         received = clock()
-        headers = header_values(scope["headers"], b"content-type", b"content-length", INFER_HEADER_BYTES)
+        headers = header_values(scope["headers"], b"content-type", b"content-length", INFER_HEADER_BYTES, USER_HEADER_BYTES)
         declared = headers.get(b"content-length", "0")
         if not declared.isdigit():
             status, content, extra = 400, error_body("invalid Content-Length"), None
@@ -395,7 +422,7 @@ class InferFastPath:
 
             try:
                 status, content, extra = await answer_infer(rep, model, version, headers.get(b"content-type"), read_body,
-                                                            received, headers.get(INFER_HEADER_BYTES))
+                                                            received, headers.get(INFER_HEADER_BYTES), headers.get(USER_HEADER_BYTES))
             except ClientGone:
                 return
         raw = [(b"content-length", str(len(content)).encode())]
@@ -546,6 +573,33 @@ def served_version(cfg: ScenarioConfig, replica: int) -> str:
     return Membership.from_config(cfg).version_name(replica)
 
 
+def feature_stage(cfg: ScenarioConfig, metrics: ServerMetrics | None = None) -> FeatureStage | None:
+    """The replica's feature lookup stage for `features.*`, or None (features.store=none): its
+    cache, the store (embedded: this replica's own copy of the offline table, materialised here;
+    redis: the run's, in $SERVELAB_REDIS_URL, materialised by the launcher), fallback and timeout."""
+    f = cfg.features
+    if f.store == "none":
+        return None
+    from real.features import make_store
+    from real.launcher import REDIS_PASSWORD_ENV, REDIS_URL_ENV
+    from real.server.protocol import FEATURES
+    from sim.policy.features import FallbackPolicy, FeatureCache
+
+    store = make_store(f, redis_url=os.environ.get(REDIS_URL_ENV) or cfg.server.redis_url,
+                       redis_password=os.environ.get(REDIS_PASSWORD_ENV) or None)
+    fallback = FallbackPolicy.zeros(FEATURES) if f.fallback == "default" else FallbackPolicy("error")
+    return FeatureStage(store, FeatureCache(f.cache_size, f.cache_ttl_s), fallback, f.timeout_s, clock, f.store,
+                        metrics.on_lookup if metrics is not None else None)
+
+
+async def ready_store(stage: FeatureStage) -> None:
+    """Connect a networked store from the serving loop before the replica says ready: a Redis
+    that is down or refuses the password stops the replica with one line naming the URL."""
+    connect = getattr(stage.store, "connect", None)
+    if connect is not None:
+        await connect()
+
+
 def create_app(cfg: ScenarioConfig, replica: int, version: str | None = None) -> Starlette:
     """The replica's app; the model loads (and the batcher starts) in the lifespan startup.
     `version`: the one it serves (a replica added at run time), else its index's initial one."""
@@ -554,12 +608,14 @@ def create_app(cfg: ScenarioConfig, replica: int, version: str | None = None) ->
     quality = ReplicaQuality.from_config(cfg, version, replica)
     backend = FaultableBackend(make_backend(cfg, replica, version), fault, quality)
     server_metrics = ServerMetrics()
+    features = feature_stage(cfg, server_metrics)
     batcher = AsyncBatcher(
         DynamicBatcher(cfg.batching.max_batch_size, cfg.batching.max_queue_delay_s),
         backend,
         instances=cfg.concurrency,
         max_queue_size=cfg.batching.max_queue_size,
         on_batch=server_metrics.on_batch,
+        features=features,
     )
     token, configured = resolve_token(cfg)
     rep = Replica(
@@ -574,11 +630,14 @@ def create_app(cfg: ScenarioConfig, replica: int, version: str | None = None) ->
         output_names=frozenset(backend.outputs),
         fault=fault,
         quality=quality,
+        features=features,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(backend.load)
+        if features is not None:
+            await ready_store(features)
         batcher.start()
         rep.loaded = True
         try:
@@ -586,6 +645,8 @@ def create_app(cfg: ScenarioConfig, replica: int, version: str | None = None) ->
         finally:
             rep.loaded = False
             batcher.stop()
+            if features is not None:
+                await features.close()
 
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"

@@ -12,6 +12,11 @@ task, so a dispatch costs no extra event-loop wake-up.
 Batch size counts rows, as in Triton: a request of n rows fills n slots of `max_batch_size`;
 `max_queue_size` counts requests.
 
+With a feature store (features.store != none), a batch holding entity requests first looks their
+rows up on the instance it was given (real.server.features: the cache, then one round trip for
+the misses, the instance held meanwhile; an all-hit batch does it inline, with no task), then
+runs the model on them; its start is the lookup's, `service_s` the model's time after it.
+
 Every dispatched batch gets an id from a per-replica counter, handed back with each member's
 result: the client's only reliable way to tell which requests shared a batch (two batches can
 report the same device time, so the timings alone cannot say).
@@ -37,8 +42,10 @@ from typing import Callable, Protocol
 import numpy as np
 
 from real.server.backends import Backend
+from real.server.features import BatchLookup, FeatureStage
 from real.server.protocol import InferRequest, InferResult
 from sim.policy.batching import DynamicBatcher
+from sim.policy.features import FeatureRow, LookupPlan
 from sim.policy.replica_queue import ReplicaQueue
 
 Clock = Callable[[], float]
@@ -57,6 +64,17 @@ class BackendFailed(Exception):
     """The model raised on a batch; every request of that batch fails."""
 
 
+class FeatureLookupFailed(Exception):
+    """The request's entity has no row (404) or the store did not answer in time (503), and
+    features.fallback=error: the request fails with that status, never a 500."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason  # missing | timeout
+
+
 @dataclass(slots=True, eq=False)
 class Pending:
     """A queued request: the `ReplicaQueue`'s item (compared by identity)."""
@@ -64,6 +82,10 @@ class Pending:
     req: InferRequest
     enqueued_s: float
     future: asyncio.Future[InferResult]
+    # the feature lookup of its batch (features on, an entity request): when the batch's lookup
+    # began (its start on the instance), how long it took, and what this request got
+    lookup_start_s: float = math.nan
+    feature: dict[str, float | bool] | None = None
 
 
 Batch = list[Pending]
@@ -232,8 +254,12 @@ class AsyncBatcher:
         clock: Clock = clock,
         timer: TimerFactory = PreciseTimer,
         run_on: InstancesFactory = start_instances,
+        features: FeatureStage | None = None,
     ) -> None:
         self.queue: ReplicaQueue[Pending] = ReplicaQueue(policy, instances, max_queue_size)
+        self.features = features  # the lookup stage (features.store != none), run per batch on the instance
+        self._lookups: set[asyncio.Task[None]] = set()  # batches looking their rows up (kept referenced)
+        self._formed: dict[int, int] = {}  # batch id -> rows as formed, of a batch a failed lookup made smaller
         self.backend = backend
         self.clock = clock
         self.stats = BatchStats()
@@ -256,6 +282,8 @@ class AsyncBatcher:
 
     def stop(self) -> None:
         """Stop timer and instances; requests still waiting fail (the server is going away)."""
+        for task in list(self._lookups):
+            task.cancel()
         if self._timer is not None:
             self._timer.stop()
         if self._instances is not None:
@@ -328,12 +356,69 @@ class AsyncBatcher:
                 p.future.set_exception(DeadlineExceeded())
 
     def _start_batch(self, batch: Batch) -> None:
-        rows = sum(p.req.n for p in batch)
-        x = batch[0].req.rows if len(batch) == 1 else np.concatenate([p.req.rows for p in batch])
         batch_id = self.batches
         self.batches = batch_id + 1
+        stage = self.features
+        if stage is not None and any(p.req.entity_id is not None for p in batch):
+            plan, start = stage.begin([p.req.entity_id for p in batch if p.req.entity_id is not None])  # type: ignore[misc]
+            if not plan.fetch:  # all hits: no round trip, no task, the model runs at once
+                self._looked_up(batch_id, batch, stage.finish(plan, [], start), start)
+                return
+            assert self._loop is not None
+            task = self._loop.create_task(self._fetch_then_run(batch_id, batch, plan, start))
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+            return
+        self._run_batch(batch_id, batch)
+
+    def _run_batch(self, batch_id: int, batch: Batch) -> None:
+        rows = sum(p.req.n for p in batch)
+        x = batch[0].req.rows if len(batch) == 1 else np.concatenate([p.req.rows for p in batch])
         assert self._instances is not None
         self._instances.submit(batch_id, batch, x, self.backend.plan(rows))
+
+    async def _fetch_then_run(self, batch_id: int, batch: Batch, plan: LookupPlan[FeatureRow], start: float) -> None:
+        """The batch's one round trip for its misses, on the instance the queue gave it (held
+        meanwhile), then `_looked_up`."""
+        stage = self.features
+        assert stage is not None
+        try:
+            result = stage.finish(plan, await stage.fetch(plan), start)
+        except BaseException as exc:  # a bug in the stage, or shutdown: fail the batch, free the instance
+            self._on_done(batch_id, batch, None, exc, start, self.clock())
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._looked_up(batch_id, batch, result, start)
+
+    def _looked_up(self, batch_id: int, batch: Batch, result: BatchLookup, start: float) -> None:
+        """The batch's lookup is done (it began at `start`, the batch's start on the instance):
+        the model runs on the rows it got. A request whose lookup failed (fallback=error) is
+        answered with its failure and leaves the batch; if none is left, the instance is freed
+        without running the model. Requests that carry their own input had no lookup."""
+        looked = [p for p in batch if p.req.entity_id is not None]
+        running: Batch = [p for p in batch if p.req.entity_id is None]
+        for p, outcome, hit, reason in zip(looked, result.outcomes, result.hits, result.reasons):
+            p.lookup_start_s = start
+            if outcome.row is None:
+                failure = outcome.failure
+                assert failure is not None
+                if not p.future.done():
+                    p.future.set_exception(FeatureLookupFailed(failure.status_code, failure.message, failure.reason))
+                continue
+            p.req.rows = outcome.row.features.reshape(1, -1)
+            p.req.label = outcome.row.label  # judged by the table's label; a fallback row has none
+            p.feature = {"feature_lookup_s": result.lookup_s, "feature_hit": hit, "feature_fallback": reason is not None}
+            running.append(p)
+        for p in batch:  # own-input requests of a mixed batch start with it, too
+            p.lookup_start_s = start
+        if not running:
+            self.queue.finish()
+            self._pump()
+            return
+        if len(running) < len(batch):  # its members still report the batch as formed, as the twin's do
+            self._formed[batch_id] = sum(p.req.n for p in batch)
+        self._run_batch(batch_id, running)
 
     def _on_done(
         self,
@@ -350,6 +435,7 @@ class AsyncBatcher:
         st.execution_count += 1
         st.last_inference_ms = int(time.time() * 1000)
         if err is not None or out is None:
+            self._formed.pop(batch_id, None)
             self._fail_batch(batch, err, service_s)
         else:
             self._answer_batch(batch_id, batch, out, start, service_s)
@@ -365,8 +451,11 @@ class AsyncBatcher:
                 p.future.set_exception(BackendFailed(f"model failed: {err!r}"))
 
     def _answer_batch(self, batch_id: int, batch: Batch, out: dict[str, np.ndarray], start: float, service_s: float) -> None:
-        """Each member's slice of the outputs, and the Triton statistics of the batch."""
+        """Each member's slice of the outputs, and the Triton statistics of the batch. A batch
+        that looked its rows up started when its lookup began: its members' queue time ends
+        there, and `service_s` is the model's time after the lookup."""
         size = sum(p.req.n for p in batch)
+        formed = self._formed.pop(batch_id, size) if self._formed else size
         ns = int(service_s * 1e9)
         st = self.stats
         entry = st.by_batch.setdefault(size, [0, 0])
@@ -376,14 +465,18 @@ class AsyncBatcher:
         offset = 0
         for p in batch:
             n = p.req.n
-            queue_s = start - p.enqueued_s
+            began = start if p.lookup_start_s != p.lookup_start_s else p.lookup_start_s  # NaN: no lookup
+            queue_s = began - p.enqueued_s
             st.success += 1
             st.success_ns += ns
             st.queue_count += 1
             st.queue_ns += int(queue_s * 1e9)
             if not p.future.done():
                 sliced = {k: v[offset : offset + n] for k, v in out.items()}
-                p.future.set_result(InferResult(sliced, queue_s, service_s, size, batch_id))
+                result = InferResult(sliced, queue_s, service_s, formed, batch_id)
+                if p.feature is not None:
+                    result.extra = p.feature
+                p.future.set_result(result)
             offset += n
         if self._on_batch is not None:
             self._on_batch(size, service_s)

@@ -50,6 +50,9 @@ class InferRequest:
     outputs: tuple[str, ...] | None = None  # requested output names; None = all
     label: int | list[int] | None = None  # parameters.label: the true digit (per row, or one for all)
     binary_outputs: frozenset[str] = frozenset()  # outputs to answer as raw bytes (binary extension)
+    # the online feature store: the entity whose feature row is this request's input (one row,
+    # joined by the replica's lookup stage before the model runs); None = the request's own input
+    entity_id: int | None = None
 
     @property
     def n(self) -> int:
@@ -88,8 +91,49 @@ def parse_header_length(value: str | None) -> int | None:
     return int(value)
 
 
-def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str], header_length: int | None = None) -> InferRequest:
+ENTITY_PARAMETER = "entity_id"
+USER_HEADER = "x-user-id"
+# an entity request's placeholder input: one row, replaced by the entity's features at lookup
+_ENTITY_PLACEHOLDER = np.zeros((1, FEATURES), dtype=np.float32)
+_ENTITY_PLACEHOLDER.setflags(write=False)
+
+
+def entity_of(params: Any, header: str | None) -> int:
+    """The entity an input-less request names: `parameters.entity_id` (an integer >= 0), else
+    the x-user-id header (the gateway forwards it); ProtocolError(400) when neither names one."""
+    if isinstance(params, dict) and params.get(ENTITY_PARAMETER) is not None:
+        value = params[ENTITY_PARAMETER]
+        if not _is_int(value) or value < 0:
+            raise ProtocolError(400, f"'parameters.{ENTITY_PARAMETER}' must be an integer >= 0, got {value!r}")
+        return int(value)
+    if header is not None:
+        text = header.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
+            raise ProtocolError(400, f"{USER_HEADER} must be an integer >= 0, got {header[:40]!r}")
+        return int(text)
+    raise ProtocolError(400, f"a request without inputs must name an entity whose features are its input: "
+                             f"'parameters.{ENTITY_PARAMETER}' (or the {USER_HEADER} header)")
+
+
+def entity_request(doc: dict[str, Any], params: Any, header: str | None, timeout_s: float,
+                   output_names: frozenset[str], binary_default: bool) -> InferRequest:
+    """An input-less request served on its entity's feature row (features.store != none)."""
+    entity = entity_of(params, header)
+    wanted, binary_outputs = _outputs(doc.get("outputs"), output_names, binary_default)
+    req_id = doc.get("id")
+    return InferRequest(rows=_ENTITY_PLACEHOLDER, id=req_id, timeout_s=timeout_s, outputs=wanted,
+                        binary_outputs=binary_outputs, entity_id=entity)
+
+
+def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str], header_length: int | None = None,
+                features: bool = False, user_header: str | None = None) -> InferRequest:
     """A validated request, or ProtocolError(400) naming the first problem.
+
+    `features`: the replica has an online feature store. A request then either carries its input
+    as always (served on it, no lookup), or carries none (`inputs` absent or `[]`) and names an
+    entity (`parameters.entity_id`, else `user_header`, the x-user-id header) whose feature row
+    the replica fetches and runs the model on, judging the answer by the row's label. Without a
+    store, `parameters.entity_id` is ignored like any unknown parameter, and `inputs` is required.
 
     `max_rows` is the replica's max_batch_size: a request bigger than one batch could never be
     dispatched (Triton refuses it the same way). `header_length` is the request's
@@ -132,6 +176,10 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str], header
         binary_default = _flag(params, "binary_data_output", "'parameters.binary_data_output'")
 
     inputs = doc.get("inputs")
+    if features and (inputs is None or inputs == []):
+        if header_length is not None and header_length < len(body):
+            raise ProtocolError(400, f"{len(body) - header_length} bytes follow the JSON header but the request has no inputs")
+        return entity_request(doc, params, user_header, timeout_s, output_names, binary_default)
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise ProtocolError(400, f"'inputs' must be a list with exactly one tensor ({INPUT_NAME!r})")
     tensor = inputs[0]
@@ -151,9 +199,16 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str], header
     if not np.isfinite(rows).all():
         raise ProtocolError(400, "input 'data' holds values that are not finite in FP32")
 
+    wanted, binary_outputs = _outputs(doc.get("outputs"), output_names, binary_default)
+    if isinstance(label, list) and len(label) != n:
+        raise ProtocolError(400, f"'parameters.label' has {len(label)} labels for {n} rows; give one per row, or one for all")
+    return InferRequest(rows=rows, id=req_id, timeout_s=timeout_s, outputs=wanted, label=label, binary_outputs=binary_outputs)
+
+
+def _outputs(outs: Any, output_names: frozenset[str], binary_default: bool) -> tuple[tuple[str, ...] | None, frozenset[str]]:
+    """The requested output names (None = all) and those to answer as raw bytes."""
     wanted: tuple[str, ...] | None = None
     binary_outputs = output_names if binary_default else frozenset()
-    outs = doc.get("outputs")
     if outs is not None:
         if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
             raise ProtocolError(400, "'outputs' must be a list of objects")
@@ -163,9 +218,7 @@ def parse_infer(body: bytes, max_rows: int, output_names: frozenset[str], header
             raise ProtocolError(400, f"unknown output(s) {bad!r}; this model has {sorted(output_names)}")
         wanted = tuple(names)  # type: ignore[arg-type]
         binary_outputs = frozenset(o["name"] for o in outs if _output_binary(o, binary_default))
-    if isinstance(label, list) and len(label) != n:
-        raise ProtocolError(400, f"'parameters.label' has {len(label)} labels for {n} rows; give one per row, or one for all")
-    return InferRequest(rows=rows, id=req_id, timeout_s=timeout_s, outputs=wanted, label=label, binary_outputs=binary_outputs)
+    return wanted, binary_outputs
 
 
 def _flag(params: dict[str, Any], key: str, what: str) -> bool:
@@ -334,6 +387,8 @@ def infer_response(
     }
     if correct is not None:
         doc["parameters"]["correct"] = correct
+    if result.extra:  # the feature lookup's figures (feature_lookup_s, feature_hit, feature_fallback)
+        doc["parameters"].update(result.extra)
     if req.id is not None:
         doc["id"] = req.id
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
