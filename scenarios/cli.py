@@ -48,6 +48,10 @@ MODE_RUNNERS: dict[str, str] = {
     "rehearse": "scenarios.rehearse:run",
     "batch": "scenarios.batch:run",
 }
+# a preset that runs several scenarios side by side in mode=sim or mode=compare, when its key says so
+PRESET_RUNNERS: dict[str, str] = {
+    "patterns": "scenarios.patterns:run",  # patterns.run non-empty
+}
 
 
 def _user_overrides(argv: list[str]) -> list[str]:
@@ -162,10 +166,11 @@ def to_config(node: DictConfig) -> ServelabConfig:
     return plain
 
 
-def _runner(mode: str) -> Callable[[ServelabConfig, Path], int]:
+def _runner(cfg: ServelabConfig) -> Callable[[ServelabConfig, Path], int]:
     import importlib
 
-    module_name, func = MODE_RUNNERS[mode].split(":")
+    target = PRESET_RUNNERS["patterns"] if cfg.patterns.run else MODE_RUNNERS[cfg.mode]
+    module_name, func = target.split(":")
     return getattr(importlib.import_module(module_name), func)  # type: ignore[no-any-return]
 
 
@@ -177,7 +182,7 @@ def _hydra_task(node: DictConfig) -> int:
     cfg.out_dir = hc.runtime.output_dir if (multirun or not cfg.out_dir) else cfg.out_dir
     absolute_paths(cfg, hc.runtime.cwd)  # the directory servelab was started from
     validate_servelab(cfg)
-    runner = _runner(cfg.mode)
+    runner = _runner(cfg)
     if cfg.mode == "sim":
         return runner(cfg, Path(cfg.out_dir))
     from real.launcher import LaunchError  # modes that launch the stack: no traceback when it cannot start

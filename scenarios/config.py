@@ -44,6 +44,16 @@ class CompareConfig:
 
 
 @dataclass
+class PatternsConfig:
+    """scenario=patterns (scenarios/patterns.py): one demand served as real-time sync, async with polling and offline batch."""
+
+    run: list[str] = setting([], "the serving patterns to serve one demand side by side (sync, async, batch; scenario=patterns sets all three); non-empty: mode=sim runs each in the twin, mode=compare in the twin and the real stack, into one table and figure ([] = an ordinary run of `pattern`)")
+    p99_target_s: float = setting(0.1, "patterns: sync's replicas needed are the fewest whose predicted p99 is at most this, none shed or timed out, s")
+    max_utilisation: float = setting(0.8, "patterns: async's workers needed are the fewest whose load (offered rate / their capacity at async_jobs.batch_size) is at most this")
+    max_replicas: int = setting(16, "patterns: the most replicas, workers or batch parallelism the replicas-needed search tries")
+
+
+@dataclass
 class ServelabConfig(ScenarioConfig):
     mode: str = setting("sim", f"what to run: {' | '.join(MODES)}")
     out_dir: str = setting("", "where the run's files go (empty: Hydra's run dir, runs/DATE/TIME); relative to where servelab starts")
@@ -51,6 +61,7 @@ class ServelabConfig(ScenarioConfig):
     compare: CompareConfig = field(default_factory=CompareConfig)
     rehearse: RehearseConfig = field(default_factory=RehearseConfig)
     batch: BatchJobConfig = field(default_factory=BatchJobConfig)
+    patterns: PatternsConfig = field(default_factory=PatternsConfig)
 
 
 KEYS: list[KeyHelp] = schema_help(ServelabConfig)
@@ -90,6 +101,10 @@ def validate_servelab(cfg: ServelabConfig) -> None:
                                               "(canary, with rollout.steps; linear; blue_green; rolling; recreate)")
     if cfg.mode == "batch":
         validate_batch_job(cfg.batch)
+    if cfg.patterns.run:
+        from scenarios.patterns import validate_patterns  # the preset's own checks, beside its runner
+
+        validate_patterns(cfg)
     if cfg.rehearse.runs < 1:
         raise ConfigError("rehearse.runs", f"must be >= 1, got {cfg.rehearse.runs}")
     if not 1 <= cfg.rehearse.workers <= 64:
