@@ -332,6 +332,27 @@ def entity_probabilities(cfg: ScenarioConfig) -> np.ndarray:
     return p
 
 
+def mean_batch_lookup_s(cfg: ScenarioConfig, measured: LookupTimes | None, batch_size: int, rate_per_replica: float) -> float:
+    """A batch's mean lookup time, for capacity: the instance is held while it runs, so a
+    replica's full batch costs this on top of its model time. With the predicted hit ratio h
+    (0 where none is predicted, e.g. a trace), a batch of b makes no round trip with
+    probability h**b and otherwise fetches b(1 - h) / (1 - h**b) rows on average; missing
+    entities are misses (the store is asked and says no)."""
+    f = cfg.features
+    if f.store == "none":
+        return 0.0
+    predict = predicted_hit_ratio(cfg)
+    h = predict(rate_per_replica) if predict is not None else 0.0
+    h = min(max(h if math.isfinite(h) else 0.0, 0.0), 1.0)
+    all_hit = h ** batch_size
+    hit_only_s = measured.mean_s(0) if measured is not None else 0.0
+    if all_hit >= 1.0:
+        return hit_only_s
+    fetched = max(1, round(batch_size * (1.0 - h) / (1.0 - all_hit)))
+    fetch_s = measured.mean_s(fetched) if measured is not None else f.round_trip_s + f.per_miss_s * fetched
+    return all_hit * hit_only_s + (1.0 - all_hit) * fetch_s
+
+
 def predicted_hit_ratio(cfg: ScenarioConfig) -> Callable[[float], float] | None:
     """The cache's hit ratio a replica should reach at a given rate of lookups (its requests
     per second), by Che's approximation with the TTL (sim.policy.features.lru_ttl_hit_ratio),

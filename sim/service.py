@@ -120,4 +120,10 @@ def capacity_rps(cfg: ScenarioConfig, profile: Profile | None = None) -> float:
     instances = cfg.replicas * cfg.concurrency
     if service.shared_cores:
         instances = min(instances, service.shared_cores)
+    if cfg.features.store != "none":  # the feature lookup holds the instance before the model runs
+        from sim.features import mean_batch_lookup_s
+
+        device_rps = instances * b / mean_s
+        measured = profile.feature_lookups if profile is not None else None
+        mean_s += mean_batch_lookup_s(cfg, measured, b, device_rps / cfg.replicas)
     return instances * b / mean_s

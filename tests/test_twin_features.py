@@ -379,3 +379,20 @@ def test_closed_loop_users_are_predicted_as_equally_popular() -> None:
                   hit_ratio_at=predicted_hit_ratio(cfg))["features"]
     assert s["predicted_hit_ratio"] < 0.5  # uniform over 300 users with 100 rows: about a third
     assert s["hit_ratio"] == pytest.approx(s["predicted_hit_ratio"], abs=0.03)
+
+
+def test_capacity_counts_the_lookup_that_holds_the_instance() -> None:
+    """At overload the twin answers what capacity_rps says, lookups included: with no cache every
+    full batch waits a round trip before its model runs, so the device-only capacity is too high."""
+    from sim.service import capacity_rps
+
+    base = scenario(duration_s=6.0, warmup_s=1.0, replicas=1,
+                    service=dict(kind="deterministic", base_s=0.004, per_item_s=0.0005),
+                    batching=dict(max_batch_size=8, max_queue_delay_s=0.001), arrival=dict(rate=4000.0))
+    cfg = with_features(base, cache_size=0, round_trip_s=0.004, per_miss_s=0.0001)
+    device_only = capacity_rps(base)
+    with_lookup = capacity_rps(cfg)
+    assert with_lookup == pytest.approx(8 / (0.008 + 0.004 + 0.0008))
+    answered = summarize(run(cfg), warmup_s=1.0, duration_s=6.0, replicas=1, concurrency=1)["throughput"]
+    assert answered == pytest.approx(with_lookup, rel=0.03)
+    assert answered < 0.8 * device_only
