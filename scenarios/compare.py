@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from reports.compare import (add_rollout_comparison, compare_summaries, format_comparison_table, invalid_point_names,
                              load_run, measurement_validity)
@@ -120,17 +120,23 @@ def _log(message: str) -> None:
     print(f"[compare {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def calibration_profile(cfg: ServelabConfig, out_dir: Path, log: Callable[[str], None] = _log) -> Path:
+    """The profile that calibrates the twin: `overhead.profile` when given, else one measured
+    on this machine now (written to out_dir/profile.json and printed)."""
+    if cfg.overhead.profile:
+        log(f"calibration: {cfg.overhead.profile}")
+        return Path(cfg.overhead.profile)
+    log(f"calibrating: profiling the {cfg.model.backend} stack on this machine ...")
+    measured = measure_profile(cfg, out_dir / "stack" / "profile", cfg.compare)
+    profile_path = out_dir / "profile.json"
+    write_json(profile_path, measured.to_json())
+    print(format_profile(measured))
+    return profile_path
+
+
 def run(cfg: ServelabConfig, out_dir: Path) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.overhead.profile:
-        profile_path = Path(cfg.overhead.profile)
-        _log(f"calibration: {profile_path}")
-    else:
-        _log(f"calibrating: profiling the {cfg.model.backend} stack on this machine ...")
-        profile = measure_profile(cfg, out_dir / "stack" / "profile", cfg.compare)
-        profile_path = out_dir / "profile.json"
-        write_json(profile_path, profile.to_json())
-        print(format_profile(profile))
+    profile_path = calibration_profile(cfg, out_dir)
     profile = load_profile(str(profile_path))
     warnings = profile_warnings(profile, cfg)
     for note in warnings:

@@ -393,7 +393,8 @@ def run_compare(cfg: ServelabConfig, out_dir: Path) -> int:
     from reports.compare import measurement_validity
     from scenarios.compare import EXIT_INVALID_MEASUREMENT, calibrated
     from scenarios.outputs import write_run
-    from scenarios.profile import format_profile, measure_profile, profile_warnings
+    from scenarios.compare import calibration_profile
+    from scenarios.profile import profile_warnings
     from scenarios.run_real import measure
     from sim.host import stack_capacity
     from sim.profile import load_profile
@@ -406,15 +407,7 @@ def run_compare(cfg: ServelabConfig, out_dir: Path) -> int:
     serving = [p for p in cfg.patterns.run if p != "batch"]
     twin_cfg, capacity = cfg, None
     if serving:
-        if cfg.overhead.profile:
-            profile_path = Path(cfg.overhead.profile)
-            _log(f"calibration: {profile_path}")
-        else:
-            _log(f"calibrating: profiling the {cfg.model.backend} stack on this machine ...")
-            measured_profile = measure_profile(cfg, out_dir / "stack" / "profile", cfg.compare)
-            profile_path = out_dir / "profile.json"
-            write_json(profile_path, measured_profile.to_json())
-            print(format_profile(measured_profile))
+        profile_path = calibration_profile(cfg, out_dir, _log)
         profile = load_profile(str(profile_path))
         doc["warnings"] += profile_warnings(profile, cfg)
         twin_cfg = calibrated(cfg, profile_path)  # type: ignore[assignment]

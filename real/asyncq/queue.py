@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from real.features.redis_store import redact  # noqa: F401 -- one redaction for every Redis URL we print
 
 GROUP = "workers"
 PENDING_VALUE = b"pending"
@@ -136,17 +138,6 @@ def check_callback_url(url: object) -> str:
     if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or parts.username or parts.password:
         raise ValueError(f"parameters.callback_url must be {CALLBACK_RULE}, got {url[:80]!r}")
     return url
-
-
-def redact(url: str) -> str:
-    """`url` without a password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def redis_from_env() -> tuple[str, str | None]:
