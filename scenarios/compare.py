@@ -127,7 +127,7 @@ def calibration_profile(cfg: ServelabConfig, out_dir: Path, log: Callable[[str],
         log(f"calibration: {cfg.overhead.profile}")
         return Path(cfg.overhead.profile)
     log(f"calibrating: profiling the {cfg.model.backend} stack on this machine ...")
-    measured = measure_profile(cfg, out_dir / "stack" / "profile", cfg.compare)
+    measured = measure_profile(cfg, out_dir / "stack" / "profile", cfg.compare, async_ways="async" in cfg.patterns.run)
     profile_path = out_dir / "profile.json"
     write_json(profile_path, measured.to_json())
     print(format_profile(measured))

@@ -121,6 +121,14 @@ class _Client:
             raise RuntimeError(f"profile request to {path} answered {response.status}: {payload[:200]!r}")
         return elapsed, orjson.loads(payload), {k.lower(): v for k, v in response.getheaders()}
 
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[float, int, bytes]:
+        """One exchange, timed from the send to the whole answer read: (seconds, status, body)."""
+        start = time.perf_counter()
+        self._conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+        response = self._conn.getresponse()
+        payload = response.read()
+        return time.perf_counter() - start, response.status, payload
+
     def close(self) -> None:
         self._conn.close()
 
@@ -245,6 +253,55 @@ def measure_overheads(cfg: ScenarioConfig, run_dir: Path, samples: int, warmup: 
     return hops
 
 
+ASYNC_POLL_WAIT_S = 0.002  # between polls of a result not ready yet (those polls are not timed)
+ASYNC_WAY_SAMPLES = 150  # each takes a sync request and an async one through the model: enough for a median ratio
+
+
+def measure_async_ways(cfg: ScenarioConfig, run_dir: Path, samples: int, warmup: int) -> dict[str, list[float]]:
+    """The async path's round trips at idle, beside a sync request's, through the same gateway with
+    the same client, one request at a time: `async_submit_s` (a submit to its 202: gateway,
+    one Redis script), `async_poll_s` (a poll that finds the result: gateway, one Redis read)
+    and `async_sync_s` (a sync request's way through gateway and replica, outside queue and
+    model). The twin scales the sync overhead it replays at the run's rate by the async/sync
+    ratios (sim.async_serving): the load's effect stays the measured one, only the path differs,
+    where drawing the submit and the poll as sync requests gave them a replica hop they never make."""
+    from real.launcher import launch
+
+    rng = np.random.default_rng(cfg.seed + 2)
+    path = f"/v2/models/{cfg.model.name}/infer"
+    acfg = dataclasses.replace(_profiling_config(cfg, 1), pattern="async",
+                               async_jobs=dataclasses.replace(cfg.async_jobs, workers=1, callback=False))
+    ways: dict[str, list[float]] = {"async_submit_s": [], "async_poll_s": [], "async_sync_s": []}
+    with launch(acfg, run_dir=run_dir / "async") as stack:
+        client = _Client(stack.gateway_url)
+        try:
+            for k in range(samples + warmup):
+                rows = rng.uniform(0, 16, (1, FEATURES)).astype(np.float32)
+                elapsed, doc, _ = client.infer(path, rows)
+                p = doc["parameters"]
+                sync_s = elapsed - float(p["queue_s"]) - float(p["service_s"])
+                body = orjson.dumps({"parameters": {"async": True}, "inputs": [
+                    {"name": "input", "shape": [1, FEATURES], "datatype": "FP32", "data": rows.reshape(-1).tolist()}]})
+                submit_s, status, payload = client.request("POST", path, body)
+                if status != 202:
+                    raise RuntimeError(f"profile: an async submit answered {status}: {payload[:200]!r}")
+                result_path = f"/v2/models/{cfg.model.name}/results/{orjson.loads(payload)['id']}"
+                while True:
+                    poll_s, status, payload = client.request("GET", result_path)
+                    if status == 200:
+                        break
+                    if status != 202:
+                        raise RuntimeError(f"profile: a poll answered {status}: {payload[:200]!r}")
+                    time.sleep(ASYNC_POLL_WAIT_S)
+                if k >= warmup:
+                    ways["async_submit_s"].append(submit_s)
+                    ways["async_poll_s"].append(poll_s)
+                    ways["async_sync_s"].append(sync_s)
+        finally:
+            client.close()
+    return ways
+
+
 def _t0_wall(loadgen_dir: Path, workers: int) -> float | None:
     """The load's time 0 on the wall clock, as the local workers wrote it when they started."""
     from real.loadgen.plan import started_path
@@ -338,13 +395,14 @@ def host_costs(points: list[dict[str, Any]], cores: int, cfg: ScenarioConfig) ->
     return dataclasses.replace(fitted, fixed_s=rest.tolist(), wake_s=wake)
 
 
-def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig | None = None) -> Profile:
+def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig | None = None, async_ways: bool = False) -> Profile:
     """The whole profile, measured as `settings` (the compare.* keys; default their defaults) ask:
     device times, idle overheads, and overheads and CPU under load at compare.overhead_fractions
     of the stack's capacity: the first point at the first fraction of the devices' capacity (at
     most FIRST_POINT_MAX_RPS), the others at fractions of the stack capacity it predicts."""
     s = settings if settings is not None else CompareConfig()
     lookups = measure_feature_lookups(cfg) if cfg.features.store != "none" else None
+    async_ways = async_ways or cfg.pattern == "async"  # asked for, or the scenario serves async itself
     # The stack with its feature store: its load points measure the lookups under load (the
     # twin's own stage, so their time is taken out of the overhead there). And served
     # synchronously: what is measured is a request's way through the stack, which an async
@@ -353,6 +411,8 @@ def measure_profile(cfg: ScenarioConfig, run_dir: Path, settings: CompareConfig 
     times, handoffs = measure_device_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
     version_times = measure_version_times(cfg, run_dir, s.profile_samples, s.profile_device_warmup)
     overheads = measure_overheads(cfg, run_dir, s.profile_idle_samples, s.profile_idle_warmup) | {"handoff_s": handoffs}
+    if async_ways:
+        overheads |= measure_async_ways(cfg, run_dir, min(s.profile_idle_samples, ASYNC_WAY_SAMPLES), s.profile_idle_warmup)
     meta = profile_meta(cfg) | {"replicas": cfg.replicas}
     device_only = Profile(times_s=times, overheads_s=overheads, meta=meta, version_times_s=version_times)
     fractions = sorted(s.overhead_fractions)

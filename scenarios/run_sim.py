@@ -15,7 +15,7 @@ from reports.text import format_summary
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, report_run, write_run
 from scenarios.profile import profile_warnings
-from sim.async_serving import AsyncTwin, async_capacity_rps
+from sim.async_serving import AsyncTwin, AsyncWayScale, async_capacity_rps
 from sim.config import ScenarioConfig, version_names
 from sim.features import measured_lookups, predicted_hit_ratio
 from sim.control import Event, ReplicaCount
@@ -100,7 +100,8 @@ def async_result(cfg: ScenarioConfig, profile: Profile | None, overhead: Profile
     samples = overhead.overhead_samples(mean_offered_rate(cfg)) if overhead is not None else None
     wake = overhead.host.device_wake_s if overhead is not None and overhead.host is not None and cfg.model.backend == "emulated" \
         and cfg.service.kind != "empirical" else 0.0
-    return AsyncTwin(cfg, profile, overhead_samples=samples, device_wake_s=wake).run()
+    scale = AsyncWayScale.from_overheads(overhead.overheads_s) if overhead is not None else None
+    return AsyncTwin(cfg, profile, overhead_samples=samples, device_wake_s=wake, way_scale=scale).run()
 
 
 def rollout_summary(controller: RolloutController, events: Sequence[Event | Mapping[str, Any]],

@@ -93,12 +93,33 @@ def polls_before(schedule: PollSchedule | None, after_s: float) -> int:
     return schedule.observed(after_s)[1] - 1
 
 
+@dataclass(frozen=True)
+class AsyncWayScale:
+    """How long a submit's and a poll's ways through the stack are against a sync request's,
+    which the overhead replays (measured at the run's rate): a submit and a poll stop at the
+    gateway and Redis, a sync request goes on to a replica. mode=profile measures both paths
+    on one idle stack with one client (scenarios.profile.measure_async_ways); 1 without."""
+
+    submit: float = 1.0
+    poll: float = 1.0
+
+    @classmethod
+    def from_overheads(cls, overheads_s: dict[str, list[float]]) -> AsyncWayScale:
+        sync = overheads_s.get("async_sync_s")
+        if not sync or not float(np.median(sync)) > 0:
+            return cls()
+        ratio = lambda key: float(np.median(overheads_s[key])) / float(np.median(sync)) if overheads_s.get(key) else 1.0  # noqa: E731
+        return cls(submit=ratio("async_submit_s"), poll=ratio("async_poll_s"))
+
+
 class AsyncTwin:
     """One async run of the twin: the schedule in, `TwinResult` out (the record columns)."""
 
     def __init__(self, cfg: ScenarioConfig, profile: Profile | None = None, schedule: ArrivalSchedule | None = None,
-                 overhead_samples: dict[str, list[float]] | None = None, device_wake_s: float = 0.0) -> None:
+                 overhead_samples: dict[str, list[float]] | None = None, device_wake_s: float = 0.0,
+                 way_scale: AsyncWayScale | None = None) -> None:
         self.cfg = cfg
+        self.way_scale = way_scale or AsyncWayScale()
         self.streams = make_streams(cfg.seed)
         self._schedule = schedule
         a = cfg.async_jobs
@@ -115,7 +136,8 @@ class AsyncTwin:
         arrival = schedule.times_s.astype(float).tolist()
         n = len(arrival)
         draw = self.overhead.draw
-        ways = [draw() for _ in range(n)]  # (in, out) of the submit: one pair per request, in order
+        submit = self.way_scale.submit
+        ways = [(w_in * submit, w_out * submit) for w_in, w_out in (draw() for _ in range(n))]  # the submit's (in, out), in order
         nan = math.nan
         enqueued = [arrival[i] + ways[i][0] for i in range(n)]
         # entries reach the stream in their own order (the way in varies), so take them in it
@@ -203,11 +225,13 @@ class AsyncTwin:
         the callback's) ways in and out drawn as a request's are."""
         draw = self.overhead.draw
         ttl, timeout, schedule = self.cfg.async_jobs.result_ttl_s, self.timeout_s, self.polling
+        poll = self.way_scale.poll if schedule is not None else 1.0  # a callback is the worker's call, not a gateway poll
         for i in range(len(arrival)):
             if status[i] == SHED:
                 continue
             a = arrival[i]
             way_in, way_out = draw()
+            way_in, way_out = way_in * poll, way_out * poll
             seen = observe(schedule, written[i] - a, sum(ways[i]), way_in, way_out, timeout, ttl)
             status[i], finish[i], polls[i] = seen.status, a + seen.learned_s, seen.polls
 

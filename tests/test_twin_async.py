@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from scenarios.run_sim import simulate
 from sim.async_serving import AsyncTwin, async_capacity_rps, observe, polls_before
-from sim.config import AsyncJobsConfig, ScenarioConfig, validate
+from sim.config import AsyncJobsConfig, OverheadConfig, ScenarioConfig, validate
 from sim.policy.async_jobs import PollSchedule
 from sim.records import OK, STATUSES, TIMEOUT, requests_frame
 from tests.conftest import scenario
@@ -231,3 +231,31 @@ def test_a_busy_worker_pays_one_round_trip_a_batch_an_idle_one_two() -> None:
     idle = async_scenario(dict(batch_overhead_s=rtt), duration_s=5.0, arrival=dict(kind="constant", rate=10.0),
                           service=dict(kind="deterministic", base_s=0.004, per_item_s=0.0))
     assert np.allclose(run_async(idle)["queue_s"], rtt)
+
+
+def test_submit_and_poll_ways_are_the_sync_overhead_scaled_by_the_measured_path_ratios() -> None:
+    """A submit and a poll stop at the gateway and Redis: the twin scales the sync request's way
+    (before_s, after_s) by the ratios mode=profile measured. With the first poll well after the
+    result, a client learns of it at submit's two ways + the first poll + the poll's two ways."""
+    from sim.async_serving import AsyncWayScale
+
+    cfg = async_scenario(dict(poll_first_s=0.1, poll_max_interval_s=0.1), duration_s=3.0, warmup_s=0.0,
+                         overhead=OverheadConfig(before_s=0.002, after_s=0.002), arrival=dict(kind="constant", rate=20.0),
+                         service=dict(kind="deterministic", base_s=0.004, per_item_s=0.0))
+
+    def learned(scale: AsyncWayScale | None) -> np.ndarray:
+        frame = requests_frame(AsyncTwin(cfg, way_scale=scale).run().columns)
+        assert (frame["status"] == "ok").all() and (frame["polls"] == 1).all()
+        return frame["latency_s"].to_numpy(dtype=float)
+
+    assert learned(None) == pytest.approx(0.004 + 0.1 + 0.004)
+    assert learned(AsyncWayScale(submit=0.5, poll=0.25)) == pytest.approx(0.002 + 0.1 + 0.001)
+
+
+def test_way_ratios_come_from_the_medians_the_profile_measured_on_one_stack() -> None:
+    from sim.async_serving import AsyncWayScale
+
+    measured = {"async_sync_s": [0.002, 0.003, 0.004], "async_submit_s": [0.001, 0.0015, 0.01], "async_poll_s": [0.0006, 0.0009, 0.0012]}
+    scale = AsyncWayScale.from_overheads(measured)
+    assert (scale.submit, scale.poll) == pytest.approx((0.5, 0.3))
+    assert AsyncWayScale.from_overheads({"before_s": [0.001]}) == AsyncWayScale()  # a profile from before: the sync way
