@@ -144,9 +144,14 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     twin_cfg = calibrated(cfg, profile_path)
     stack = stack_capacity(cfg, profile)
     capacity = stack.rps  # load fractions are of what the stack as deployed carries
+    described = f"the stack as deployed: {stack.describe()}"
+    if cfg.pattern == "async":  # the workers carry it, not the replicas: the twin's summary quotes the same
+        from scenarios.run_real import async_workers_capacity
+
+        capacity = async_workers_capacity(twin_cfg) or capacity
+        described = f"the async workers: {capacity:.0f} req/s ({cfg.async_jobs.workers} x batches of {cfg.async_jobs.batch_size})"
     load = cfg.arrival.rate / capacity if cfg.arrival.kind in ("poisson", "constant") else None
-    _log(f"predicted capacity of the stack as deployed: {stack.describe()}; offered load "
-         f"{'-' if load is None else f'{load:.0%}'}")
+    _log(f"predicted capacity of {described}; offered load {'-' if load is None else f'{load:.0%}'}")
 
     planned = experiment.plan(twin_cfg, [out_dir / "real", out_dir / "sim"])  # the calibrated twin designs it
     _log(f"measuring the real stack for {cfg.duration_s:g} s ...")

@@ -44,6 +44,7 @@ from scenarios import experiment
 from scenarios.config import ServelabConfig
 from scenarios.outputs import format_report_paths, report_run, write_parquet, write_run
 from scenarios.run_sim import format_rollout_line, rollout_summary, write_rollout
+from sim.async_serving import async_capacity_rps
 from sim.config import ConfigError, ScenarioConfig, rollout_versions, version_names
 from sim.features import predicted_hit_ratio
 from sim.host import stack_capacity
@@ -132,10 +133,22 @@ def _validity(cfg: ScenarioConfig, summary: dict[str, Any], result: LoadResult) 
     return valid, warnings
 
 
+def async_workers_capacity(cfg: ScenarioConfig) -> float | None:
+    """pattern=async: what the workers can finish (sim.async_serving.async_capacity_rps), the
+    figure the twin's summary quotes, from the same device times: a measured profile
+    (service.kind=empirical), or the emulated backend's service model; a numpy model not yet
+    profiled: None. The replicas' capacity says nothing here: they serve no async request."""
+    if cfg.service.kind == "empirical":
+        return async_capacity_rps(cfg, load_profile(cfg.service.profile))
+    return async_capacity_rps(cfg) if cfg.model.backend == "emulated" else None
+
+
 def known_capacity(cfg: ScenarioConfig) -> float | None:
     """The stack's capacity when something describes its device times: a measured profile
     (overhead.profile, or service.kind=empirical), or the emulated backend, whose device sleeps
-    the service model. A numpy model's speed is known only once profiled: None."""
+    the service model. A numpy model's speed is known only once profiled: None. Async: the workers'."""
+    if cfg.pattern == "async":
+        return async_workers_capacity(cfg)
     if cfg.overhead.profile:  # with a host model: the lesser of the devices' and the host's
         return stack_capacity(cfg, load_profile(cfg.overhead.profile)).rps
     if cfg.service.kind == "empirical" or cfg.model.backend == "emulated":

@@ -259,3 +259,17 @@ def test_way_ratios_come_from_the_medians_the_profile_measured_on_one_stack() ->
     scale = AsyncWayScale.from_overheads(measured)
     assert (scale.submit, scale.poll) == pytest.approx((0.5, 0.3))
     assert AsyncWayScale.from_overheads({"before_s": [0.001]}) == AsyncWayScale()  # a profile from before: the sync way
+
+
+def test_the_real_side_quotes_the_workers_capacity_as_the_twin_does() -> None:
+    """An async stack's capacity is what its workers finish (the replicas serve no async
+    request): mode=real and compare quote the figure the twin's summary does; 1 worker taking
+    batches of 1 carries far less than 2 replicas batching 16."""
+    from scenarios.run_real import known_capacity
+    from sim.service import capacity_rps
+
+    cfg = async_scenario(dict(workers=1, batch_size=1, batch_overhead_s=0.001),
+                         service=dict(kind="deterministic", base_s=0.004, per_item_s=0.0005))
+    twin_summary = simulate(cfg)[1]
+    assert known_capacity(cfg) == pytest.approx(twin_summary["capacity_rps"]) == pytest.approx(1 / (0.0045 + 0.001))
+    assert known_capacity(cfg) < capacity_rps(dataclasses.replace(cfg, pattern="sync")) / 5
