@@ -193,6 +193,6 @@ class AsyncCall:
         """A poll's answer: 202 -> the next poll (the gap grown by the backoff, capped); 200
         or a worker's error status -> the result; 404, 503 or anything else ends it."""
         if status == 202 and self.schedule is not None:
-            self.gap_s = min(self.gap_s * self.schedule.backoff, self.schedule.max_interval_s)
+            self.gap_s = self.schedule.next_gap(self.gap_s)
             return Poll(self.gap_s)
         return Done(status, result=status not in (404, 503) and status != 202)

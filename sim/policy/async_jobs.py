@@ -122,6 +122,12 @@ class PollSchedule:
         if not (self.first_s > 0 and self.backoff >= 1 and self.max_interval_s > 0):
             raise ValueError("need first_s > 0, backoff >= 1 and max_interval_s > 0")
 
+    def next_gap(self, gap_s: float) -> float:
+        """The interval after a poll that came `gap_s` after the one before (or, for the first
+        poll, after the submission): the one backoff rule, for the twin's `observed` and the
+        load generator's client alike."""
+        return min(gap_s * self.backoff, self.max_interval_s)
+
     def observed(self, ready_after_s: float) -> tuple[float, int]:
         """(when the client learns of a result ready `ready_after_s` after its submission, the
         polls it sent by then, that one included)."""
@@ -129,7 +135,7 @@ class PollSchedule:
             raise ValueError(f"ready_after_s must be >= 0, got {ready_after_s}")
         t, gap, polls = self.first_s, self.first_s, 1
         while t < ready_after_s:
-            gap = min(gap * self.backoff, self.max_interval_s)
+            gap = self.next_gap(gap)
             t += gap
             polls += 1
         return t, polls
