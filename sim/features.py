@@ -50,6 +50,10 @@ class LookupTime(Protocol):
         """One batch's lookup time: `fetched` distinct ids in its round trip (0: all hits)."""
         ...
 
+    def mean_s(self, fetched: int) -> float:
+        """The mean of `draw_s(fetched)` (what capacity counts)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ModelledLookup:
@@ -61,6 +65,8 @@ class ModelledLookup:
 
     def draw_s(self, fetched: int) -> float:
         return self.round_trip_s + self.per_miss_s * fetched if fetched else 0.0
+
+    mean_s = draw_s  # no spread to average
 
 
 def _quantile(samples: Sequence[float], u: float) -> float:
@@ -219,6 +225,9 @@ class MeasuredLookup:
         self._pos += 2
         return self.times.draw_s(fetched, u, v)
 
+    def mean_s(self, fetched: int) -> float:
+        return self.times.mean_s(fetched)
+
 
 def lookup_time(f: FeatureConfig, measured: LookupTimes | None, seed: int) -> LookupTime:
     """The run's lookup-time model: the profile's measurements when there are some, else the
@@ -345,12 +354,11 @@ def mean_batch_lookup_s(cfg: ScenarioConfig, measured: LookupTimes | None, batch
     h = predict(rate_per_replica) if predict is not None else 0.0
     h = min(max(h if math.isfinite(h) else 0.0, 0.0), 1.0)
     all_hit = h ** batch_size
-    hit_only_s = measured.mean_s(0) if measured is not None else 0.0
+    time = lookup_time(f, measured, cfg.seed)  # the twin's own lookup-time model: its mean
     if all_hit >= 1.0:
-        return hit_only_s
+        return time.mean_s(0)
     fetched = max(1, round(batch_size * (1.0 - h) / (1.0 - all_hit)))
-    fetch_s = measured.mean_s(fetched) if measured is not None else f.round_trip_s + f.per_miss_s * fetched
-    return all_hit * hit_only_s + (1.0 - all_hit) * fetch_s
+    return all_hit * time.mean_s(0) + (1.0 - all_hit) * time.mean_s(fetched)
 
 
 def predicted_hit_ratio(cfg: ScenarioConfig) -> Callable[[float], float] | None:
