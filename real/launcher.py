@@ -238,25 +238,15 @@ def wait_workers(cfg: ScenarioConfig, procs: Sequence[subprocess.Popen[bytes]], 
     client = redis.Redis.from_url(env[REDIS_URL_ENV], password=env.get(REDIS_PASSWORD_ENV) or None,
                                   socket_timeout=2.0, socket_connect_timeout=2.0)
     key = AsyncKeys(cfg.model.name).workers
-    pending = set(range(len(procs)))
+
+    def ready(i: int) -> bool:
+        try:
+            return bool(client.hexists(key, worker_name(i)))
+        except (redis.RedisError, OSError):
+            return False
+
     try:
-        while pending:
-            for i in sorted(pending):
-                code = procs[i].poll()
-                if code is not None:
-                    raise LaunchError(f"async worker {i} exited with status {code} before it was ready; "
-                                      f"log {logs[i]}:\n{log_tail(logs[i])}")
-                try:
-                    if client.hexists(key, worker_name(i)):
-                        pending.discard(i)
-                except (redis.RedisError, OSError):
-                    pass
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                i = min(pending)
-                raise LaunchError(f"async worker {i} not ready within the start deadline; log {logs[i]}:\n{log_tail(logs[i])}")
-            time.sleep(0.05)
+        _wait_until([f"async worker {i}" for i in range(len(procs))], ["" for _ in procs], procs, logs, deadline, ready)
     finally:
         client.close()
 
@@ -378,21 +368,29 @@ def is_ready(url: str, timeout_s: float = 0.5) -> bool:
 def wait_ready(names: Sequence[str], urls: Sequence[str], procs: Sequence[subprocess.Popen[bytes]],
                logs: Sequence[Path], deadline: float) -> None:
     """Until every URL answers ready; a process that exits, or the deadline, fails with its log."""
-    pending = set(range(len(urls)))
+    _wait_until(names, [f"{url}{READY_PATH}" for url in urls], procs, logs, deadline, lambda i: is_ready(urls[i]))
+
+
+def _wait_until(names: Sequence[str], wheres: Sequence[str], procs: Sequence[subprocess.Popen[bytes]],
+                logs: Sequence[Path], deadline: float, ready: Callable[[int], bool]) -> None:
+    """Until `ready(i)` for every process i; one that exits first, or the deadline, fails with
+    its log's tail (`wheres[i]`: where its readiness is asked, for the message; "" for none)."""
+    pending = set(range(len(procs)))
     while pending:
         for i in sorted(pending):
             code = procs[i].poll()
             if code is not None:
-                raise LaunchError(f"{names[i]} exited with status {code} before it was ready ({urls[i]}); "
+                at = f" ({wheres[i].removesuffix(READY_PATH)})" if wheres[i] else ""
+                raise LaunchError(f"{names[i]} exited with status {code} before it was ready{at}; "
                                   f"log {logs[i]}:\n{log_tail(logs[i])}")
-            if is_ready(urls[i]):
+            if ready(i):
                 pending.discard(i)
         if not pending:
             return
         if time.monotonic() > deadline:
             i = min(pending)
-            raise LaunchError(f"{names[i]} not ready at {urls[i]}{READY_PATH} within the start deadline; "
-                              f"log {logs[i]}:\n{log_tail(logs[i])}")
+            at = f" at {wheres[i]}" if wheres[i] else ""
+            raise LaunchError(f"{names[i]} not ready{at} within the start deadline; log {logs[i]}:\n{log_tail(logs[i])}")
         time.sleep(0.05)
 
 
