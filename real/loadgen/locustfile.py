@@ -244,6 +244,11 @@ class Driver:
         self.in_flight[key] = req
         if timeout_s > 0:
             heapq.heappush(self.deadlines, (req.deadline, req))
+        self._dispatch(req)
+
+    def _dispatch(self, req: _Request) -> None:
+        """On an idle connection, a new one, or, when loadgen.max_connections are all busy,
+        the first that frees (a send and an async poll alike)."""
         if self.idle:
             self._write(self.idle.popleft(), req)
         elif self.open < self.plan.max_connections:
@@ -742,12 +747,7 @@ class AsyncDriver(Driver):
         if req.done:
             return
         req.call.polled()
-        if self.idle:
-            self._write(self.idle.popleft(), req)
-        elif self.open < self.plan.max_connections:
-            self._connect(req)
-        else:
-            self.waiting.append(req)
+        self._dispatch(req)
 
     def _finish(self, req: _Request, status: int, params: dict[str, Any] | None, exc: BaseException | None,
                 *args: Any, **kwargs: Any) -> None:
