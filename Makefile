@@ -17,11 +17,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(BIN)/servelab mode=compare scenario=quickstart out_dir=runs/demo
 
+# Two passes: the tests that start no real server run on both cores (pytest-xdist), then the
+# real-stack tests one at a time, since they measure latencies and a host's capacity and must
+# not share the machine with each other or with the first pass.
 test: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -m 'not real' -n 2
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -m real
 
 test-fast: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -m 'not slow'
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -m 'not slow and not real' -n 2
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -m 'not slow and real'
 
 bench: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scenarios.bench_twin

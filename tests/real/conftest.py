@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -39,6 +40,13 @@ def serve() -> Iterator[Callable[..., AsgiClient]]:
     yield start
     for c in clients:
         c.__exit__(None, None, None)
+
+
+def interruptible() -> None:
+    """`preexec_fn` for a child a test interrupts with SIGINT: the signal at its default, as under a
+    terminal. A suite started in the background (`make test &`) hands its children SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler, so the Ctrl-C under test never arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def alive(pid: int) -> bool:

@@ -108,7 +108,9 @@ def settled(h: Harness, expected: int, timeout_s: float = 10.0) -> dict[str, Any
 
 
 def test_a_slow_shadow_replica_never_delays_the_primary_answer() -> None:
-    n, shadow_delay_s = 20, 0.2
+    # the copy's delay is far above any scheduling hiccup of a busy CI host (one primary once took
+    # 190 ms there with a 200 ms copy): a primary that waited for its copy would take >= 1.5 s
+    n, shadow_delay_s = 20, 1.5
     with stack(shadow_cfg(), labelled_replica(SHADOW_REPLICA, "2", delay_s=shadow_delay_s)) as h:
         post(h, "warm")  # the first request pays for connections
         latencies = []
@@ -118,7 +120,7 @@ def test_a_slow_shadow_replica_never_delays_the_primary_answer() -> None:
             latencies.append(perf_counter() - t)
             assert r.status_code == 200 and r.json()["parameters"]["version"] == "1"
         doc = settled(h, n + 1)
-    assert max(latencies) < shadow_delay_s / 2, latencies  # the copy's 200 ms is never waited for
+    assert max(latencies) < shadow_delay_s / 2, latencies  # the copy's 1.5 s is never waited for
     records = doc["records"]
     assert len(records["request_id"]) == n + 1 and set(records["status"]) == {200}
     assert min(records["latency_s"]) >= shadow_delay_s

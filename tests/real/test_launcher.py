@@ -16,7 +16,7 @@ import requests
 
 from real.launcher import LaunchError, launch, launch_with, server_command
 from sim.config import ScenarioConfig
-from tests.real.conftest import alive, processes_mentioning
+from tests.real.conftest import alive, interruptible, processes_mentioning
 
 pytestmark = pytest.mark.real
 
@@ -124,7 +124,7 @@ PARENT = textwrap.dedent("""
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "SIGINT"])
 def test_killing_the_parent_leaves_no_orphan(tmp_path: Path, sig: signal.Signals) -> None:
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     try:
         line = parent.stdout.readline() if parent.stdout else ""
         assert line, f"the stack did not start: {parent.stderr.read() if parent.stderr else ''}"

@@ -16,7 +16,7 @@ import pytest
 
 from sim.records import COLUMNS
 from tests.invariants import assert_record_invariants
-from tests.real.conftest import alive, processes_mentioning
+from tests.real.conftest import alive, interruptible, processes_mentioning
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -86,7 +86,7 @@ def test_two_version_numpy_run_from_elsewhere_keeps_every_record_invariant(tmp_p
 def test_ctrl_c_leaves_no_stack_or_locust_process(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen([*SERVELAB, *SMALL, "duration_s=30", f"out_dir={out}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=interruptible)
     deadline = time.monotonic() + 60
     while not list((out / "loadgen").glob("started-*.json")):  # the load is running
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
