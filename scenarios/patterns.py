@@ -94,6 +94,9 @@ def validate_patterns(cfg: ServelabConfig) -> None:
                                           "use poisson, constant, bursty, diurnal or trace")
     if cfg.rollout.strategy != "none" or cfg.experiment.variants:
         raise ConfigError("patterns.run", "the patterns preset serves one version: drop rollout.*/experiment.*")
+    if "async" in names and cfg.features.store != "none":
+        raise ConfigError("features.store", "the patterns preset's async workers do no feature lookup; "
+                                            "use features.store=none, or drop async from patterns.run")
     if "batch" in names:
         validate_batch_job(cfg.batch)
         if cfg.batch.input:

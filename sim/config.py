@@ -878,6 +878,10 @@ def _validate_async(cfg: ScenarioConfig) -> None:
         _require(cfg.loadgen.protocol == "http", "loadgen.protocol", "async serving's submit and result endpoints are REST: use loadgen.protocol=http with pattern=async")
         _require(cfg.rollout.strategy == "none" and not cfg.experiment.variants, "pattern",
                  "async serving runs one version, without a rollout or an experiment; drop rollout.*/experiment.* or use pattern=sync")
+        # the workers serve each request on its own input: a refusal, not a run whose lookups never happen
+        _require(cfg.features.store == "none", "features.store",
+                 f"async serving's workers do no feature lookup; use features.store=none with pattern=async, or pattern=sync "
+                 f"(got features.store={cfg.features.store})")
 
 
 BATCH_MAX_PARALLELISM = 64

@@ -191,6 +191,7 @@ def test_comparison_judges_each_figure_against_its_fidelity_target() -> None:
     ("patterns.max_replicas=0", "patterns.max_replicas"),
     ("batch.input=/tmp/x.parquet", "batch.input"),
     ("batch.parallelism=0", "batch.parallelism"),
+    ("features.store=embedded", "features.store"),
 ])
 def test_bad_preset_keys_are_refused_in_one_line(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:

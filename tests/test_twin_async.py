@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from scenarios.run_sim import simulate
 from sim.async_serving import AsyncTwin, async_capacity_rps, observe, polls_before
-from sim.config import AsyncJobsConfig, OverheadConfig, ScenarioConfig, validate
+from sim.config import AsyncJobsConfig, ConfigError, OverheadConfig, ScenarioConfig, validate
 from sim.policy.async_jobs import PollSchedule
 from sim.records import OK, STATUSES, TIMEOUT, requests_frame
 from tests.conftest import scenario
@@ -273,3 +273,15 @@ def test_the_real_side_quotes_the_workers_capacity_as_the_twin_does() -> None:
     twin_summary = simulate(cfg)[1]
     assert known_capacity(cfg) == pytest.approx(twin_summary["capacity_rps"]) == pytest.approx(1 / (0.0045 + 0.001))
     assert known_capacity(cfg) < capacity_rps(dataclasses.replace(cfg, pattern="sync")) / 5
+
+
+def test_async_serving_with_a_feature_store_is_refused_naming_the_key() -> None:
+    """The workers serve each request on its own input: a run whose lookups never happen would
+    pass for one that modelled them."""
+    cfg = dataclasses.replace(ScenarioConfig(), pattern="async")
+    cfg.features.store = "embedded"
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert info.value.key == "features.store" and "pattern=async" in str(info.value)
+    cfg.features.store = "none"
+    validate(cfg)
