@@ -46,7 +46,7 @@ from scenarios.outputs import format_report_paths, report_run, write_parquet, wr
 from scenarios.run_sim import format_rollout_line, rollout_summary, write_rollout
 from sim.async_serving import async_capacity_rps
 from sim.config import ConfigError, ScenarioConfig, rollout_versions, version_names
-from sim.features import predicted_hit_ratio
+from sim.features import coverage_warnings, predicted_hit_ratio
 from sim.host import stack_capacity
 from sim.policy.rollout import controller_from_config
 from sim.policy.split import WARMUP_HEADER
@@ -317,6 +317,7 @@ def measure(cfg: ScenarioConfig, out_dir: Path, *, capacity: float | None = None
     if result.shadow_dropped is not None:  # as the twin's Twin.shadow_dropped
         summary["shadow_dropped"] = result.shadow_dropped - dropped_before
     valid, warnings = _validity(cfg, summary, result)
+    warnings += coverage_warnings(cfg)
     if rollout is not None:
         summary["rollout"], rollout_warnings = rollout.summary(frame)
         warnings += rollout_warnings

@@ -17,7 +17,7 @@ from scenarios.outputs import format_report_paths, report_run, write_run
 from scenarios.profile import profile_warnings
 from sim.async_serving import AsyncTwin, AsyncWayScale, async_capacity_rps
 from sim.config import ScenarioConfig, version_names
-from sim.features import measured_lookups, predicted_hit_ratio
+from sim.features import coverage_warnings, measured_lookups, predicted_hit_ratio
 from sim.control import Event, ReplicaCount
 from sim.files import write_json, write_parquet
 from sim.policy.rollout import controller_from_config
@@ -47,7 +47,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> tuple[pd.DataFrame,
     loaded = {path: load_profile(path) for path in sorted(paths)}
     profile = loaded.get(cfg.service.profile) if cfg.service.kind == "empirical" else None
     overhead = loaded.get(cfg.overhead.profile)
-    warnings = [note for p in loaded.values() for note in profile_warnings(p, cfg)]
+    warnings = [note for p in loaded.values() for note in profile_warnings(p, cfg)] + coverage_warnings(cfg)
     expected = None if cfg.arrival.kind in ("closed", "trace") else int(cfg.arrival.rate * cfg.duration_s)
     bar = default_progress(expected) if progress else None
     wall = time.perf_counter()

@@ -341,6 +341,18 @@ def entity_probabilities(cfg: ScenarioConfig) -> np.ndarray:
     return p
 
 
+def coverage_warnings(cfg: ScenarioConfig) -> list[str]:
+    """Users the feature table has no row for: each of their requests is a missing entity (the
+    default row, or a 404 with features.fallback=error). Said in the summary, since a table
+    smaller than the users is seldom what was meant, yet it is a scenario one may want."""
+    f, a = cfg.features, cfg.arrival
+    if f.store == "none" or a.kind == "trace" or a.users <= f.entities:
+        return []
+    missing = 1.0 - float(entity_probabilities(cfg).sum())
+    return [f"arrival.users ({a.users}) > features.entities ({f.entities}): users {f.entities}.. have no feature row, "
+            f"so about {missing:.1%} of requests are missing entities (features.fallback={f.fallback})"]
+
+
 def mean_batch_lookup_s(cfg: ScenarioConfig, measured: LookupTimes | None, batch_size: int, rate_per_replica: float) -> float:
     """A batch's mean lookup time, for capacity: the instance is held while it runs, so a
     replica's full batch costs this on top of its model time. With the predicted hit ratio h

@@ -13,7 +13,9 @@ import pytest
 
 from sim.arrivals import make_schedule
 from sim.config import FeatureConfig, ScenarioConfig
-from sim.features import FeatureStage, LookupTimes, MeasuredLookup, ModelledLookup, feature_stream, predicted_hit_ratio
+from scenarios.run_sim import simulate
+from sim.features import (FeatureStage, LookupTimes, MeasuredLookup, ModelledLookup, coverage_warnings, feature_stream,
+                          predicted_hit_ratio)
 from sim.host import HostCosts
 from sim.records import requests_frame, summarize
 from sim.rng import make_streams
@@ -396,3 +398,12 @@ def test_capacity_counts_the_lookup_that_holds_the_instance() -> None:
     answered = summarize(run(cfg), warmup_s=1.0, duration_s=6.0, replicas=1, concurrency=1)["throughput"]
     assert answered == pytest.approx(with_lookup, rel=0.03)
     assert answered < 0.8 * device_only
+
+
+def test_users_beyond_the_table_are_a_summary_warning_with_the_share_the_run_shows() -> None:
+    cfg = missing_entity_scenario("default")
+    frame, summary, _ = simulate(cfg)
+    [note] = [w for w in summary["warnings"] if w.startswith("arrival.users")]
+    share = float(note.split("about ")[1].split("%")[0]) / 100
+    assert share == pytest.approx((frame["user_id"] >= cfg.features.entities).mean(), abs=0.05)
+    assert coverage_warnings(dataclasses.replace(cfg, arrival=dataclasses.replace(cfg.arrival, users=cfg.features.entities))) == []
