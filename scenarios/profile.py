@@ -76,11 +76,20 @@ def profile_meta(cfg: ScenarioConfig) -> dict[str, Any]:
     return meta
 
 
+def invalid_load_points(profile: Profile) -> list[str]:
+    """One line per load point whose measurement was flagged invalid (the load generator fell
+    behind, requests never sent): its overheads are not the stack's at that rate. mode=profile
+    exits 3 on them; a run that loads the profile carries them as warnings."""
+    return [f"profile load point {point['rate']:.0f} req/s: INVALID: " + ("; ".join(point.get("invalid_reasons") or []) or "flagged invalid")
+            for point in profile.overhead_by_rate if not point.get("valid", True)]
+
+
 def profile_warnings(profile: Profile, cfg: ScenarioConfig) -> list[str]:
-    """Differences between where a profile was measured and the run it is loaded into."""
+    """Differences between where a profile was measured and the run it is loaded into, and the
+    profile's own load points measured invalid."""
     expected = profile_meta(cfg)
     got = profile.meta
-    notes = []
+    notes = invalid_load_points(profile)
     keys = ["backend", "model", "version"]
     # a run that replays the profile's device times has no model of its own; one with the host
     # model and the emulated device has its own, and takes only the host from the profile
@@ -361,6 +370,8 @@ def measure_overhead_under_load(cfg: ScenarioConfig, run_dir: Path, rates: list[
         if len(total):
             point: dict[str, Any] = {"rate": float(rate), "total_s": np.clip(total, 0.0, None).tolist(),
                                      "send_lag_p99_s": summary.get("send_lag_s", {}).get("p99"), "valid": summary.get("valid", True)}
+            if not point["valid"]:  # why, as mode=real says it (the run's warnings)
+                point["invalid_reasons"] = list(summary.get("warnings", []))
             if cfg.features.store != "none":  # for the lookups under load (measure_profile)
                 point["feature_batches"] = feature_batches(ok)
             if t0 is not None:
@@ -613,4 +624,10 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
     print(format_profile(profile))
     print(f"profile: {path}")
     print(f"use it:  servelab service.kind=empirical service.profile={path} overhead.profile={path}")
+    invalid = invalid_load_points(profile)
+    for line in invalid:
+        print(line)
+    if invalid:  # written and marked, but not a profile CI should pass: exit 3, as real and compare
+        print(f"servelab: {len(invalid)} of {len(profile.overhead_by_rate)} profile load points INVALID (exit status 3)")
+        return 3
     return 0

@@ -1,6 +1,7 @@
 """Say what is valid: every measured point of a compare (the main run and each load point) carries
 its validity and why; the table, the report and the load-curve figure mark an invalid one; the
-exit status is 3 when any is invalid. Summaries are fed in: no real stack."""
+exit status is 3 when any is invalid, in compare and in mode=profile. Summaries are fed in: no
+real stack."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reports.compare import compare_summaries, format_comparison_table, format_stack_capacity, invalid_measurements
 from reports.figures import LoadPoint, load_curve_figure
 from reports.report import write_report
+import scenarios.profile as profile_mode
 from scenarios.compare import EXIT_INVALID_MEASUREMENT, exit_status, load_curve_entry
+from scenarios.config import ServelabConfig
+from sim.config import ScenarioConfig
+from sim.profile import Profile
 from tests.test_reports_support import twin_runs
 
 LAG = ("load generator fell behind: send lag p99 4.10 ms > loadgen.max_lag_p99_s 2.00 ms (max 9.00 ms); "
@@ -109,3 +116,28 @@ def test_the_report_marks_the_invalid_point_and_states_the_stack_capacity(tmp_pa
     assert format_stack_capacity(c) in md and format_stack_capacity(c) in html
     assert html.count('<tr class="invalid">') == 1 and 'class="banner bad"' in html
     assert md.index("load point 85% (680 req/s): INVALID") < md.index("## Fidelity")  # in the warnings, first
+
+
+def profile_of(points: list[dict[str, Any]]) -> Profile:
+    return Profile(times_s={1: [0.004]}, meta={"backend": "emulated"}, overhead_by_rate=points)
+
+
+def test_mode_profile_exits_3_naming_an_invalid_load_point_and_still_writes_the_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    points = [{"rate": 200.0, "total_s": [0.001], "valid": True},
+              {"rate": 900.0, "total_s": [0.002], "valid": False, "invalid_reasons": [LAG]}]
+    monkeypatch.setattr(profile_mode, "measure_profile", lambda *args: profile_of(points))
+    assert profile_mode.run(ServelabConfig(mode="profile"), tmp_path) == EXIT_INVALID_MEASUREMENT
+    out = capsys.readouterr().out
+    assert f"profile load point 900 req/s: INVALID: {LAG}" in out and "200 req/s: INVALID" not in out
+    assert out.rstrip().splitlines()[-1] == "servelab: 1 of 2 profile load points INVALID (exit status 3)"
+    assert json.loads((tmp_path / "profile.json").read_text())["overhead_by_rate"][1]["valid"] is False
+    points[1]["valid"] = True
+    assert profile_mode.run(ServelabConfig(mode="profile"), tmp_path) == 0
+
+
+def test_a_run_on_a_profile_with_an_invalid_load_point_carries_it_as_a_warning() -> None:
+    bad = profile_of([{"rate": 900.0, "total_s": [0.002], "valid": False, "invalid_reasons": [LAG]}])
+    assert f"profile load point 900 req/s: INVALID: {LAG}" in profile_mode.profile_warnings(bad, ScenarioConfig())
+    good = profile_of([{"rate": 900.0, "total_s": [0.002], "valid": True}])
+    assert not any("INVALID" in note for note in profile_mode.profile_warnings(good, ScenarioConfig()))
