@@ -10,8 +10,9 @@ count, batch setting or device time; a model of the mechanism can.
 The model, as `mode=profile` measures it (scenarios/profile.py, from each process's CPU time at
 known rates, `fit_host_costs`):
 - each process costs a fixed CPU time per request (per role: load generator, gateway, replica)
-  and the replicas a further one per batch; half of each is spent on the way in, half on the way
-  back (parse and forward; read and answer);
+  and the replicas a further one per batch; the load generator's and the gateway's are half on
+  the way in, half on the way back (parse and forward; read and answer), a replica's mostly on
+  the way in (`REPLICA_ANSWER_SHARE` of it answers);
 - `background_cores` of the host are busy with what no request causes (timers, metrics);
 - what is left of the measured per-request time, outside queue and model, is not CPU: loopback,
   wake-ups (`fixed_s`, samples replayed, half before and half after the queue).
@@ -39,6 +40,15 @@ if TYPE_CHECKING:
 
 LOADGEN, GATEWAY, REPLICA = "loadgen", "gateway", "replica"
 ROLES = (LOADGEN, GATEWAY, REPLICA)
+
+# The share of a replica's CPU per request spent writing its answer, after the batch; the rest is
+# the way in (the HTTP layer, the JSON body decoded into a tensor). A busy instance's next batch
+# takes the GIL only once its batch's answers are written (HostPath.relay), so the share sets the
+# gap between back-to-back batches: measured at overload (scenario=patterns, mode=real,
+# batching.max_batch_size 1, 4, 8) as 0.28, 0.37 and 0.58 ms, 0.042 ms more per request answered,
+# a tenth of the replica's 0.41 ms per request. Half (as the gateway and the load generator are
+# split) put 1.0 ms between batches of 4 and cut the twin's throughput at overload by 2%.
+REPLICA_ANSWER_SHARE = 0.1
 
 
 @dataclass(frozen=True)

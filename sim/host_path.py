@@ -2,8 +2,8 @@
 
 Out: the load generator's worker sends it (its half of the generator's CPU), the gateway
 parses and forwards it (half of the gateway's), the loopback and wake-ups take the non-CPU
-half, the replica's server parses it (half of the replica's), and it joins the replica's
-queue. Back: the replica answers the batch (per-batch CPU and the other half per request),
+half, the replica's server parses it (most of the replica's), and it joins the replica's
+queue. Back: the replica answers the batch (per-batch CPU and `REPLICA_ANSWER_SHARE` per request),
 the gateway relays each answer (where the gateway counts it: its windows, its outstanding
 count), the non-CPU other half, and the worker reads it: then the client has its answer.
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from sim.host import GATEWAY, LOADGEN, REPLICA, HostCosts, SimHost
+from sim.host import GATEWAY, LOADGEN, REPLICA, REPLICA_ANSWER_SHARE, HostCosts, SimHost
 from sim.records import TIMEOUT
 
 if TYPE_CHECKING:
@@ -43,7 +43,8 @@ class HostPath:
         self.gateway_saw = gateway_saw  # (replica, request): the gateway has the answer
         self.client_has = client_has  # (request): the client has it (log.finish is set)
         c = costs.cpu_per_request_s
-        self.loadgen_s, self.gateway_s, self.replica_s = c[LOADGEN] / 2, c[GATEWAY] / 2, c[REPLICA] / 2
+        self.loadgen_s, self.gateway_s = c[LOADGEN] / 2, c[GATEWAY] / 2
+        self.replica_in_s, self.replica_answer_s = c[REPLICA] * (1 - REPLICA_ANSWER_SHARE), c[REPLICA] * REPLICA_ANSWER_SHARE
         self.batch_s = costs.replica_cpu_per_batch_s
         self.handoff_s = costs.handoff_s
         # the generator runs niced: a free core goes to the stack first
@@ -89,7 +90,7 @@ class HostPath:
             rep.enqueue(i, self.env._now)
 
         def past_gateway() -> None:
-            self._later(half, lambda: host.run(replica, self.replica_s, at_replica))
+            self._later(half, lambda: host.run(replica, self.replica_in_s, at_replica))
 
         host.run(self.workers[i % len(self.workers)], self.loadgen_s,
                  lambda: host.run(self.gateway, self.gateway_s, past_gateway))
@@ -102,13 +103,13 @@ class HostPath:
 
     def relay(self, replica: int, requests: list[int]) -> None:
         """Answers that left replica `replica`'s batch (or its refusal, or its expired queue):
-        its loop writes each in turn (its half of the replica's CPU: after the instance is free,
+        its loop writes each in turn (its answer share of the replica's CPU: after the instance is free,
         as the server answers once the batch is handed back). Each handler resumes and writes
         its own answer, so the first leaves while the others are still being written; they
         run as one batch of ready callbacks, so the instance's thread takes the GIL for its
         next batch only after the last (SimHost.run_series). Then each goes back through the
         gateway to its worker."""
-        self.host.run_series(self.replica_process(replica), self.replica_s,
+        self.host.run_series(self.replica_process(replica), self.replica_answer_s,
                              [partial(self._to_gateway, replica, j) for j in requests])
 
     def _to_gateway(self, replica: int, j: int) -> None:

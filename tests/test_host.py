@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from scenarios.cli import preflight
 from scenarios.profile import host_costs
-from sim.host import CpuPoint, HostCosts, SimHost, fit_host_costs, host_capacity, stack_capacity
+from sim.host import REPLICA_ANSWER_SHARE, CpuPoint, HostCosts, SimHost, fit_host_costs, host_capacity, stack_capacity
 from sim.profile import Profile
 from sim.twin import Twin
 from scenarios.run_sim import simulate
@@ -232,7 +232,7 @@ def test_a_cpu_model_s_compute_counts_against_the_host() -> None:
 
 def test_a_batch_s_answers_leave_the_replica_one_by_one() -> None:
     """Each handler resumes and writes its own answer: the first of a batch reaches the
-    gateway one replica share after the batch, the last only after all of them."""
+    gateway one answer's share of the replica's CPU after the batch, the last only after all of them."""
     from sim.host_path import HostPath
     from sim.requests import RequestLog
 
@@ -245,9 +245,9 @@ def test_a_batch_s_answers_leave_the_replica_one_by_one() -> None:
                     timeout_s=math.inf, gateway_saw=lambda _r, j: seen.append((j, env.now)), client_has=lambda _j: None)
     path.relay(0, [0, 1, 2])
     env.run()
-    half_replica, half_gateway = 1e-3, 1e-4  # each hop's CPU is half in, half back
+    answer, half_gateway = 2e-3 * REPLICA_ANSWER_SHARE, 1e-4  # the gateway's CPU is half in, half back
     assert [j for j, _ in seen] == [0, 1, 2]
-    assert [t for _, t in seen] == pytest.approx([(k + 1) * half_replica + half_gateway for k in range(3)])
+    assert [t for _, t in seen] == pytest.approx([(k + 1) * answer + half_gateway for k in range(3)])
 
 
 def test_a_thread_waiting_for_the_gil_runs_after_the_callbacks_under_way_not_between_them() -> None:
