@@ -166,7 +166,8 @@ def run(cfg: ServelabConfig, out_dir: Path) -> int:
         add_experiment_comparison(comparison, sim_experiment, real_experiment)
     comparison["profile"] = str(profile_path)
     comparison["capacity_rps"] = capacity
-    comparison["stack_capacity"] = stack.to_json()
+    if cfg.pattern != "async":  # async: the workers' capacity (no host model), not the replicas' stack
+        comparison["stack_capacity"] = stack.to_json()
 
     points: list[LoadPoint] = []
     for fraction in cfg.compare.load_fractions:

@@ -45,3 +45,7 @@ def test_compare_runs_async_serving_in_both_worlds(tmp_path: Path, callback: boo
     comparison = json.loads((out / "comparison.json").read_text())
     # a light load is answered in full on both sides, whatever else runs on the box
     assert abs(comparison["metrics"]["throughput"]["rel_error"]) < 0.1
+    # load and capacity are the async workers' (the capacity the summaries quote), never the
+    # sync replicas' stack, which serves no async request
+    assert comparison["capacity_rps"] == pytest.approx(json.loads((out / "sim" / "summary.json").read_text())["capacity_rps"])
+    assert "stack_capacity" not in comparison and "stack as deployed" not in result.stdout
