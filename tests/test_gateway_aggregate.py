@@ -47,3 +47,18 @@ def test_stats_of_a_version_nobody_answered_for_are_zero() -> None:
     (only,) = merge_stats("digits", ["3"], [None, {"model_stats": "junk"}])["model_stats"]
     assert only["version"] == "3" and only["inference_count"] == 0 and only["batch_stats"] == []
     assert only["inference_stats"]["success"] == {"count": 0, "ns": 0}
+
+
+def test_stats_sum_the_replicas_feature_store_counters_and_fallbacks() -> None:
+    def replica(lookups: int, hits: int, fallbacks: dict[str, int]) -> dict[str, Any]:
+        doc = stats("1", lookups, {1: lookups})
+        doc["model_stats"][0]["feature_store"] = {
+            "store": "redis", "fallback": "default", "cache_rows": hits, "cache_size": 100, "lookups": lookups, "hits": hits,
+            "misses": lookups - hits, "round_trips": 2, "batches": lookups, "lookup_ns": 1000 * lookups, "fallbacks": fallbacks}
+        return doc
+
+    (v1,) = merge_stats("digits", ["1"], [replica(10, 7, {"missing": 1}), replica(6, 2, {"missing": 2, "timeout": 3}), None])["model_stats"]
+    assert v1["feature_store"] == {"store": "redis", "fallback": "default", "cache_rows": 9, "cache_size": 200, "lookups": 16,
+                                   "hits": 9, "misses": 7, "round_trips": 4, "batches": 16, "lookup_ns": 16000,
+                                   "fallbacks": {"missing": 3, "timeout": 3}}
+    assert "feature_store" not in merge_stats("digits", ["1"], [stats("1", 3, {1: 3})])["model_stats"][0]

@@ -66,11 +66,27 @@ def empty_stats(model: str, version: str) -> dict[str, Any]:
             "batch_stats": []}
 
 
+# a replica's `feature_store` stats entry (real.server.features.FeatureStage.document): what
+# the replicas' caches and lookups add up to; the rest (store, fallback) is the same on each
+FEATURE_STORE_COUNTS = ("cache_rows", "cache_size", "lookups", "hits", "misses", "round_trips", "batches", "lookup_ns")
+
+
+def _add_feature_store(into: dict[str, Any], doc: dict[str, Any]) -> None:
+    have = into.setdefault("feature_store", {"store": doc.get("store"), "fallback": doc.get("fallback"),
+                                             **{name: 0 for name in FEATURE_STORE_COUNTS}, "fallbacks": {}})
+    for name in FEATURE_STORE_COUNTS:
+        have[name] += _int(doc.get(name))
+    fallbacks = doc.get("fallbacks")
+    for reason, count in (fallbacks.items() if isinstance(fallbacks, dict) else ()):
+        have["fallbacks"][reason] = have["fallbacks"].get(reason, 0) + _int(count)
+
+
 def merge_stats(model: str, versions: Sequence[str], answers: Iterable[Any]) -> dict[str, Any]:
     """Triton's `{"model_stats": [...]}` over the replicas: per (name, version), counts and
     durations summed (inference, execution, every inference_stats and batch_stats duration),
-    `last_inference` the latest. `versions` each get an entry, zero if no replica answered;
-    `answers` are the replicas' stats documents."""
+    `last_inference` the latest, and with a feature store its `feature_store` counters summed
+    (each replica has its own cache: rows and sizes add up too). `versions` each get an entry,
+    zero if no replica answered; `answers` are the replicas' stats documents."""
     merged: dict[tuple[str, str], dict[str, Any]] = {(model, v): empty_stats(model, v) for v in versions}
     by_size: dict[tuple[str, str], dict[int, dict[str, Any]]] = {key: {} for key in merged}
     for doc in answers:
@@ -87,6 +103,8 @@ def merge_stats(model: str, versions: Sequence[str], answers: Iterable[Any]) -> 
             infer = entry.get("inference_stats")
             for name, value in (infer.items() if isinstance(infer, dict) else ()):
                 _add(into["inference_stats"], name, value)
+            if isinstance(entry.get("feature_store"), dict):
+                _add_feature_store(into, entry["feature_store"])
             for batch in entry.get("batch_stats") or ():
                 if not isinstance(batch, dict) or _int(batch.get("batch_size")) <= 0:
                     continue
