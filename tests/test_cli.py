@@ -126,3 +126,4 @@ def test_help_lists_every_key_with_its_help(tmp_path: Path) -> None:
         assert line is not None and line.rstrip().endswith(k.help), k.key
     assert any(x.strip().startswith("replicas=3 ") for x in lines)  # values as this command line sets them
     assert "quickstart" in result.stdout and "scenario:" not in result.stdout
+    assert "3 a measurement flagged invalid (real, compare, profile)" in " ".join(result.stdout.split())  # the exit statuses
