@@ -44,10 +44,11 @@ ROLES = (LOADGEN, GATEWAY, REPLICA)
 # The share of a replica's CPU per request spent writing its answer, after the batch; the rest is
 # the way in (the HTTP layer, the JSON body decoded into a tensor). A busy instance's next batch
 # takes the GIL only once its batch's answers are written (HostPath.relay), so the share sets the
-# gap between back-to-back batches: measured at overload (scenario=patterns, mode=real,
-# batching.max_batch_size 1, 4, 8) as 0.28, 0.37 and 0.58 ms, 0.042 ms more per request answered,
-# a tenth of the replica's 0.41 ms per request. Half (as the gateway and the load generator are
-# split) put 1.0 ms between batches of 4 and cut the twin's throughput at overload by 2%.
+# gap between back-to-back batches. Measured at overload (scenario=patterns, mode=real,
+# batching.max_batch_size 1, 4, 8): 0.28, 0.37 and 0.58 ms, growing 0.04 ms per answer; the twin
+# on the same runs' profile gives 0.27, 0.32 and 0.51 ms at a tenth, 0.27, 0.41 and 0.66 at 0.15,
+# 0.27, 0.49 and 0.83 at 0.2. Half (as the gateway and the load generator are split) put 1.0 ms
+# between batches of 4 and cut the twin's throughput at overload by 2%.
 REPLICA_ANSWER_SHARE = 0.1
 
 

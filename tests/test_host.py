@@ -262,3 +262,19 @@ def test_a_thread_waiting_for_the_gil_runs_after_the_callbacks_under_way_not_bet
     env.run()
     assert order == [("answer 0", 1.0), ("answer 1", 2.0), ("answer 2", 3.0), ("instance thread", 3.25),
                      ("next request", 4.25)]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_a_busy_instance_waits_between_batches_for_its_batchs_answers_only(batch: int) -> None:
+    """At overload a replica's next batch starts once its thread has woken (the hand-off) and
+    the last batch's answers are written (`REPLICA_ANSWER_SHARE` of the replica's CPU each),
+    whichever is later: the parse of requests that came in meanwhile does not hold it."""
+    replica_s, handoff_s, device_s = 4e-4, 1.3e-4, 0.02
+    host = _host(gateway_s=1e-5, loadgen_s=1e-5, replica_s=replica_s, handoff_s=handoff_s)
+    cfg = _cfg("replicas=1", f"batching.max_batch_size={batch}", f"service.base_s={device_s}", "batching.max_queue_delay_s=0",
+               f"arrival.rate={1.3 * batch / device_s}", "timeout_s=0")
+    cols = _twin(cfg, host).columns
+    starts = np.unique(np.asarray(cols["start_s"])[np.asarray(cols["batch_size"]) == batch])
+    starts = starts[(starts > 1.0) & (starts < 5.0)]
+    gap = float(np.median(np.diff(starts))) - device_s
+    assert gap == pytest.approx(max(handoff_s, batch * replica_s * REPLICA_ANSWER_SHARE * host.slowdown), rel=0.02)
