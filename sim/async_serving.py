@@ -49,8 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.arrivals import ArrivalSchedule, make_schedule
-from sim.config import ScenarioConfig, version_specs
-from sim.policy.async_jobs import AsyncJobs, PollSchedule, Refused
+from sim.config import ScenarioConfig
+from sim.policy.async_jobs import AsyncJobs, PollSchedule, Refused, async_version
 from sim.profile import Profile
 from sim.records import ERROR, OK, SHED, TIMEOUT
 from sim.rng import make_streams
@@ -193,7 +193,7 @@ class AsyncTwin:
             if idle:
                 take(idle.popleft(), t_arrive, woken=True)
         self._observe(arrival, ways, written, status, finish, polls)
-        version = version_specs(cfg.model)[0].name
+        version = async_version(cfg)
         # what a client knows of its request's batch comes with its result: none without one
         # (as the load generator records it; so a run's batches and utilisation are the results')
         got = np.asarray(status) == OK
@@ -234,11 +234,6 @@ class AsyncTwin:
             way_in, way_out = way_in * poll, way_out * poll
             seen = observe(schedule, written[i] - a, sum(ways[i]), way_in, way_out, timeout, ttl)
             status[i], finish[i], polls[i] = seen.status, a + seen.learned_s, seen.polls
-
-
-def run_async_twin(cfg: ScenarioConfig, profile: Profile | None = None,
-                   overhead_samples: dict[str, list[float]] | None = None, device_wake_s: float = 0.0) -> TwinResult:
-    return AsyncTwin(cfg, profile, overhead_samples=overhead_samples, device_wake_s=device_wake_s).run()
 
 
 def async_capacity_rps(cfg: ScenarioConfig, profile: Profile | None = None) -> float:

@@ -45,6 +45,7 @@ from real.asyncq.queue import (
     decode_result,
     redact,
 )
+from real.gateway.errors import JSON
 from real.server.app import check_content_type  # the replica's own rules: accepted alike
 from real.server.protocol import ProtocolError, parse_header_length, parse_infer
 from sim.config import ScenarioConfig
@@ -57,7 +58,6 @@ log = logging.getLogger("servelab.gateway.async")
 
 ASYNC_MARK = b'"async"'  # a body without it is not an async submission: the sync path's only cost
 RESULT_PATH = "/v2/models/{model}/results/{id}"
-JSON = "application/json"
 SYNC_ONLY = "this stack serves synchronously (pattern=sync); parameters.async needs pattern=async"
 REDIS_ERRORS = (redis.RedisError, OSError, TimeoutError)
 
@@ -69,7 +69,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def result_location(model: str, request_id: str) -> str:
-    return f"/v2/models/{model}/results/{request_id}"
+    return RESULT_PATH.format(model=model, id=request_id)
 
 
 def async_parameters(body: bytes, header_length: int | None) -> dict[str, Any] | None:
@@ -192,7 +192,8 @@ class AsyncApi:
         except REDIS_ERRORS as exc:
             poll(503)
             return _error(503, self.unavailable(exc), {"Retry-After": self.retry_after})
-        state = UNKNOWN if value is None else (PENDING if decode_result(value) is None else DONE)
+        decoded = None if value is None else decode_result(value)
+        state = UNKNOWN if value is None else (PENDING if decoded is None else DONE)
         if state == UNKNOWN:
             poll(404)
             return _error(404, f"unknown or expired request id {request_id[:80]!r} (results are kept "
@@ -201,7 +202,7 @@ class AsyncApi:
             poll(202)
             return 202, orjson.dumps({"id": request_id, "status": PENDING}), {
                 "Content-Type": JSON, "Location": result_location(self.model, request_id), "Retry-After": "1"}
-        status, document = decode_result(value)  # type: ignore[misc]
+        status, document = decoded  # type: ignore[misc]
         poll(status)
         return status, document, {"Content-Type": JSON}
 

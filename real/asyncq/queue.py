@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from real.features.redis_store import redact  # noqa: F401 -- one redaction for every Redis URL we print
+from real.launcher import REDIS_PASSWORD_ENV, REDIS_URL_ENV  # the names the launcher hands its children
 
 GROUP = "workers"
 PENDING_VALUE = b"pending"
-REDIS_URL_ENV = "SERVELAB_REDIS_URL"  # the launcher's names (real.launcher), read by the children
-REDIS_PASSWORD_ENV = "SERVELAB_REDIS_PASSWORD"
 REDIS_TIMEOUT_S = 2.0  # one Redis call at the gateway, at most: an unreachable Redis is a 503, never a hang
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 CALLBACK_RULE = "a loopback http URL: http://127.0.0.1[:port]/... or http://localhost[:port]/..."

@@ -50,7 +50,8 @@ from real.asyncq.queue import (
 from real.server.backends import Backend, make_backend
 from real.server.protocol import FEATURES, InferRequest, ProtocolError, TensorSpec, parse_infer
 from real.server.quality import ReplicaQuality
-from sim.config import ScenarioConfig, load_config, version_names
+from sim.config import ScenarioConfig, load_config
+from sim.policy.async_jobs import async_version
 
 log = logging.getLogger("servelab.asyncq.worker")
 
@@ -76,11 +77,6 @@ class Finished:
 
 def worker_name(index: int) -> str:
     return f"worker-{index}"
-
-
-def async_version(cfg: ScenarioConfig) -> str:
-    """The version async serving runs: the first (the config allows no rollout or experiment)."""
-    return version_names(cfg.model)[0]
 
 
 def output_specs(cfg: ScenarioConfig) -> dict[str, TensorSpec]:

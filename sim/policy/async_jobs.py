@@ -3,9 +3,10 @@
 Submit/poll (issue 14): `POST .../infer` with `parameters.async=true` answers 202 with a
 request id at once; the result endpoint answers 200 with the result, 202 while it is pending,
 404 for an id it does not know or whose result expired (`ttl_s` after it was ready); a full
-queue refuses the submission (503 with Retry-After). These are decisions, not I/O: the real
-server keeps one `AsyncJobs` beside its queue and the twin one beside its model of the queue,
-so both answer the same request the same way at the same time. No clock: `now` is an argument.
+queue refuses the submission (503 with Retry-After). These are decisions, not I/O: the twin
+keeps one `AsyncJobs` beside its model of the queue; the real stack decides the same rules in
+Redis (real/asyncq/queue.py: the gateway admits while worker processes complete, so the count
+lives there). No clock: `now` is an argument. `async_version` is which version serves.
 
 `PollSchedule` is the client's side: the first poll after `first_s`, each next one `backoff`
 times later, capped at `max_interval_s`. What a polling client observes is not when the result
@@ -18,6 +19,14 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from sim.config import ScenarioConfig, version_names
+
+def async_version(cfg: ScenarioConfig) -> str:
+    """The version async serving runs, in the twin and on the workers: the first (the config
+    allows no rollout or experiment with pattern=async)."""
+    return version_names(cfg.model)[0]
+
 
 PENDING = "pending"  # 202: submitted, no result yet
 DONE = "done"  # 200: the result
