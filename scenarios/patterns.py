@@ -53,8 +53,9 @@ from reports.patterns import PATTERNS, READY, format_patterns_table, write_patte
 from scenarios.config import ServelabConfig
 from sim.files import write_config, write_json, write_parquet
 from sim.arrivals import ArrivalSchedule, make_schedule
+from sim.async_serving import async_capacity_rps
 from sim.batch_job import BatchJob, JobCosts, JobPrediction, cost_per_1000, predict
-from sim.config import ConfigError, ScenarioConfig, to_plain, validate_batch_job, version_specs
+from sim.config import ConfigError, ScenarioConfig, to_plain, validate_async, validate_batch_job, version_specs
 from sim.records import requests_frame
 from sim.rng import make_streams
 from sim.service import ServiceTime, capacity_rps
@@ -94,9 +95,8 @@ def validate_patterns(cfg: ServelabConfig) -> None:
                                           "use poisson, constant, bursty, diurnal or trace")
     if cfg.rollout.strategy != "none" or cfg.experiment.variants:
         raise ConfigError("patterns.run", "the patterns preset serves one version: drop rollout.*/experiment.*")
-    if "async" in names and cfg.features.store != "none":
-        raise ConfigError("features.store", "the patterns preset's async workers do no feature lookup; "
-                                            "use features.store=none, or drop async from patterns.run")
+    if "async" in names:  # what pattern=async needs (REST load, no feature store), as its own run asks it
+        validate_async(dataclasses.replace(cfg, pattern="async"))
     if "batch" in names:
         validate_batch_job(cfg.batch)
         if cfg.batch.input:
@@ -185,9 +185,9 @@ def sync_replicas_needed(cfg: ServelabConfig) -> int | None:
 
 def async_workers_needed(cfg: ServelabConfig) -> int | None:
     """The fewest workers (up to patterns.max_replicas) whose load, the demand's mean rate over
-    their capacity at async_jobs.batch_size, is at most patterns.max_utilisation."""
-    one = dataclasses.replace(cfg, replicas=1, batching=dataclasses.replace(cfg.batching, max_batch_size=cfg.async_jobs.batch_size))
-    per_worker = capacity_rps(one)
+    their capacity (sim.async_serving.async_capacity_rps: full batches of async_jobs.batch_size,
+    one at a time, whatever the replicas' concurrency), is at most patterns.max_utilisation."""
+    per_worker = async_capacity_rps(dataclasses.replace(cfg, async_jobs=dataclasses.replace(cfg.async_jobs, workers=1)))
     rate = len(demand(cfg)) / cfg.duration_s
     needed = max(1, math.ceil(rate / (per_worker * cfg.patterns.max_utilisation) - 1e-9))
     return needed if needed <= cfg.patterns.max_replicas else None

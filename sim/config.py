@@ -822,7 +822,7 @@ def validate(cfg: ScenarioConfig) -> None:
     _validate_rollout(cfg)
     _validate_experiment(cfg)
     _validate_features(cfg.features)
-    _validate_async(cfg)
+    validate_async(cfg)
 
     b = cfg.batching
     _require(b.max_batch_size >= 1, "batching.max_batch_size", f"must be >= 1, got {b.max_batch_size}")
@@ -859,7 +859,9 @@ def _validate_features(f: FeatureConfig) -> None:
     _non_negative(f.seed, "features.seed")
 
 
-def _validate_async(cfg: ScenarioConfig) -> None:
+def validate_async(cfg: ScenarioConfig) -> None:
+    """async_jobs.*, and with pattern=async what async serving needs of the scenario (the
+    patterns preset asks it of its async pattern too)."""
     _choice(cfg.pattern, "pattern", SERVING_PATTERNS)
     a = cfg.async_jobs
     _require(a.workers >= 1, "async_jobs.workers", f"must be >= 1, got {a.workers}")

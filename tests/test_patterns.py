@@ -20,6 +20,7 @@ from scenarios.config import ServelabConfig
 from scenarios.patterns import (async_workers_needed, batch_job, batch_latency_s, batch_parallelism_needed, comparison, demand,
                                 run, service_job_costs, sync_replicas_needed)
 from scenarios.run_sim import simulate
+from sim.async_serving import async_capacity_rps
 from sim.batch_job import cost_per_1000, predict
 from sim.config import ConfigError
 from sim.service import capacity_rps
@@ -136,12 +137,17 @@ def test_sync_needs_the_fewest_replicas_that_keep_p99_under_the_target() -> None
     assert sync_replicas_needed(dataclasses.replace(cfg, patterns=dataclasses.replace(cfg.patterns, max_replicas=needed - 1))) is None
 
 
-def test_async_needs_the_fewest_workers_under_the_utilisation_bound() -> None:
-    cfg = preset("arrival.rate=300")
+@pytest.mark.parametrize("instances", ["concurrency=1", "concurrency=4"])
+def test_async_needs_the_fewest_workers_under_the_utilisation_bound(instances: str) -> None:
+    """A worker runs one batch at a time whatever the replicas' concurrency: its capacity is the
+    one the async summary quotes (full batches and their Redis round trip)."""
+    cfg = preset("arrival.rate=300", instances)
     needed = async_workers_needed(cfg)
     assert needed is not None
     rate = len(demand(cfg)) / cfg.duration_s
-    per_worker = cfg.async_jobs.batch_size / (cfg.service.base_s + cfg.service.per_item_s * cfg.async_jobs.batch_size)
+    b = cfg.async_jobs.batch_size
+    per_worker = b / (cfg.service.base_s + cfg.service.per_item_s * b + cfg.async_jobs.batch_overhead_s)
+    assert per_worker == pytest.approx(async_capacity_rps(dataclasses.replace(cfg, async_jobs=dataclasses.replace(cfg.async_jobs, workers=1))))
     assert rate / (needed * per_worker) <= cfg.patterns.max_utilisation
     assert needed == 1 or rate / ((needed - 1) * per_worker) > cfg.patterns.max_utilisation
 
@@ -192,6 +198,7 @@ def test_comparison_judges_each_figure_against_its_fidelity_target() -> None:
     ("batch.input=/tmp/x.parquet", "batch.input"),
     ("batch.parallelism=0", "batch.parallelism"),
     ("features.store=embedded", "features.store"),
+    ("loadgen.protocol=grpc", "loadgen.protocol"),
 ])
 def test_bad_preset_keys_are_refused_in_one_line(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
