@@ -398,7 +398,7 @@ def run_compare(cfg: ServelabConfig, out_dir: Path) -> int:
     from scenarios.outputs import write_run
     from scenarios.compare import calibration_profile
     from scenarios.profile import profile_warnings
-    from scenarios.run_real import measure
+    from scenarios.run_real import async_workers_capacity, measure
     from sim.host import stack_capacity
     from sim.profile import load_profile
 
@@ -437,7 +437,10 @@ def run_compare(cfg: ServelabConfig, out_dir: Path) -> int:
         else:
             run_cfg = pattern_config(cfg, pattern)
             _log(f"{pattern}: measuring the real stack for {cfg.duration_s:g} s ...")
-            frame, summary, series = measure(run_cfg, out_dir / pattern / "real", capacity=capacity)
+            # async: the workers' capacity from the twin's device times, as the twin's summary and
+            # an async compare quote it; the replicas' stack serves no async request
+            served_capacity = capacity if pattern == "sync" else async_workers_capacity(pattern_config(twin_cfg, pattern))
+            frame, summary, series = measure(run_cfg, out_dir / pattern / "real", capacity=served_capacity)
             write_run(out_dir / pattern / "real", run_cfg, frame, summary, series)
             replicas_run = run_cfg.replicas if pattern == "sync" else run_cfg.async_jobs.workers
             figures, latency, ready = served_figures(run_cfg, frame, summary, replicas_run, entry["replicas_needed"])

@@ -244,6 +244,9 @@ def test_compare_measures_every_pattern_on_the_demand_the_twin_served(tmp_path: 
         assert {m["within_target"] for m in entry["comparison"]["metrics"].values()} <= {True, False}
         twin, real = (pd.read_parquet(out / pattern / d / "requests.parquet") for d in ("sim", "real"))
         np.testing.assert_array_equal(np.sort(twin["arrival_s"].to_numpy()), np.sort(real["arrival_s"].to_numpy()))
+    # each side's summary quotes the capacity of what serves: the async row the workers', on both sides
+    sim_async, real_async_summary = (json.loads((out / "async" / d / "summary.json").read_text()) for d in ("sim", "real"))
+    assert real_async_summary["capacity_rps"] == pytest.approx(sim_async["capacity_rps"], rel=0.01)
     real_async = pd.read_parquet(out / "async" / "real" / "requests.parquet")
     ok = real_async[real_async["status"] == "ok"]
     assert (ok["latency_s"] > ok["ready_s"] - ok["arrival_s"]).all() and (ok["polls"] >= 1).all()
