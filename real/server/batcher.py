@@ -399,7 +399,6 @@ class AsyncBatcher:
         looked = [p for p in batch if p.req.entity_id is not None]
         running: Batch = [p for p in batch if p.req.entity_id is None]
         for p, outcome, hit, reason in zip(looked, result.outcomes, result.hits, result.reasons):
-            p.lookup_start_s = start
             if outcome.row is None:
                 failure = outcome.failure
                 assert failure is not None
@@ -410,7 +409,7 @@ class AsyncBatcher:
             p.req.label = outcome.row.label  # judged by the table's label; a fallback row has none
             p.feature = {"feature_lookup_s": result.lookup_s, "feature_hit": hit, "feature_fallback": reason is not None}
             running.append(p)
-        for p in batch:  # own-input requests of a mixed batch start with it, too
+        for p in batch:  # the batch started with its lookup, own-input requests of a mixed batch too
             p.lookup_start_s = start
         if not running:
             self.queue.finish()

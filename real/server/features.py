@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from real.features import FeatureStore
-from sim.policy.features import FallbackPolicy, FeatureCache, FeatureRow, LookupOutcome, LookupPlan
+from sim.policy.features import FALLBACK_REASONS, FallbackPolicy, FeatureCache, FeatureRow, LookupOutcome, LookupPlan
 
 Clock = Callable[[], float]
-FALLBACK_REASONS = ("missing", "timeout")
 
 
 @dataclass

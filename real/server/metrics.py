@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from sim.policy.features import FALLBACK_REASONS
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -57,7 +59,7 @@ class ServerMetrics:
                                          "served the default row or failed, as features.fallback says", ["reason"], registry=r)
         self._hits = self.feature_lookups.labels("hit")
         self._misses = self.feature_lookups.labels("miss")
-        for reason in ("missing", "timeout"):
+        for reason in FALLBACK_REASONS:
             self.feature_fallbacks.labels(reason)  # shown as 0 before the first
 
     def on_lookup(self, result: BatchLookup) -> None:

@@ -193,6 +193,7 @@ class LookupOutcome:
 
 
 STATUS_BY_REASON: dict[str, int] = {"missing": 404, "timeout": 503}
+FALLBACK_REASONS = tuple(STATUS_BY_REASON)  # why a request got no row of its own
 
 
 @dataclass(frozen=True)
