@@ -332,7 +332,7 @@ def format_comparison_table(comparison: Mapping[str, Any], *, markdown: bool = F
                  "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     else:
-        lines = _fixed_width(HEADER, rows, numeric)
+        lines = fixed_width(HEADER, rows, numeric)
     verdict = comparison_verdict(comparison)
     capacity = format_stack_capacity(comparison)
     lines += ["", verdict] + ([capacity] if capacity else [])
@@ -340,15 +340,17 @@ def format_comparison_table(comparison: Mapping[str, Any], *, markdown: bool = F
     if curve:
         lines += ["", f"load curve ({len(curve)} measured point{'s' if len(curve) > 1 else ''}; "
                       f"load = offered / {capacity_name(comparison)}):"]
-        lines += _fixed_width(header, curve, [True, True, True, True, True, False, False])
+        lines += fixed_width(header, curve, [True, True, True, True, True, False, False])
     invalid = invalid_measurements(comparison)
     lines += ([""] if invalid else []) + invalid
     lines += [f"WARNING: {w}" for w in comparison.get("warnings", [])]
     return "\n".join(lines)
 
 
-def _fixed_width(header: list[str], rows: list[list[str]], numeric: list[bool]) -> list[str]:
+def fixed_width(header: list[str], rows: list[list[str]], numeric: list[bool] | None = None) -> list[str]:
+    """A console table: the header, a rule, the rows; `numeric` columns right-aligned (None: none)."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    numeric = numeric or [False] * len(header)
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)).rstrip()

@@ -98,6 +98,13 @@ def _title_suffix(runs: Mapping[str, Run]) -> str:
     return " vs ".join(f"{label} ({run.backend})" for label, run in runs.items())
 
 
+def step_cdf(ax: Any, latency_s: Any, **style: Any) -> None:
+    """One sample's CDF as steps on `ax`, latency in ms, drawn at `plotted_ranks`."""
+    lat_ms = np.sort(np.asarray(latency_s, dtype=float)) * 1e3
+    keep = plotted_ranks(len(lat_ms))
+    ax.step(lat_ms[keep], (keep + 1) / len(lat_ms), where="post", **style)
+
+
 def plot_latency_cdf(path: str | Path, runs: Mapping[str, Run], *, title: str | None = None) -> Path:
     return _save(latency_cdf_figure(runs, title=title), path)
 

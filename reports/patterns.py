@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from reports.compare import format_value
+from reports.compare import fixed_width, format_value
 from sim.files import atomic_write
 
 # reports.report and reports.figures (matplotlib, the statistics) are imported where they draw:
@@ -82,25 +82,16 @@ def compare_rows(doc: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _fixed_width(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-
-    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
-
-
 def format_patterns_table(doc: Mapping[str, Any]) -> str:
     """The console's table: every pattern's figures, then (compare) twin against real."""
     d = doc["demand"]
     lines = [f"serving patterns: one demand of {d['requests']:,} requests over {d['duration_s']:g} s ({d['rate']:.1f} req/s), "
              f"price {doc['price_per_replica_hour']:g} per replica-hour"]
-    lines += ["  " + line for line in _fixed_width(TABLE_HEADER, table_rows(doc))]
+    lines += ["  " + line for line in fixed_width(TABLE_HEADER, table_rows(doc))]
     compared = compare_rows(doc)
     if compared:
         lines += ["", "twin against the real stack, per pattern:"]
-        lines += ["  " + line for line in _fixed_width(COMPARE_HEADER, compared)]
+        lines += ["  " + line for line in fixed_width(COMPARE_HEADER, compared)]
         missed = sorted({row[0] for row in compared if row[-1] != "ok"}, key=PATTERNS.index)
         lines.append("all within the fidelity targets" if not missed else f"outside a fidelity target: {', '.join(missed)}")
     return "\n".join(lines)
@@ -114,7 +105,7 @@ def draw_patterns(path: Path, doc: Mapping[str, Any], latencies: Mapping[tuple[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reports.figures import color_for, plotted_ranks
+    from reports.figures import color_for, step_cdf
 
     fig = plt.figure(figsize=(14, 4.4))
     grid = fig.add_gridspec(1, 4, width_ratios=[2.2, 1, 1, 1])
@@ -124,17 +115,11 @@ def draw_patterns(path: Path, doc: Mapping[str, Any], latencies: Mapping[tuple[s
             lat = latencies.get((pattern, side))
             if lat is None or len(lat) == 0:
                 continue
-            lat_ms = np.sort(np.asarray(lat, dtype=float)) * 1e3
-            keep = plotted_ranks(len(lat_ms))
-            cdf.step(lat_ms[keep], (keep + 1) / len(lat_ms), where="post", ls=style, lw=1.7,
-                     color=PATTERN_COLORS.get(pattern, color_for(pattern, i)), label=f"{pattern} ({side})")
+            step_cdf(cdf, lat, ls=style, lw=1.7, color=PATTERN_COLORS.get(pattern, color_for(pattern, i)), label=f"{pattern} ({side})")
     for side, style in (("twin", ":"), ("real", (0, (1, 3)))):
         lat = latencies.get((READY, side))
         if lat is not None and len(lat):
-            lat_ms = np.sort(np.asarray(lat, dtype=float)) * 1e3
-            keep = plotted_ranks(len(lat_ms))
-            cdf.step(lat_ms[keep], (keep + 1) / len(lat_ms), where="post", ls=style, lw=1.4, color=PATTERN_COLORS["async"],
-                     label=f"{READY} ({side})")
+            step_cdf(cdf, lat, ls=style, lw=1.4, color=PATTERN_COLORS["async"], label=f"{READY} ({side})")
     cdf.set_xscale("log")
     cdf.set_xlabel("latency (ms, log scale)")
     cdf.set_ylabel("fraction of requests <= latency")
